@@ -1,0 +1,110 @@
+"""The agent's one bidirectional stream to coordd, re-opened with backoff and jitter when it
+breaks. On every (re)connect the agent registers with its node id and the workers it still
+runs, so a coordinator that restarted (or a network blip) never starts a rank twice."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+import grpc
+import structlog
+
+from agent.outbox import Outbox
+from agent.supervisor import Supervisor
+from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from coordinator.auth import call_metadata
+
+log = structlog.get_logger("agent.connection")
+MAX_MESSAGE = 80 * 2**20
+
+
+class Drained(Exception):
+    """The coordinator told this node to leave."""
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("" if host in ("", "0.0.0.0") else host, 0))
+        return sock.getsockname()[1]
+
+
+class Connection:
+    def __init__(self, address: str, token: str, node_id: str, host: str,
+                 resources: types_pb2.Resources, outbox: Outbox, supervisor: Supervisor,
+                 stop_grace_s: float):
+        self.address, self.token, self.node_id, self.host = address, token, node_id, host
+        self.resources, self.outbox, self.supervisor = resources, outbox, supervisor
+        self.stop_grace_s = stop_grace_s
+        self.channel = grpc.aio.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", 10_000)])
+        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def run_forever(self) -> None:
+        """Connect, serve, and reconnect with exponential backoff and full jitter."""
+        delay = 0.2
+        while True:
+            try:
+                await self._session()
+                delay = 0.2
+            except Drained:
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    log.error("agent.unauthenticated", detail=exc.details())
+                log.warning("agent.disconnected", code=exc.code().name, detail=exc.details())
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, 5.0)
+
+    async def _session(self) -> None:
+        register = agent_pb2.Register(node_id=self.node_id, host=self.host,
+                                      resources=self.resources, agent_version="0.1.0",
+                                      running=self.supervisor.running(),
+                                      free_port=free_port(self.host))
+        call = self.stub.Connect(self._requests(register), metadata=call_metadata(self.token))
+        heartbeat: asyncio.Task | None = None
+        try:
+            async for message in call:
+                body = message.WhichOneof("body")
+                if body == "registered":
+                    self.node_id = message.registered.node_id
+                    log.info("agent.registered", node=self.node_id)
+                    heartbeat = asyncio.create_task(
+                        self._heartbeat(message.registered.heartbeat_interval_s))
+                else:
+                    await self._obey(message)
+        finally:
+            if heartbeat:
+                heartbeat.cancel()
+
+    async def _requests(self, register: agent_pb2.Register):
+        yield agent_pb2.AgentMessage(register=register)
+        while True:
+            yield await self.outbox.queue.get()
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            self.outbox.put(agent_pb2.AgentMessage(
+                heartbeat=agent_pb2.Heartbeat(free_port=free_port(self.host))))
+            await asyncio.sleep(interval)
+
+    async def _obey(self, message: agent_pb2.CoordinatorMessage) -> None:
+        match message.WhichOneof("body"):
+            case "start":
+                self.supervisor.spawn(self.supervisor.start(message.start))
+            case "stop":
+                stop = message.stop
+                log.info("agent.stop", job=stop.job_id, generation=stop.generation,
+                         reason=stop.reason)
+                self.supervisor.spawn(self.supervisor.stop(stop.job_id, stop.generation,
+                                                           stop.grace_s))
+            case "drain":
+                log.info("agent.drain", reason=message.drain.reason)
+                await self.supervisor.close(message.drain.grace_s or self.stop_grace_s)
+                raise Drained(message.drain.reason)
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,102 @@
+"""`coord-agent`: runs on each node, connects to coordd, and runs the workers it is told to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import typer
+
+from agent.connection import Connection
+from agent.outbox import Outbox
+from agent.supervisor import Supervisor
+from coord.v1 import agent_pb2, types_pb2
+from coordinator import logs
+
+log = structlog.get_logger("agent")
+app = typer.Typer(add_completion=False)
+
+
+def detect_resources() -> types_pb2.Resources:
+    gpus = len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return types_pb2.Resources(cpus=os.cpu_count() or 1, gpus=gpus, memory_bytes=memory)
+
+
+def default_host(coordinator: str) -> str:
+    """The local address that routes to the coordinator: what peers on its network can reach."""
+    host = coordinator.rsplit(":", 1)[0].strip("[]")
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, 9))
+        return sock.getsockname()[0]
+    return socket.gethostbyname(socket.gethostname())
+
+
+async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Path,
+              stop_grace_s: float) -> None:
+    outbox = Outbox()
+    conn: Connection
+
+    async def fetch_bundle(job_id: str, digest: str) -> bytes:
+        chunks = conn.stub.FetchBundle(agent_pb2.FetchBundleRequest(job_id=job_id, digest=digest),
+                                       metadata=(("authorization", f"Bearer {token}"),))
+        return b"".join([chunk.data async for chunk in chunks])
+
+    supervisor = Supervisor(workdir, outbox, fetch_bundle)
+    conn = Connection(coordinator, token, node_id, host, detect_resources(), outbox, supervisor,
+                      stop_grace_s)
+    flusher = asyncio.create_task(outbox.flush_periodically())
+    main = asyncio.create_task(conn.run_forever())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        await main
+    except asyncio.CancelledError:
+        log.info("agent.terminating", grace_s=stop_grace_s)
+    finally:
+        await supervisor.close(stop_grace_s)
+        flusher.cancel()
+        await conn.close()
+        log.info("agent.stopped")
+
+
+@app.command()
+def main_command(
+    coordinator: Annotated[str, typer.Option(envvar="COORD_ADDR",
+                                             help="coordd's HOST:PORT")],
+    token: Annotated[str, typer.Option(envvar="COORD_TOKEN", show_default=False,
+                                       help="the token from coordd's state directory")],
+    node_id: Annotated[str, typer.Option(envvar="COORD_NODE_ID",
+                                         help="set by providers; empty: coordd assigns one")] = "",
+    host: Annotated[str, typer.Option(help="address peers reach this node at "
+                                      "(default: the one that routes to coordd)")] = "",
+    workdir: Annotated[Path, typer.Option(help="where jobs are unpacked and run")] = Path(
+        "~/.local/share/coord-agent"),
+    stop_grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL for "
+                                              "workers when the agent stops")] = 10.0,
+    log_level: str = "info",
+) -> None:
+    """Run a node agent.
+
+    Example: coord-agent --coordinator 10.0.0.5:7070 --token "$(cat token)"
+    """
+    logs.configure(log_level)
+    workdir = workdir.expanduser()
+    workdir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run(coordinator, token, node_id, host or default_host(coordinator), workdir,
+                    stop_grace))
+
+
+def main() -> None:
+    typer.run(main_command)
+
+
+if __name__ == "__main__":
+    main()

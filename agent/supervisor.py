@@ -1,0 +1,185 @@
+"""Worker processes on this node: prepare the job's directory, start each rank in a process
+group of its own, ship its output line by line, report its exit, stop it on request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.fence import write_fence
+from agent.outbox import Outbox
+from coord.v1 import agent_pb2, types_pb2
+
+log = structlog.get_logger("agent.supervisor")
+MAX_LINE = 16 * 1024  # longer lines are cut, and say so
+
+
+@dataclasses.dataclass
+class Worker:
+    job_id: str
+    generation: int
+    rank: int
+    process: asyncio.subprocess.Process
+    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+class Supervisor:
+    def __init__(self, workdir: Path, outbox: Outbox,
+                 fetch_bundle: Callable[[str, str], Awaitable[bytes]]):
+        self.workdir, self.outbox, self.fetch_bundle = workdir, outbox, fetch_bundle
+        self.workers: dict[tuple[str, int, int], Worker] = {}
+        self._prepared: dict[str, str] = {}  # job id -> bundle digest already unpacked
+        self._tasks: set[asyncio.Task] = set()
+
+    def running(self) -> list[agent_pb2.RunningWorker]:
+        return [agent_pb2.RunningWorker(job_id=w.job_id, generation=w.generation, rank=w.rank,
+                                        pid=w.process.pid)
+                for w in self.workers.values() if not w.done.is_set()]
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # start ---------------------------------------------------------------------------
+    async def start(self, msg: agent_pb2.StartWorkers) -> None:
+        try:
+            job_dir = await self._prepare(msg)
+        except Exception as exc:  # setup or bundle failure: every rank failed to start
+            log.warning("job.prepare_failed", job=msg.job_id, error=str(exc))
+            for spec in msg.workers:
+                self._report(msg.job_id, msg.generation, spec.rank,
+                             agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
+            return
+        for spec in msg.workers:
+            await self._start_one(msg, spec, job_dir)
+
+    async def _prepare(self, msg: agent_pb2.StartWorkers) -> Path:
+        from coordinator import bundle
+        job_dir = self.workdir / "jobs" / msg.job_id
+        if self._prepared.get(msg.job_id) != msg.bundle_digest:
+            if msg.bundle_digest:
+                data = await self.fetch_bundle(msg.job_id, msg.bundle_digest)
+                await asyncio.to_thread(bundle.unpack, data, job_dir)
+            else:
+                await asyncio.to_thread(job_dir.mkdir, parents=True, exist_ok=True)
+            if msg.setup:
+                await self._run_setup(msg, job_dir)
+            self._prepared[msg.job_id] = msg.bundle_digest
+        ckpt = msg.workers[0].env.get("COORD_CHECKPOINT_DIR", "") if msg.workers else ""
+        if ckpt:
+            await asyncio.to_thread(write_fence, job_dir / ckpt, msg.generation)
+        return job_dir
+
+    async def _run_setup(self, msg: agent_pb2.StartWorkers, job_dir: Path) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", msg.setup, cwd=job_dir, env=worker_env({}),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0)
+        await self._pump(proc.stdout, msg.job_id, msg.generation, -1, types_pb2.LOG_STREAM_STDOUT)
+        code = await proc.wait()
+        if code != 0:
+            raise RuntimeError(f"setup command exited with code {code}")
+
+    async def _start_one(self, msg: agent_pb2.StartWorkers, spec: agent_pb2.WorkerSpec,
+                         job_dir: Path) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", msg.command, cwd=job_dir, env=worker_env(spec.env),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE)
+        except OSError as exc:
+            self._report(msg.job_id, msg.generation, spec.rank,
+                         agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
+            return
+        worker = Worker(msg.job_id, msg.generation, spec.rank, proc)
+        self.workers[(msg.job_id, msg.generation, spec.rank)] = worker
+        log.info("worker.started", job=msg.job_id, generation=msg.generation, rank=spec.rank,
+                 pid=proc.pid)
+        self._report(msg.job_id, msg.generation, spec.rank, agent_pb2.WORKER_PHASE_RUNNING,
+                     pid=proc.pid)
+        self.spawn(self._watch(worker))
+
+    async def _watch(self, worker: Worker) -> None:
+        proc = worker.process
+        await asyncio.gather(
+            self._pump(proc.stdout, worker.job_id, worker.generation, worker.rank,
+                       types_pb2.LOG_STREAM_STDOUT),
+            self._pump(proc.stderr, worker.job_id, worker.generation, worker.rank,
+                       types_pb2.LOG_STREAM_STDERR))
+        code = await proc.wait()
+        worker.done.set()
+        log.info("worker.exited", job=worker.job_id, generation=worker.generation,
+                 rank=worker.rank, code=code)
+        self._report(worker.job_id, worker.generation, worker.rank,
+                     agent_pb2.WORKER_PHASE_EXITED, exit_code=code)
+        self.workers.pop((worker.job_id, worker.generation, worker.rank), None)
+
+    async def _pump(self, stream: asyncio.StreamReader, job_id: str, generation: int,
+                    rank: int, kind: int) -> None:
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line longer than the limit: take what is buffered
+                raw = await stream.read(MAX_LINE)
+                raw += b" [line cut at 16 KiB]\n"
+            if not raw:
+                return
+            text = raw.decode("utf-8", errors="replace").rstrip("\n")
+            stamp = Timestamp()
+            stamp.GetCurrentTime()
+            self.outbox.log(types_pb2.LogLine(job_id=job_id, generation=generation, rank=rank,
+                                              stream=kind, time=stamp, text=text))
+
+    def _report(self, job_id: str, generation: int, rank: int, phase: int, exit_code: int = 0,
+                pid: int = 0, detail: str = "") -> None:
+        self.outbox.put(agent_pb2.AgentMessage(worker_state=agent_pb2.WorkerStateChange(
+            job_id=job_id, generation=generation, rank=rank, phase=phase, exit_code=exit_code,
+            pid=pid, detail=detail)))
+
+    # stop ----------------------------------------------------------------------------
+    async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:
+        """Stop the workers of `job_id` (every job when None) of `generation` or older."""
+        targets = [w for w in self.workers.values()
+                   if (job_id is None or w.job_id == job_id) and w.generation <= generation]
+        await asyncio.gather(*(self._stop_one(w, grace_s) for w in targets))
+
+    async def _stop_one(self, worker: Worker, grace_s: float) -> None:
+        _signal_group(worker.process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.done.wait(), grace_s)
+        except TimeoutError:
+            log.warning("worker.killed", job=worker.job_id, rank=worker.rank, grace_s=grace_s)
+            _signal_group(worker.process.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.done.wait(), 5)
+
+    async def close(self, grace_s: float) -> None:
+        await self.stop(None, 2**62, grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def worker_env(job_env: dict[str, str]) -> dict[str, str]:
+    """The agent's environment, its Python first on PATH (`python` in a job means the node's
+    environment, where coord and torch are installed), then the job's variables."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+

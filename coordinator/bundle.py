@@ -1,0 +1,61 @@
+"""A job's working directory as a tar.gz: packed by the client, unpacked by each agent.
+
+Unpacking uses tarfile's "data" filter, so a bundle cannot write outside its directory
+(no absolute paths, no `..`, no links that escape, no device files).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+from coordinator.errors import InvalidSpec
+
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+EXCLUDED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",
+                           "node_modules", ".ruff_cache"})
+
+
+def _selected(root: Path, patterns: list[str]) -> list[Path]:
+    chosen = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part in EXCLUDED_DIRS for part in rel.parts) or not path.is_file():
+            continue
+        if patterns and not any(fnmatch.fnmatch(rel.as_posix(), p) for p in patterns):
+            continue
+        chosen.append(path)
+    return chosen
+
+
+def pack(root: str | Path, patterns: list[str] | None = None,
+         limit: int = MAX_BUNDLE_BYTES) -> bytes:
+    """tar.gz of the files under `root` that match `patterns` (all files when empty)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InvalidSpec(f"workdir {root}: not a directory")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in _selected(root, patterns or []):
+            tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+            if buffer.tell() > limit:
+                raise InvalidSpec(f"workdir {root}: bundle exceeds {limit // 2**20} MiB; "
+                                  "list what to ship in `files`")
+    return buffer.getvalue()
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def unpack(data: bytes, dest: Path) -> None:
+    """Extract into `dest`, refusing members that would land outside it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InvalidSpec(f"bundle cannot be unpacked: {exc}") from None

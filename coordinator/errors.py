@@ -1,0 +1,70 @@
+"""One error hierarchy for coord, mapped to gRPC status codes at the service edge.
+
+Raise these anywhere in the daemon; `coordinator.server` turns them into status codes in
+one place, and the SDK turns status codes back into the same classes for clients.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CoordError(Exception):
+    """Base of every error coord raises on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retryable: bool = False
+
+
+class InvalidSpec(CoordError):
+    """A job spec or request field is wrong; retrying the same input never helps."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(CoordError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Conflict(CoordError):
+    """The object is not in a state that allows the operation (e.g. cancel a finished job)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(CoordError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(CoordError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(CoordError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(CoordError):
+    """A dependency (coordd, a provider, a host) cannot be reached now; try again later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class ProviderError(CoordError):
+    """A provider could not make or remove a node."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied,
+                ResourceExhausted, Unavailable)
+}
+
+
+def from_status(code: grpc.StatusCode, details: str) -> CoordError:
+    """The client-side mirror of the server mapping."""
+    return _BY_CODE.get(code, CoordError)(details or code.name)

@@ -1,0 +1,34 @@
+"""Prometheus metrics for coordd, on a registry of its own (several servers per test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from coordinator.states import JobState
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Gauge("coord_jobs", "Jobs by state", ["state"], registry=self.registry)
+        self.nodes = Gauge("coord_nodes", "Nodes by state", ["state"], registry=self.registry)
+        self.reconfigurations = Counter("coord_reconfigurations_total",
+                                        "Group re-formations by cause", ["cause"],
+                                        registry=self.registry)
+        self.recovery = Histogram("coord_recovery_seconds",
+                                  "From the start of a reconfiguration to the next generation",
+                                  buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+                                  registry=self.registry)
+        self.rpc_latency = Histogram("coord_rpc_seconds", "RPC latency", ["method"],
+                                     registry=self.registry)
+
+    def job_transition(self, old: JobState, new: JobState) -> None:
+        self.jobs.labels(str(old)).dec()
+        self.jobs.labels(str(new)).inc()
+
+    def job_added(self, state: JobState) -> None:
+        self.jobs.labels(str(state)).inc()
+
+    def reconfigured(self, cause: str, seconds: float) -> None:
+        self.reconfigurations.labels(cause or "unknown").inc()
+        self.recovery.observe(seconds)

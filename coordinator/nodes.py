@@ -1,0 +1,219 @@
+"""The node registry: node records and their state machine, live agent sessions, the
+heartbeat and reconnect watchdog, and the calls into providers.
+
+A node is lost by one of two paths: its stream breaks and it does not come back within
+`reconnect_grace_s`, or its heartbeats stop for `heartbeat_timeout_s` (a frozen or
+partitioned host whose socket stays open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+
+import structlog
+
+from coord.v1 import agent_pb2
+from coordinator.errors import InvalidSpec
+from coordinator.providers.base import Provider
+from coordinator.reconciler.view import NodeView
+from coordinator.settings import CoorddSettings
+from coordinator.spec import JobSpec
+from coordinator.states import NodeState, check_node_transition
+from coordinator.store import JobRecord, NodeRecord, Store
+
+log = structlog.get_logger("coordinator.nodes")
+WATCH_INTERVAL_S = 0.2
+
+
+class AgentSession:
+    """One connected agent stream. `outbox` feeds the stream; None closes it."""
+
+    def __init__(self, node_id: str):
+        self.node_id = node_id
+        self.outbox: asyncio.Queue[agent_pb2.CoordinatorMessage | None] = asyncio.Queue()
+        self.last_heartbeat = time.monotonic()
+        self.free_port = 0
+        self.closed = False
+
+    def send(self, message: agent_pb2.CoordinatorMessage) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+
+class NodeRegistry:
+    def __init__(self, store: Store, settings: CoorddSettings, providers: dict[str, Provider],
+                 on_change: Callable[[NodeRecord, NodeView], None]):
+        self.store, self.settings, self.providers = store, settings, providers
+        self.on_change = on_change
+        self.nodes: dict[str, NodeRecord] = {}
+        self.sessions: dict[str, AgentSession] = {}
+        self._suspect_since: dict[str, float] = {}
+        self._before_suspect: dict[str, NodeState] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def load(self) -> None:
+        for node in await self.store.list_nodes():
+            self.nodes[node.id] = node
+
+    def view(self, node: NodeRecord) -> NodeView:
+        session = self.sessions.get(node.id)
+        return NodeView(id=node.id, state=node.state, host=node.host,
+                        free_port=session.free_port if session else 0,
+                        joined_at=node.last_heartbeat)
+
+    # state machine -------------------------------------------------------------------
+    async def set_state(self, node: NodeRecord, new: NodeState, cause: str) -> None:
+        old = node.state
+        if old == new:
+            return
+        check_node_transition(old, new)
+        node.state = new
+        await self.store.save_node(node)
+        log.info("node.state", node=node.id, job=node.job_id, old=str(old), new=str(new),
+                 cause=cause)
+        if node.job_id:
+            self.on_change(node, self.view(node))
+
+    # providers -----------------------------------------------------------------------
+    def provider(self, spec: JobSpec) -> Provider:
+        try:
+            return self.providers[spec.resources.provider]
+        except KeyError:
+            raise InvalidSpec(f"provider {spec.resources.provider!r} is not configured in "
+                              f"coordd (configured: {', '.join(self.providers)})") from None
+
+    async def acquire(self, job: JobRecord, spec: JobSpec, count: int) -> list[NodeView]:
+        provider = self.provider(spec)
+        records = [NodeRecord(id=f"{job.name[:40]}-{secrets.token_hex(3)}", provider=provider.name,
+                              job_id=job.id, last_heartbeat=time.time()) for _ in range(count)]
+        for node in records:  # persisted before the provider acts: nothing launched unrecorded
+            await self.store.save_node(node)
+            self.nodes[node.id] = node
+        await provider.launch(records, job, spec)
+        for node in records:
+            await self.store.save_node(node)
+        return [self.view(n) for n in records]
+
+    async def release(self, node_id: str, reason: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.state == NodeState.GONE:
+            return
+        already_terminated = node.state == NodeState.LOST  # _lose terminated it
+        await self.set_state(node, NodeState.GONE, reason)
+        session = self.sessions.pop(node_id, None)
+        if session:
+            session.send(agent_pb2.CoordinatorMessage(drain=agent_pb2.Drain(reason=reason)))
+        provider = self.providers.get(node.provider)
+        if provider and not already_terminated:
+            self.spawn(provider.terminate(node, lost=False))
+
+    # agent messages ------------------------------------------------------------------
+    async def register(self, msg: agent_pb2.Register) -> AgentSession:
+        node = self.nodes.get(msg.node_id) if msg.node_id else None
+        if node is None:  # started by hand: a pool node nobody asked for
+            node = NodeRecord(id=msg.node_id or f"node-{secrets.token_hex(4)}", provider="static")
+            self.nodes[node.id] = node
+        node.host = msg.host or node.host
+        node.resources = {"cpus": msg.resources.cpus, "gpus": msg.resources.gpus,
+                          "memory_bytes": msg.resources.memory_bytes}
+        node.last_heartbeat = time.time()
+        session = AgentSession(node.id)
+        session.free_port = msg.free_port
+        if old := self.sessions.get(node.id):
+            old.close()
+        if node.state in (NodeState.LOST, NodeState.GONE):
+            self._fence(session, node, msg)
+            return session
+        self.sessions[node.id] = session
+        self._suspect_since.pop(node.id, None)
+        back_to = self._before_suspect.pop(node.id, None)
+        await self.set_state(node, back_to or NodeState.READY, "registered")
+        return session
+
+    def _fence(self, session: AgentSession, node: NodeRecord, msg: agent_pb2.Register) -> None:
+        """A node we already gave up on came back: stop whatever it still runs, send it away."""
+        log.warning("node.fenced", node=node.id, state=str(node.state),
+                    workers=[(w.job_id, w.generation, w.rank) for w in msg.running])
+        for job_id in {w.job_id for w in msg.running}:
+            session.send(agent_pb2.CoordinatorMessage(stop=agent_pb2.StopWorkers(
+                job_id=job_id, generation=2**62, grace_s=0, reason="node was removed")))
+        session.send(agent_pb2.CoordinatorMessage(drain=agent_pb2.Drain(reason="node was removed")))
+        session.close()
+
+    def heartbeat(self, session: AgentSession, msg: agent_pb2.Heartbeat) -> None:
+        session.last_heartbeat = time.monotonic()
+        session.free_port = msg.free_port or session.free_port
+
+    async def disconnected(self, session: AgentSession) -> None:
+        session.closed = True
+        if self.sessions.get(session.node_id) is not session:
+            return  # replaced by a newer stream, or already released
+        del self.sessions[session.node_id]
+        node = self.nodes[session.node_id]
+        if node.state.alive and node.state != NodeState.SUSPECT:
+            self._before_suspect[node.id] = node.state
+            self._suspect_since[node.id] = time.monotonic()
+            await self.set_state(node, NodeState.SUSPECT, "stream closed")
+
+    def send(self, node_id: str, message: agent_pb2.CoordinatorMessage) -> bool:
+        session = self.sessions.get(node_id)
+        if session is None:
+            return False
+        session.send(message)
+        return True
+
+    async def stop_workers(self, node_id: str, job_id: str, generation: int, reason: str) -> None:
+        self.send(node_id, agent_pb2.CoordinatorMessage(stop=agent_pb2.StopWorkers(
+            job_id=job_id, generation=generation, grace_s=self.settings.stop_grace_s,
+            reason=reason)))
+
+    # watchdog ------------------------------------------------------------------------
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            await self._check(time.monotonic())
+
+    async def _check(self, now: float) -> None:
+        s = self.settings
+        for session in list(self.sessions.values()):
+            if now - session.last_heartbeat > s.heartbeat_timeout_s:
+                await self._lose(session.node_id, f"no heartbeat for {s.heartbeat_timeout_s:g} s")
+        for node_id, since in list(self._suspect_since.items()):
+            if now - since > s.reconnect_grace_s:
+                await self._lose(node_id, f"stream down for more than {s.reconnect_grace_s:g} s")
+        wall = time.time()
+        for node in list(self.nodes.values()):
+            if node.state == NodeState.JOINING and wall - node.created_at > s.join_timeout_s:
+                await self._lose(node.id, f"did not register within {s.join_timeout_s:g} s")
+
+    async def _lose(self, node_id: str, cause: str) -> None:
+        self._suspect_since.pop(node_id, None)
+        self._before_suspect.pop(node_id, None)
+        if session := self.sessions.pop(node_id, None):
+            session.close()
+        node = self.nodes[node_id]
+        if node.state.alive or node.state == NodeState.JOINING:
+            await self.set_state(node, NodeState.LOST, cause)
+            if provider := self.providers.get(node.provider):
+                self.spawn(provider.terminate(node, lost=True))
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for provider in self.providers.values():
+            await provider.close()

@@ -1,0 +1,87 @@
+"""The `local` provider: each node is a `coord-agent` process on this machine, in a session of
+its own with its own work directory, standing in for a host. No cloud account needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from coordinator.providers.base import Provider
+from coordinator.providers.procs import session_pids, signal_session
+from coordinator.spec import JobSpec
+from coordinator.store import JobRecord, NodeRecord
+
+log = structlog.get_logger("coordinator.providers.local")
+# A node that stopped answering (frozen) gets this long to act on SIGTERM before SIGKILL.
+LOST_KILL_AFTER_S = 30.0
+
+
+class LocalProvider(Provider):
+    name = "local"
+
+    def __init__(self, nodes_dir: Path, coordinator_addr: Callable[[], str], token: str,
+                 stop_grace_s: float):
+        self.nodes_dir = nodes_dir
+        self.coordinator_addr = coordinator_addr
+        self.token = token
+        self.stop_grace_s = stop_grace_s
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+
+    async def launch(self, nodes: list[NodeRecord], job: JobRecord, spec: JobSpec) -> None:
+        for node in nodes:
+            workdir = self.nodes_dir / node.id
+            proc = await self._spawn(node.id, workdir)
+            self._procs[node.id] = proc
+            node.host = "127.0.0.1"
+            node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
+            log.info("node.launched", node=node.id, pid=proc.pid, workdir=str(workdir))
+
+    async def _spawn(self, node_id: str, workdir: Path) -> asyncio.subprocess.Process:
+        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+        agent_log = await asyncio.to_thread(open, workdir / "agent.log", "ab")
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent.main", "--coordinator", self.coordinator_addr(),
+                "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
+                stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
+                start_new_session=True,  # the node's processes are exactly this session
+                env={**os.environ, "COORD_TOKEN": self.token})
+        finally:
+            agent_log.close()
+
+    async def terminate(self, node: NodeRecord, *, lost: bool) -> None:
+        pid = node.provider_data.get("pid")
+        if not pid:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)  # the agent stops its workers, then exits
+        except ProcessLookupError:
+            pass
+        patience = LOST_KILL_AFTER_S if lost else self.stop_grace_s + 5
+        if not await self._wait_gone(node.id, pid, patience):
+            killed = signal_session(pid, signal.SIGKILL)
+            log.warning("node.killed", node=node.id, pid=pid, processes=killed)
+            await self._wait_gone(node.id, pid, 5)
+        self._procs.pop(node.id, None)
+
+    async def _wait_gone(self, node_id: str, sid: int, timeout: float) -> bool:
+        """True once no process of the node's session is left."""
+        proc = self._procs.get(node_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if proc is not None:  # our child: reap it so it does not linger as a zombie
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                return False
+        while loop.time() < deadline:
+            if not await asyncio.to_thread(session_pids, sid):
+                return True
+            await asyncio.sleep(0.1)
+        return not await asyncio.to_thread(session_pids, sid)

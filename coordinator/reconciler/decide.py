@@ -1,0 +1,152 @@
+"""decide(view, now) -> actions: every decision the reconciler makes, as a pure function.
+
+No I/O, no clock, no randomness: unit and property tests drive it one step at a time.
+It must be idempotent: called again with the same view it asks for nothing new, because
+the runner records each action's effect in the view (requested, stopping_since, ...).
+"""
+
+from __future__ import annotations
+
+from coordinator.reconciler.plan import (
+    Acquire, Action, ChargeRestart, MarkBelowMinimum, Release, StartGeneration, StopGeneration,
+    Transition)
+from coordinator.reconciler.view import JobView, WorkerExit
+from coordinator.states import JobState, NodeState
+
+GONE_STATES = (NodeState.LOST, NodeState.GONE)
+# After asking workers to stop, wait this much beyond their grace before starting anyway.
+STOP_SLACK_S = 5.0
+
+
+def decide(view: JobView, now: float) -> list[Action]:
+    if view.state.terminal:
+        return []
+    if view.cancel_reason is not None:
+        return finish(view, JobState.CANCELLED, view.cancel_reason)
+    clock = _minimum_clock(view, now)
+    if view.below_min_since is not None and now - view.below_min_since > view.policy.wait_for_min_s:
+        return finish(view, JobState.FAILED, _below_minimum_reason(view))
+    handler = _HANDLERS[view.state]
+    return clock + handler(view, now)
+
+
+def finish(view: JobView, state: JobState, reason: str) -> list[Action]:
+    actions: list[Action] = [Transition(state, reason=reason)]
+    if view.members and view.state != JobState.RECONFIGURING and state != JobState.SUCCEEDED:
+        actions.append(StopGeneration(reason))
+    owned = tuple(n.id for n in view.nodes.values() if n.state != NodeState.GONE)
+    if owned:
+        actions.append(Release(owned, reason=f"job {state.value.lower()}"))
+    return actions
+
+
+def _minimum_clock(view: JobView, now: float) -> list[Action]:
+    below = len(view.healthy()) < view.policy.minimum
+    if below and view.below_min_since is None:
+        return [MarkBelowMinimum(now)]
+    if not below and view.below_min_since is not None:
+        return [MarkBelowMinimum(None)]
+    return []
+
+
+def _below_minimum_reason(view: JobView) -> str:
+    p = view.policy
+    return (f"only {len(view.healthy())} of the minimum {p.minimum} nodes were available "
+            f"for {p.wait_for_min_s:g} s (nodes.wait_for_min_s)")
+
+
+def _pending(view: JobView, now: float) -> list[Action]:
+    return [Transition(JobState.PROVISIONING, cause="submitted")] + _replenish(view)
+
+
+def _replenish(view: JobView) -> list[Action]:
+    """Ask for what is missing toward the target; hand back idle nodes beyond it."""
+    healthy = view.healthy()
+    missing = view.policy.target - len(healthy) - view.coming()
+    if missing > 0:
+        return [Acquire(missing, reason=f"{len(healthy)} of {view.policy.target} nodes healthy")]
+    extra = [n for n in healthy[view.policy.target:] if n not in view.members]
+    if extra and view.state != JobState.PROVISIONING:
+        return [Release(tuple(extra), reason="more nodes than the job's target")]
+    return []
+
+
+def _provisioning(view: JobView, now: float) -> list[Action]:
+    healthy, p = view.healthy(), view.policy
+    waited = now - view.state_since >= p.initial_full_wait_s
+    if len(healthy) >= p.target or (len(healthy) >= p.minimum and waited):
+        return [StartGeneration(tuple(healthy[:p.target]), cause="start")]
+    return _replenish(view)
+
+
+def _running(view: JobView, now: float) -> list[Action]:
+    lost = [m for m in view.members if view.nodes[m].state in GONE_STATES]
+    if lost:
+        reason = f"lost node{'s' if len(lost) > 1 else ''} {', '.join(lost)}"
+        return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_lost"),
+                StopGeneration(reason)] + _replenish(view)
+    failures = sorted((e for e in view.exits.values() if e.code != 0), key=lambda e: e.time)
+    if failures:
+        return _on_failure(view, now, failures[0])
+    if view.exits and len(view.exits) == view.world_size:
+        return finish(view, JobState.SUCCEEDED, "every worker exited 0")
+    return _scale_up(view, now) or _replenish(view)
+
+
+def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
+    suspect = any(view.nodes[m].state == NodeState.SUSPECT for m in view.members)
+    if suspect or now - first.time < view.policy.failure_settle_s:
+        return []  # wait: a node loss, not the job, may be the cause
+    reason = f"rank {first.rank} on node {first.node_id} exited with code {first.code}"
+    if view.restarts < view.policy.max_restarts:
+        return [ChargeRestart(),
+                Transition(JobState.RECONFIGURING, reason=reason, cause="worker_failed"),
+                StopGeneration(reason)]
+    budget = f"max_restarts={view.policy.max_restarts} used up" if view.policy.max_restarts else \
+        "max_restarts=0"
+    return finish(view, JobState.FAILED, f"{reason} ({budget})")
+
+
+def _scale_up(view: JobView, now: float) -> list[Action]:
+    newcomers = [n for n in view.healthy() if n not in view.members]
+    if not newcomers or len(view.members) >= view.policy.target or view.exits:
+        return []
+    last_join = max(view.nodes[n].joined_at for n in newcomers)
+    if now - last_join < view.policy.scale_up_settle_s:
+        return []
+    reason = f"{len(newcomers)} node(s) joined: growing toward {view.policy.target}"
+    return [Transition(JobState.RECONFIGURING, reason=reason, cause="scale_up"),
+            StopGeneration(reason)]
+
+
+def _reconfiguring(view: JobView, now: float) -> list[Action]:
+    if _still_stopping(view, now):
+        return []
+    healthy = view.healthy()
+    if len(healthy) >= view.policy.minimum:
+        return [StartGeneration(tuple(healthy[:view.policy.target]),
+                                cause=view.reconfigure_cause or "reconfigure")]
+    return _replenish(view)
+
+
+def _still_stopping(view: JobView, now: float) -> bool:
+    """True while a live member may still run a worker of the old generation."""
+    if view.stopping_since is not None and \
+            now - view.stopping_since > view.policy.stop_grace_s + STOP_SLACK_S:
+        return False
+    per_node = view.policy.nproc_per_node
+    for index, node_id in enumerate(view.members):
+        if view.nodes[node_id].state in GONE_STATES:
+            continue
+        ranks = range(index * per_node, (index + 1) * per_node)
+        if any(rank not in view.exits for rank in ranks):
+            return True
+    return False
+
+
+_HANDLERS = {
+    JobState.PENDING: _pending,
+    JobState.PROVISIONING: _provisioning,
+    JobState.RUNNING: _running,
+    JobState.RECONFIGURING: _reconfiguring,
+}

@@ -1,0 +1,50 @@
+"""The actions `decide` can ask for. The runner executes them in order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from coordinator.states import JobState
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    to: JobState
+    reason: str = ""
+    cause: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class StartGeneration:
+    node_ids: tuple[str, ...]
+    cause: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StopGeneration:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Acquire:
+    count: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    node_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChargeRestart:
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkBelowMinimum:
+    since: float | None
+
+
+Action = Transition | StartGeneration | StopGeneration | Acquire | Release | ChargeRestart | MarkBelowMinimum

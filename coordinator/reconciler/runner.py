@@ -1,0 +1,196 @@
+"""The reconciler's loop for one job: feed events into the view, ask `decide`, act.
+
+Each action is persisted (job row, then an event in the append-only log) before anything
+is sent to agents or providers, so a crash never leaves an action done but unrecorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from coordinator.reconciler import plan
+from coordinator.reconciler.decide import decide
+from coordinator.reconciler.view import JobView, NodeView, WorkerExit
+from coordinator.spec import JobSpec
+from coordinator.states import JobState, NodeState, check_job_transition
+from coordinator.store import JobRecord
+
+if TYPE_CHECKING:
+    from coordinator.jobs import JobManager
+
+log = structlog.get_logger("coordinator.reconciler")
+TICK_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeChanged:
+    node: NodeView
+
+
+@dataclasses.dataclass(frozen=True)
+class NodesCreated:
+    nodes: tuple[NodeView, ...]
+    asked: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerExited:
+    generation: int
+    exit: WorkerExit
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel:
+    reason: str
+
+
+Event = NodeChanged | NodesCreated | WorkerExited | Cancel
+
+
+class JobRunner:
+    def __init__(self, record: JobRecord, spec: JobSpec, view: JobView, manager: JobManager):
+        self.record, self.spec, self.view, self.m = record, spec, view, manager
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.log = log.bind(job=record.id, name=record.name)
+        self._reconfigure_started = 0.0
+        self._old_members: list[str] = []
+
+    def post(self, event: Event) -> None:
+        self.queue.put_nowait(event)
+
+    async def run(self) -> None:
+        while not self.view.state.terminal:
+            try:
+                event = await asyncio.wait_for(self.queue.get(), TICK_S)
+                self._apply(event)
+            except TimeoutError:
+                pass
+            for action in decide(self.view, time.time()):
+                await self._act(action)
+        self.m.bus.close("events", self.record.id)
+        self.m.bus.close("logs", self.record.id)
+
+    # events --------------------------------------------------------------------------
+    def _apply(self, event: Event) -> None:
+        match event:
+            case NodeChanged(node):
+                self.view.nodes[node.id] = node
+            case NodesCreated(nodes, asked):
+                self.view.requested = max(0, self.view.requested - asked)
+                for node in nodes:
+                    self.view.nodes.setdefault(node.id, node)
+            case WorkerExited(generation, exit_):
+                if generation == self.view.generation:
+                    self.view.exits[exit_.rank] = exit_
+            case Cancel(reason):
+                self.view.cancel_reason = reason
+
+    # actions -------------------------------------------------------------------------
+    async def _act(self, action: plan.Action) -> None:
+        match action:
+            case plan.Transition():
+                await self._transition(action)
+            case plan.StartGeneration():
+                await self._start_generation(action)
+            case plan.StopGeneration(reason):
+                await self._stop_generation(reason)
+            case plan.Acquire(count, reason):
+                self.view.requested += count
+                await self.event("nodes.requested", f"asking the provider for {count} node(s): "
+                                 f"{reason}", count=count)
+                self.m.spawn(self._acquire(count))
+            case plan.Release(node_ids, reason):
+                for node_id in node_ids:
+                    self.view.nodes[node_id].state = NodeState.GONE
+                    await self.m.nodes.release(node_id, reason)
+            case plan.ChargeRestart():
+                self.record.restarts += 1
+            case plan.MarkBelowMinimum(since):
+                self.view.below_min_since = since
+
+    async def _transition(self, action: plan.Transition) -> None:
+        old, new = self.record.state, action.to
+        check_job_transition(old, new)
+        self.record.state = new
+        if action.reason or new.terminal:
+            self.record.reason = action.reason
+        if new == JobState.FAILED:
+            self.record.failure = await self._failure_detail()
+        await self.m.store.save_job(self.record)
+        self.view.state, self.view.state_since = new, time.time()
+        if new == JobState.RECONFIGURING:
+            self.view.reconfigure_cause = action.cause
+            self._reconfigure_started = time.time()
+        await self.event("state", f"{old} -> {new}" + (f": {action.reason}" if action.reason else ""),
+                         old=str(old), new=str(new), cause=action.cause, reason=action.reason)
+        self.m.metrics.job_transition(old, new)
+
+    async def _start_generation(self, action: plan.StartGeneration) -> None:
+        old_state = self.record.state
+        check_job_transition(old_state, JobState.RUNNING)
+        members = list(action.node_ids)
+        old_members = self.view.members
+        self.record.generation += 1
+        self.record.node_ids = members
+        self.record.state = JobState.RUNNING
+        await self.m.store.save_job(self.record)
+        gen = self.record.generation
+        master = self.view.nodes[members[0]]
+        self.view.members, self.view.generation, self.view.exits = members, gen, {}
+        self.view.state, self.view.state_since, self.view.stopping_since = (
+            JobState.RUNNING, time.time(), None)
+        took = time.time() - self._reconfigure_started if old_state == JobState.RECONFIGURING else 0
+        await self.event(
+            "generation.started",
+            f"generation {gen} on {len(members)} node(s) ({action.cause}); "
+            f"master {master.host}:{master.free_port}",
+            cause=action.cause, old_members=old_members, new_members=members,
+            world_size=len(members) * self.spec.nproc_per_node,
+            master=f"{master.host}:{master.free_port}", took_s=round(took, 3))
+        if old_state == JobState.RECONFIGURING:
+            self.m.metrics.reconfigured(self.view.reconfigure_cause, took)
+        await self.event("state", f"{old_state} -> RUNNING", old=str(old_state), new="RUNNING")
+        self.m.metrics.job_transition(old_state, JobState.RUNNING)
+        await self.m.launch(self.record, self.spec, self.view)
+
+    async def _stop_generation(self, reason: str) -> None:
+        self.view.stopping_since = time.time()
+        live = [m for m in self.view.members
+                if self.view.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
+        await self.event("generation.stopping", f"stopping generation {self.view.generation}: "
+                         f"{reason}", nodes=live)
+        for node_id in live:
+            await self.m.nodes.stop_workers(node_id, self.record.id, self.view.generation, reason)
+
+    async def _acquire(self, count: int) -> None:
+        try:
+            created = await self.m.nodes.acquire(self.record, self.spec, count)
+        except Exception as exc:  # any provider failure: record it, retry after a pause
+            await self.event("provider.error", f"provider could not add nodes: {exc}",
+                             error=str(exc))
+            await asyncio.sleep(self.m.settings.provider_retry_s)
+            created = []
+        self.post(NodesCreated(tuple(created), count))
+
+    async def _failure_detail(self) -> dict[str, Any]:
+        failures = sorted((e for e in self.view.exits.values() if e.code != 0),
+                          key=lambda e: e.time)
+        if not failures:
+            return {}
+        first = failures[0]
+        tail = await self.m.store.read_logs(self.record.id, node_id=first.node_id,
+                                            rank=first.rank, tail=20)
+        return {"workers": [dataclasses.asdict(f) | {"generation": self.view.generation}
+                            for f in failures],
+                "log_tail": [line.text for line in tail if line.generation == self.view.generation]}
+
+    async def event(self, kind: str, message: str, **data: Any) -> None:
+        record = await self.m.store.append_event(self.record.id, kind, self.record.generation,
+                                                 message, data)
+        self.m.bus.publish("events", self.record.id, record)
+        self.log.info(kind, message=message, generation=self.record.generation, **data)

@@ -1,0 +1,79 @@
+"""What the reconciler knows about one job: a plain value, so `decide` stays pure."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from coordinator.states import JobState, NodeState
+
+
+@dataclasses.dataclass
+class NodeView:
+    id: str
+    state: NodeState
+    host: str = ""
+    free_port: int = 0
+    joined_at: float = 0.0
+
+
+@dataclasses.dataclass
+class WorkerExit:
+    node_id: str
+    rank: int
+    code: int
+    time: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Timings from coordd's settings and the job's spec."""
+
+    target: int
+    minimum: int
+    max_restarts: int
+    wait_for_min_s: float
+    nproc_per_node: int
+    stop_grace_s: float = 10.0
+    # A failure is charged to the job only if no node went missing within this window:
+    # when a machine dies, its peers' collectives fail a moment before its stream drops.
+    failure_settle_s: float = 1.0
+    # Joins that arrive within this window are taken in one reconfiguration.
+    scale_up_settle_s: float = 2.0
+    # How long the first generation waits for all `target` nodes before starting with `minimum`.
+    initial_full_wait_s: float = 60.0
+
+
+@dataclasses.dataclass
+class JobView:
+    job_id: str
+    state: JobState
+    generation: int
+    restarts: int
+    policy: Policy
+    members: list[str] = dataclasses.field(default_factory=list)   # rank order, current gen
+    nodes: dict[str, NodeView] = dataclasses.field(default_factory=dict)  # owned by the job
+    requested: int = 0                       # provider acquisitions in flight
+    exits: dict[int, WorkerExit] = dataclasses.field(default_factory=dict)  # rank -> exit
+    state_since: float = 0.0                 # when the job entered `state`
+    stopping_since: float | None = None      # when StopWorkers was sent for `generation`
+    below_min_since: float | None = None
+    cancel_reason: str | None = None
+    reconfigure_cause: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return len(self.members) * self.policy.nproc_per_node
+
+    def healthy(self) -> list[str]:
+        """Connected nodes, members first in rank order, then newcomers by join time."""
+        ready = {n.id for n in self.nodes.values()
+                 if n.state in (NodeState.READY, NodeState.ASSIGNED)}
+        members = [m for m in self.members if m in ready]
+        others = sorted((self.nodes[n] for n in ready - set(members)),
+                        key=lambda n: (n.joined_at, n.id))
+        return members + [n.id for n in others]
+
+    def coming(self) -> int:
+        """Nodes that may still become healthy: joining, suspect, or requested."""
+        pending = {NodeState.JOINING, NodeState.SUSPECT}
+        return self.requested + sum(1 for n in self.nodes.values() if n.state in pending)

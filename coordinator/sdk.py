@@ -1,0 +1,212 @@
+"""The Python client SDK: everything `coord` does, for scripts and notebooks.
+
+    from coordinator.sdk import Client
+    with Client() as c:                       # COORD_ADDR / COORD_TOKEN, or the local coordd
+        job = c.submit("examples/allreduce/job.toml")
+        for line in c.logs(job.id, follow=True):
+            print(line.text)
+        print(c.wait(job.id).state)
+
+`AsyncClient` is the same API for asyncio code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from coord.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+from coordinator import bundle
+from coordinator.auth import call_metadata
+from coordinator.errors import CoordError, Unavailable, from_status
+from coordinator.settings import default_state_dir
+from coordinator.spec import JobSpec, load_job_file
+
+TERMINAL = {types_pb2.JOB_STATE_SUCCEEDED, types_pb2.JOB_STATE_FAILED,
+            types_pb2.JOB_STATE_CANCELLED}
+CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
+    "config.toml"
+
+
+def resolve(address: str | None = None, token: str | None = None) -> tuple[str, str]:
+    """Arguments > COORD_ADDR/COORD_TOKEN > ~/.config/coord/config.toml > the local coordd's
+    state directory (COORDD_STATE_DIR or ~/.local/state/coord): set it once, or not at all."""
+    file: dict[str, Any] = {}
+    if CONFIG_PATH.exists():
+        file = tomllib.loads(CONFIG_PATH.read_text())
+    state = Path(os.environ.get("COORDD_STATE_DIR", default_state_dir()))
+    address = address or os.environ.get("COORD_ADDR") or file.get("address") or \
+        _read(state / "coordd.addr")
+    token = token or os.environ.get("COORD_TOKEN") or file.get("token") or _read(state / "token")
+    if not address:
+        raise Unavailable("no coordinator address: set COORD_ADDR=HOST:PORT (or start coordd "
+                          f"here; it writes {state / 'coordd.addr'})")
+    return address, token or ""
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _spec_and_bundle(spec: JobSpec | str | Path, workdir: str | Path | None) -> tuple[
+        JobSpec, str, bytes]:
+    if isinstance(spec, JobSpec):
+        root = Path(workdir or ".")
+        return spec, "<sdk>", bundle.pack(root / spec.workdir, spec.files)
+    path = Path(spec)
+    parsed = load_job_file(path)
+    return parsed, str(path), bundle.pack(path.parent / parsed.workdir, parsed.files)
+
+
+class AsyncClient:
+    def __init__(self, address: str | None = None, token: str | None = None):
+        self.address, token = resolve(address, token)
+        self._metadata = call_metadata(token)
+        self._channel = grpc.aio.insecure_channel(self.address, options=[
+            ("grpc.max_send_message_length", 80 * 2**20),
+            ("grpc.max_receive_message_length", 80 * 2**20)])
+        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request) -> Any:
+        try:
+            return await getattr(self._stub, method)(request, metadata=self._metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise from_status(exc.code(), exc.details()) from None
+
+    async def _stream(self, method: str, request) -> AsyncIterator[Any]:
+        try:
+            async for item in getattr(self._stub, method)(request, metadata=self._metadata):
+                yield item
+        except grpc.aio.AioRpcError as exc:
+            raise from_status(exc.code(), exc.details()) from None
+
+    async def submit(self, spec: JobSpec | str | Path, *, workdir: str | Path | None = None,
+                     dry_run: bool = False) -> types_pb2.Job:
+        """Submit a job.toml path or a JobSpec (its workdir relative to `workdir`)."""
+        parsed, source, data = await asyncio.to_thread(_spec_and_bundle, spec, workdir)
+        response = await self._call("SubmitJob", jobs_pb2.SubmitJobRequest(
+            spec_json=parsed.to_json(), source=source, bundle=data, dry_run=dry_run))
+        return response.job
+
+    async def get(self, job: str) -> types_pb2.Job:
+        return await self._call("GetJob", jobs_pb2.GetJobRequest(job=job))
+
+    async def jobs(self, include_finished: bool = True, limit: int = 100) -> list[types_pb2.Job]:
+        response = await self._call("ListJobs", jobs_pb2.ListJobsRequest(
+            include_finished=include_finished, limit=limit))
+        return list(response.jobs)
+
+    async def cancel(self, job: str, reason: str = "") -> types_pb2.Job:
+        return await self._call("CancelJob", jobs_pb2.CancelJobRequest(job=job, reason=reason))
+
+    async def nodes(self, job: str = "", include_gone: bool = False) -> list[types_pb2.Node]:
+        response = await self._call("ListNodes", jobs_pb2.ListNodesRequest(
+            job=job, include_gone=include_gone))
+        return list(response.nodes)
+
+    def watch(self, job: str, after_seq: int = 0,
+              follow: bool = True) -> AsyncIterator[types_pb2.JobEvent]:
+        """Events from the start (or after `after_seq`), then live ones until the job ends
+        (`follow=False`: only those so far)."""
+        return self._stream("WatchJob", jobs_pb2.WatchJobRequest(job=job, after_seq=after_seq,
+                                                                 follow=follow))
+
+    def logs(self, job: str, *, follow: bool = False, node: str = "", rank: int | None = None,
+             tail: int = 0) -> AsyncIterator[types_pb2.LogLine]:
+        return self._stream("StreamLogs", jobs_pb2.StreamLogsRequest(
+            job=job, follow=follow, node_id=node, rank=rank or 0, has_rank=rank is not None,
+            tail=tail))
+
+    async def wait(self, job: str, timeout: float | None = None) -> types_pb2.Job:
+        """Block until the job ends; returns its final record."""
+        async def until_done() -> types_pb2.Job:
+            async for _ in self.watch(job):
+                pass
+            return await self.get(job)
+        return await asyncio.wait_for(until_done(), timeout)
+
+
+class Client:
+    """Blocking form of AsyncClient: each call runs on a private event loop thread."""
+
+    def __init__(self, address: str | None = None, token: str | None = None):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._async = self._run(_make(address, token))
+        self.address = self._async.address
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _iterate(self, agen: AsyncIterator) -> Iterator:
+        try:
+            while True:
+                try:
+                    yield self._run(anext(agen))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(agen.aclose())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def submit(self, spec, *, workdir=None, dry_run=False) -> types_pb2.Job:
+        return self._run(self._async.submit(spec, workdir=workdir, dry_run=dry_run))
+
+    def get(self, job: str) -> types_pb2.Job:
+        return self._run(self._async.get(job))
+
+    def jobs(self, include_finished: bool = True, limit: int = 100) -> list[types_pb2.Job]:
+        return self._run(self._async.jobs(include_finished, limit))
+
+    def cancel(self, job: str, reason: str = "") -> types_pb2.Job:
+        return self._run(self._async.cancel(job, reason))
+
+    def nodes(self, job: str = "", include_gone: bool = False) -> list[types_pb2.Node]:
+        return self._run(self._async.nodes(job, include_gone))
+
+    def watch(self, job: str, after_seq: int = 0,
+              follow: bool = True) -> Iterator[types_pb2.JobEvent]:
+        return self._iterate(self._async.watch(job, after_seq, follow))
+
+    def logs(self, job: str, **kwargs) -> Iterator[types_pb2.LogLine]:
+        return self._iterate(self._async.logs(job, **kwargs))
+
+    def wait(self, job: str, timeout: float | None = None) -> types_pb2.Job:
+        return self._run(self._async.wait(job, timeout))
+
+
+async def _make(address: str | None, token: str | None) -> AsyncClient:
+    return AsyncClient(address, token)
+
+
+__all__ = ["AsyncClient", "Client", "CoordError", "resolve"]

@@ -1,0 +1,145 @@
+"""The job spec: `job.toml` read with tomllib into a pydantic model that refuses unknown keys.
+
+The same model validates on the client (`coord submit`, for an early, local error) and in
+coordd (the client is not trusted), so a bad file is refused before any node is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from coordinator.errors import InvalidSpec
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Set by the agent for every worker: a job may not override them.
+RESERVED_ENV = frozenset({
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+    "MASTER_PORT", "COORD_JOB_ID", "COORD_JOB_NAME", "COORD_GENERATION", "COORD_NODE_ID",
+    "COORD_CHECKPOINT_DIR",
+})
+MAX_COMMAND = 64 * 1024
+MAX_ENV_VALUE = 32 * 1024
+MAX_ENV_ENTRIES = 256
+
+Command = Annotated[str, Field(min_length=1, max_length=MAX_COMMAND)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodesSpec(_Strict):
+    count: int = Field(3, ge=1, le=1024, description="target number of nodes")
+    min: int | None = Field(None, ge=1, le=1024,
+                            description="fewest nodes the job may run on (default: count)")
+    wait_for_min_s: float = Field(600.0, ge=0, le=7 * 24 * 3600,
+                                  description="how long to wait below `min` before failing")
+
+    @model_validator(mode="after")
+    def _min_not_above_count(self) -> NodesSpec:
+        if self.min is not None and self.min > self.count:
+            raise ValueError(f"min ({self.min}) must not exceed count ({self.count})")
+        return self
+
+    @property
+    def minimum(self) -> int:
+        return self.count if self.min is None else self.min
+
+
+class ResourcesSpec(_Strict):
+    provider: Literal["local", "ssh", "aws"] = "local"
+    instance_type: str | None = Field(None, max_length=64)
+    spot: bool = False
+
+
+class JobSpec(_Strict):
+    name: str = Field(pattern=NAME_RE, description="letters, digits, '.', '_', '-'")
+    run: Command
+    setup: Command | None = None
+    nodes: NodesSpec = NodesSpec()
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    env: dict[str, Annotated[str, Field(max_length=MAX_ENV_VALUE)]] = Field(
+        default_factory=dict, max_length=MAX_ENV_ENTRIES)
+    workdir: str = Field(".", max_length=4096,
+                         description="directory shipped to every node, relative to the job file")
+    files: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list, max_length=1024,
+        description="glob patterns inside workdir to ship (default: everything)")
+    checkpoint_dir: str | None = Field(None, max_length=4096)
+    resources: ResourcesSpec = ResourcesSpec()
+    max_restarts: int = Field(0, ge=0, le=1000)
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if not ENV_KEY_RE.match(key):
+                raise ValueError(f"env key {key!r} is not a valid variable name")
+            if key in RESERVED_ENV:
+                raise ValueError(f"env key {key!r} is set by coord for every worker")
+            if "\x00" in value:
+                raise ValueError(f"env value of {key!r} contains a NUL byte")
+        return env
+
+    @field_validator("run", "setup")
+    @classmethod
+    def _no_nul(cls, command: str | None) -> str | None:
+        if command is not None and "\x00" in command:
+            raise ValueError("command contains a NUL byte")
+        return command
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if error["type"] == "missing":
+        return f"missing required key '{key}'"
+    got = error.get("input")
+    got_text = f", got {got!r}"[:120] if not isinstance(got, dict) else ""
+    return f"key '{key}': {error['msg']}{got_text}"
+
+
+def explain(exc: ValidationError, source: str) -> InvalidSpec:
+    """One readable line per problem, each naming the file and the key."""
+    lines = [f"{source}: {_describe(e)}" for e in exc.errors(include_url=False)]
+    return InvalidSpec("invalid job spec:\n  " + "\n  ".join(lines))
+
+
+def parse_spec(data: dict, source: str) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise explain(exc, source) from None
+
+
+def parse_spec_json(text: str, source: str) -> JobSpec:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidSpec(f"{source}: spec is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{source}: spec must be a table/object")
+    return parse_spec(data, source)
+
+
+def load_job_file(path: str | Path) -> JobSpec:
+    """Read and validate a job.toml; every error names the file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidSpec(f"{path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidSpec(f"{path}: not valid TOML: {exc}") from None
+    return parse_spec(data, str(path))

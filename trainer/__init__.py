@@ -1,0 +1,1 @@
+"""coord's trainer side: the elastic training library (`trainer.elastic`)."""

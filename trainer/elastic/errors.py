@@ -1,0 +1,52 @@
+"""Typed errors of the elastic library.
+
+One base class so a training script can catch everything the library raises in one place and
+turn it into a process exit code the agent can classify (`ElasticError.exit_code`).
+"""
+
+from __future__ import annotations
+
+
+class ElasticError(Exception):
+    """Base of every error raised by `trainer.elastic`."""
+
+    exit_code: int = 1
+
+
+class EnvironmentConfigError(ElasticError):
+    """The worker environment (RANK, WORLD_SIZE, ...) is missing or inconsistent."""
+
+    exit_code = 2
+
+
+class StaleGenerationError(ElasticError):
+    """This worker belongs to a generation the coordinator has already replaced.
+
+    Raised instead of committing (or starting) so that a worker that wakes up after its
+    generation was fenced off can never overwrite the state of the live generation.
+    """
+
+    exit_code = 3
+
+    def __init__(self, generation: int, fence: int) -> None:
+        super().__init__(f"generation {generation} is fenced off (FENCE={fence})")
+        self.generation = generation
+        self.fence = fence
+
+
+class FenceFileError(ElasticError):
+    """The FENCE file exists but cannot be read as an integer: refuse rather than guess."""
+
+    exit_code = 3
+
+
+class CheckpointError(ElasticError):
+    """A checkpoint could not be written, or the chosen one could not be read on this rank."""
+
+    exit_code = 4
+
+
+class CommitFailedError(ElasticError):
+    """The agreed (stop or final) commit failed on the writing rank; every rank raises it."""
+
+    exit_code = 4
