@@ -41,10 +41,15 @@ def pack(root: str | Path, patterns: list[str] | None = None,
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for path in _selected(root, patterns or []):
             tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
-            if buffer.tell() > limit:
-                raise InvalidSpec(f"workdir {root}: bundle exceeds {limit // 2**20} MiB; "
-                                  "list what to ship in `files`")
+            _check_size(buffer.tell(), limit, root)  # gzip buffers: a cheap early stop
+    _check_size(buffer.tell(), limit, root)
     return buffer.getvalue()
+
+
+def _check_size(size: int, limit: int, root: Path) -> None:
+    if size > limit:
+        raise InvalidSpec(f"workdir {root}: bundle is over {limit / 2**20:.3g} MiB compressed; "
+                          "list what to ship in `files`, or keep data out of the workdir")
 
 
 def digest(data: bytes) -> str:

@@ -114,10 +114,6 @@ class CheckpointStore:
                 log.warning("checkpoint_skipped", path=str(ref.path), reason=str(exc))
         return None
 
-    def latest_valid_ref(self) -> CheckpointRef | None:
-        found = self.latest()
-        return None if found is None else found.ref
-
     def _prune(self, newest: CheckpointRef) -> None:
         """Keep the newest `keep` checkpoints (the one just made durable among them)."""
         refs = [r for r in self.refs() if r <= newest]

@@ -1,0 +1,222 @@
+"""The reconciler's decisions, one step at a time, with a fake clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.reconciler import plan
+from coordinator.reconciler.decide import decide
+from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
+from coordinator.states import JobState, NodeState
+
+POLICY = Policy(target=3, minimum=2, max_restarts=1, wait_for_min_s=60, nproc_per_node=1,
+                stop_grace_s=5, failure_settle_s=1, scale_up_settle_s=2, initial_full_wait_s=30)
+
+
+def apply(view: JobView, actions: list, now: float) -> None:
+    """What the runner does to its view after acting (persistence and messages aside)."""
+    for a in actions:
+        match a:
+            case plan.Transition(to, _, cause):
+                view.state, view.state_since = to, now
+                if to == JobState.RECONFIGURING:
+                    view.reconfigure_cause = cause
+            case plan.StartGeneration(node_ids, _):
+                view.generation += 1
+                view.members, view.exits = list(node_ids), {}
+                view.state, view.state_since, view.stopping_since = JobState.RUNNING, now, None
+                for n in node_ids:
+                    view.nodes[n].state = NodeState.ASSIGNED
+            case plan.StopGeneration():
+                view.stopping_since = now
+            case plan.Acquire(count, _):
+                view.requested += count
+            case plan.Release(node_ids, _):
+                for n in node_ids:
+                    view.nodes[n].state = NodeState.GONE
+            case plan.ChargeRestart():
+                view.restarts += 1
+            case plan.MarkBelowMinimum(since):
+                view.below_min_since = since
+
+
+def step(view: JobView, now: float) -> list:
+    actions = decide(view, now)
+    apply(view, actions, now)
+    return actions
+
+
+def join(view: JobView, node_id: str, now: float) -> None:
+    view.requested = max(0, view.requested - 1)
+    view.nodes[node_id] = NodeView(node_id, NodeState.READY, "127.0.0.1", 29500, now)
+
+
+def running_job(policy: Policy = POLICY) -> JobView:
+    view = JobView("j", JobState.PENDING, 0, 0, policy)
+    step(view, 0)
+    for i in range(policy.target):
+        join(view, f"n{i}", 1)
+    step(view, 1)
+    return view
+
+
+def kinds(actions: list) -> list[type]:
+    return [type(a) for a in actions]
+
+
+def test_a_new_job_asks_for_its_nodes_and_starts_when_all_have_joined():
+    view = JobView("j", JobState.PENDING, 0, 0, POLICY)
+    actions = step(view, 0)
+    assert plan.Acquire(3, "0 of 3 nodes healthy") in actions
+    assert view.state == JobState.PROVISIONING
+    assert step(view, 0.5) == []
+    for i in range(3):
+        join(view, f"n{i}", 1)
+    actions = step(view, 1)
+    assert plan.StartGeneration(("n0", "n1", "n2"), "start") in actions
+    assert view.state == JobState.RUNNING and view.generation == 1
+
+
+def test_node_loss_reforms_without_it_and_asks_for_a_replacement():
+    view = running_job()
+    view.nodes["n0"].state = NodeState.LOST
+    actions = step(view, 10)
+    assert view.state == JobState.RECONFIGURING and view.reconfigure_cause == "node_lost"
+    assert plan.StopGeneration in kinds(actions) and plan.Acquire(1, "2 of 3 nodes healthy") in actions
+    assert step(view, 10.1) == []  # survivors' workers have not exited yet
+    for rank, node in ((1, "n1"), (2, "n2")):
+        view.exits[rank] = WorkerExit(node, rank, -15, 10.2)
+    actions = step(view, 10.3)
+    start = next(a for a in actions if isinstance(a, plan.StartGeneration))
+    assert start.node_ids == ("n1", "n2")  # the lost node is never the master
+    assert view.restarts == 0  # a node loss never costs a restart
+
+
+def test_survivors_that_never_report_do_not_block_recovery_forever():
+    view = running_job()
+    view.nodes["n0"].state = NodeState.LOST
+    step(view, 10)
+    assert not any(isinstance(a, plan.StartGeneration) for a in step(view, 12))
+    assert any(isinstance(a, plan.StartGeneration) for a in step(view, 10 + 5 + 5.1))
+
+
+def test_a_worker_failure_while_a_node_is_suspect_waits_for_the_verdict():
+    view = running_job()
+    view.exits[1] = WorkerExit("n1", 1, 1, 10)
+    view.nodes["n0"].state = NodeState.SUSPECT
+    assert step(view, 15) == []
+    view.nodes["n0"].state = NodeState.LOST
+    step(view, 16)
+    assert view.reconfigure_cause == "node_lost" and view.restarts == 0
+
+
+def test_worker_failures_use_the_restart_budget_then_fail_the_job():
+    view = running_job()
+    view.exits[2] = WorkerExit("n2", 2, 3, 10)
+    assert step(view, 10.5) == []  # within the settle window
+    step(view, 11.1)
+    assert view.state == JobState.RECONFIGURING and view.restarts == 1
+    for rank in (0, 1):
+        view.exits[rank] = WorkerExit(f"n{rank}", rank, -15, 11.2)
+    step(view, 11.3)
+    assert view.state == JobState.RUNNING and view.generation == 2
+    view.exits[0] = WorkerExit("n0", 0, 7, 20)
+    actions = step(view, 21.5)
+    assert view.state == JobState.FAILED
+    reason = actions[0].reason
+    assert "rank 0" in reason and "code 7" in reason and "max_restarts=1" in reason
+
+
+def test_success_when_every_rank_exits_zero():
+    view = running_job()
+    for rank in range(3):
+        view.exits[rank] = WorkerExit(f"n{rank}", rank, 0, 10)
+    actions = step(view, 10)
+    assert view.state == JobState.SUCCEEDED
+    assert plan.Release(("n0", "n1", "n2"), "job succeeded") in actions
+
+
+def test_below_minimum_for_too_long_fails_with_a_reason():
+    view = running_job()
+    view.nodes["n0"].state = NodeState.LOST
+    view.nodes["n1"].state = NodeState.LOST
+    step(view, 10)
+    assert view.below_min_since == 10
+    step(view, 69)
+    assert view.state == JobState.RECONFIGURING
+    actions = step(view, 70.5)
+    assert view.state == JobState.FAILED
+    assert "minimum 2" in actions[0].reason and "wait_for_min_s" in actions[0].reason
+
+
+def test_joins_close_together_are_taken_in_one_reconfiguration():
+    view = running_job()
+    view.nodes["n0"].state = NodeState.LOST
+    step(view, 10)
+    for rank in (1, 2):
+        view.exits[rank] = WorkerExit(f"n{rank}", rank, -15, 10.1)
+    step(view, 10.2)
+    assert view.state == JobState.RUNNING and len(view.members) == 2
+    join(view, "n3", 20)
+    assert step(view, 21) == []  # waiting for more joins to settle
+    step(view, 22.1)
+    assert view.state == JobState.RECONFIGURING and view.reconfigure_cause == "scale_up"
+    for rank in (0, 1):
+        view.exits[rank] = WorkerExit(view.members[rank], rank, 0, 22.2)
+    actions = step(view, 22.3)
+    start = next(a for a in actions if isinstance(a, plan.StartGeneration))
+    assert start.node_ids == ("n1", "n2", "n3")
+
+
+def test_cancel_stops_and_releases_everything():
+    view = running_job()
+    view.cancel_reason = "user"
+    actions = step(view, 5)
+    assert kinds(actions) == [plan.Transition, plan.StopGeneration, plan.Release]
+    assert view.state == JobState.CANCELLED and step(view, 6) == []
+
+
+events = st.lists(st.tuples(
+    st.sampled_from(["lose", "suspect", "recover", "join", "exit0", "exit1", "tick"]),
+    st.integers(0, 5), st.floats(0.01, 20)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_invariants_hold_under_random_events(sequence):
+    view = running_job(dataclasses.replace(POLICY, max_restarts=2))
+    now, joined = 1.0, 3
+    for kind, index, dt in sequence:
+        now += dt
+        ids = sorted(view.nodes)
+        node = view.nodes[ids[index % len(ids)]]
+        if kind == "lose" and node.state != NodeState.GONE:
+            node.state = NodeState.LOST
+        elif kind == "suspect" and node.state in (NodeState.READY, NodeState.ASSIGNED):
+            node.state = NodeState.SUSPECT
+        elif kind == "recover" and node.state == NodeState.SUSPECT:
+            node.state = NodeState.ASSIGNED
+        elif kind == "join" and view.requested:
+            join(view, f"n{joined}", now)
+            joined += 1
+        elif kind.startswith("exit") and view.members:
+            rank = index % len(view.members)
+            view.exits.setdefault(rank, WorkerExit(view.members[rank], rank, int(kind[-1]), now))
+        before_state, before_gen = view.state, view.generation
+        actions = step(view, now)
+        for a in actions:
+            if isinstance(a, plan.StartGeneration):
+                assert before_state in (JobState.PROVISIONING, JobState.RECONFIGURING)
+                assert POLICY.minimum <= len(a.node_ids) <= POLICY.target
+                assert len(set(a.node_ids)) == len(a.node_ids)
+                assert all(view.nodes[n].state not in (NodeState.LOST, NodeState.GONE)
+                           for n in a.node_ids)
+        assert view.generation - before_gen <= 1  # never two generations at once
+        assert view.restarts <= 2
+        assert view.requested >= 0
+        if view.state.terminal:
+            assert decide(view, now + 100) == []
+            break
