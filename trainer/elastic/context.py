@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -132,8 +132,13 @@ class ElasticContext:
                        from_generation=generation, world_size=self.world_size)
         return self.state
 
-    def loop(self, total_steps: int, dataset_size: int, global_batch: int) -> Iterator[Step]:
-        """Yield steps from the restored one to `total_steps`, or until an agreed stop."""
+    def loop(self, total_steps: int, dataset_size: int, global_batch: int,
+             on_step: Callable[[TrainState], None] | None = None) -> Iterator[Step]:
+        """Yield steps from the restored one to `total_steps`, or until an agreed stop.
+
+        `on_step(state)` runs on every rank after each step's boundary work, when the global
+        mean loss of the step (`state.last_loss`) is known.
+        """
         if self._bound is None:
             raise RuntimeError("call ctx.restore(model, optimizer, scheduler) before ctx.loop()")
         plan = self._prepare_batch_plan(global_batch)
@@ -146,7 +151,10 @@ class ElasticContext:
                                        self.world_size, self.rank, self.config.max_micro_batch)
             step = Step(self.state.step + 1, micro, plan.global_batch)
             yield step
-            if self._finish_step(step, total_steps):
+            done = self._finish_step(step, total_steps)
+            if on_step is not None:
+                on_step(self.state)
+            if done:
                 return
 
     def request_stop(self, reason: str = "requested") -> None:
