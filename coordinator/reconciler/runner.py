@@ -109,7 +109,8 @@ class JobRunner:
                     self.view.nodes[node_id].state = NodeState.GONE
                     await self.m.nodes.release(node_id, reason)
             case plan.ChargeRestart():
-                self.record.restarts += 1
+                self.record.restarts += 1  # persisted with the transition that follows
+                self.view.restarts = self.record.restarts
             case plan.MarkBelowMinimum(since):
                 self.view.below_min_since = since
 
