@@ -32,6 +32,8 @@ def serve(
                                                 "[env COORDD_CONFIG]")] = None,
     heartbeat_timeout: Annotated[float | None, typer.Option(help="seconds without a heartbeat "
                                                             "before a node is lost")] = None,
+    metrics_listen: Annotated[str | None, typer.Option(help="HOST:PORT to serve Prometheus "
+                                                       "/metrics on (default: off)")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning")] = None,
 ) -> None:
     """Start the coordinator. Precedence: flags > COORDD_* environment > --config file > defaults.
@@ -45,7 +47,7 @@ def serve(
     if config:
         os.environ["COORDD_CONFIG"] = str(config)
     flags = {"state_dir": state_dir, "listen": listen, "heartbeat_timeout_s": heartbeat_timeout,
-             "log_level": log_level}
+             "metrics_listen": metrics_listen, "log_level": log_level}
     settings = CoorddSettings(**{k: v for k, v in flags.items() if v is not None})
     logs.configure(settings.log_level, settings.log_json)
     from coordinator.server import run

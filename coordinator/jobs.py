@@ -92,6 +92,7 @@ class JobManager:
                       nproc_per_node=spec.nproc_per_node, stop_grace_s=s.stop_grace_s,
                       failure_settle_s=min(1.0, s.reconnect_grace_s + 0.5),
                       scale_up_settle_s=s.scale_up_settle_s,
+                      scale_up_min_runtime_s=s.scale_up_min_runtime_s,
                       initial_full_wait_s=s.initial_full_wait_s)
 
     def _start_runner(self, record: JobRecord, spec: JobSpec) -> None:
@@ -114,6 +115,7 @@ class JobManager:
     async def resume(self) -> None:
         """At start-up: a reconciler for every job that had not ended."""
         for record in await self.store.list_jobs(include_finished=False, limit=1000):
+            self.metrics.job_added(record.state)
             self._start_runner(record, parse_spec_json(record.spec_json, record.id))
 
     def spawn(self, coro) -> asyncio.Task:
@@ -154,6 +156,7 @@ class JobManager:
     # launching a generation ----------------------------------------------------------
     async def launch(self, record: JobRecord, spec: JobSpec, view: JobView) -> None:
         master = view.nodes[view.members[0]]
+        port = self.nodes.free_port(master.id) or master.free_port  # fresh: reported just now
         world = len(view.members) * spec.nproc_per_node
         ckpt = self.checkpoint_dir(record, spec)
         for index, node_id in enumerate(view.members):
@@ -162,7 +165,7 @@ class JobManager:
             workers = []
             for local_rank in range(spec.nproc_per_node):
                 env = {**spec.env,
-                       "MASTER_ADDR": master.host, "MASTER_PORT": str(master.free_port),
+                       "MASTER_ADDR": master.host, "MASTER_PORT": str(port),
                        "WORLD_SIZE": str(world), "RANK": str(index * spec.nproc_per_node + local_rank),
                        "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(spec.nproc_per_node),
                        "GROUP_RANK": str(index), "COORD_JOB_ID": record.id,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from coordinator.states import JobState
+from coordinator.states import JobState, NodeState
 
 
 class Metrics:
@@ -28,6 +28,16 @@ class Metrics:
 
     def job_added(self, state: JobState) -> None:
         self.jobs.labels(str(state)).inc()
+
+    def node_transition(self, old: NodeState | None, new: NodeState) -> None:
+        if old is not None:
+            self.nodes.labels(str(old)).dec()
+        self.nodes.labels(str(new)).inc()
+
+    def serve(self, listen: str) -> None:
+        """/metrics over HTTP on a thread of prometheus_client's own."""
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
 
     def reconfigured(self, cause: str, seconds: float) -> None:
         self.reconfigurations.labels(cause or "unknown").inc()

@@ -17,6 +17,7 @@ import structlog
 
 from coord.v1 import agent_pb2
 from coordinator.errors import InvalidSpec
+from coordinator.metrics import Metrics
 from coordinator.providers.base import Provider
 from coordinator.reconciler.view import NodeView
 from coordinator.settings import CoorddSettings
@@ -50,8 +51,9 @@ class AgentSession:
 
 class NodeRegistry:
     def __init__(self, store: Store, settings: CoorddSettings, providers: dict[str, Provider],
-                 on_change: Callable[[NodeRecord, NodeView], None]):
+                 on_change: Callable[[NodeRecord, NodeView], None], metrics: Metrics):
         self.store, self.settings, self.providers = store, settings, providers
+        self.metrics = metrics
         self.on_change = on_change
         self.nodes: dict[str, NodeRecord] = {}
         self.sessions: dict[str, AgentSession] = {}
@@ -62,6 +64,7 @@ class NodeRegistry:
     async def load(self) -> None:
         for node in await self.store.list_nodes():
             self.nodes[node.id] = node
+            self.metrics.node_transition(None, node.state)
 
     def view(self, node: NodeRecord) -> NodeView:
         session = self.sessions.get(node.id)
@@ -77,6 +80,7 @@ class NodeRegistry:
         check_node_transition(old, new)
         node.state = new
         await self.store.save_node(node)
+        self.metrics.node_transition(old, new)
         log.info("node.state", node=node.id, job=node.job_id, old=str(old), new=str(new),
                  cause=cause)
         if node.job_id:
@@ -97,6 +101,7 @@ class NodeRegistry:
         for node in records:  # persisted before the provider acts: nothing launched unrecorded
             await self.store.save_node(node)
             self.nodes[node.id] = node
+            self.metrics.node_transition(None, node.state)
         await provider.launch(records, job, spec)
         for node in records:
             await self.store.save_node(node)
@@ -121,6 +126,7 @@ class NodeRegistry:
         if node is None:  # started by hand: a pool node nobody asked for
             node = NodeRecord(id=msg.node_id or f"node-{secrets.token_hex(4)}", provider="static")
             self.nodes[node.id] = node
+            self.metrics.node_transition(None, node.state)
         node.host = msg.host or node.host
         node.resources = {"cpus": msg.resources.cpus, "gpus": msg.resources.gpus,
                           "memory_bytes": msg.resources.memory_bytes}
@@ -162,6 +168,11 @@ class NodeRegistry:
             self._before_suspect[node.id] = node.state
             self._suspect_since[node.id] = time.monotonic()
             await self.set_state(node, NodeState.SUSPECT, "stream closed")
+
+    def free_port(self, node_id: str) -> int:
+        """The port the node most recently reported free (each heartbeat refreshes it)."""
+        session = self.sessions.get(node_id)
+        return session.free_port if session else 0
 
     def send(self, node_id: str, message: agent_pb2.CoordinatorMessage) -> bool:
         session = self.sessions.get(node_id)

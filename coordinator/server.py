@@ -42,13 +42,15 @@ class Coordinator:
         jobs = JobManager(store, bus, s, metrics)
         providers = {"local": LocalProvider(s.state_dir / "nodes", self.advertised, token,
                                             s.stop_grace_s)}
-        nodes = NodeRegistry(store, s, providers, jobs.on_node_change)
+        nodes = NodeRegistry(store, s, providers, jobs.on_node_change, metrics)
         jobs.nodes = nodes
         await nodes.load()
         server = self._grpc_server(token, jobs, store, bus, nodes, metrics)
         await server.start()
         await asyncio.to_thread(s.addr_path.write_text, self.address + "\n")
         log.info("coordd.listening", address=self.address, state_dir=str(s.state_dir))
+        if s.metrics_listen:
+            metrics.serve(s.metrics_listen)
         watchdog = asyncio.create_task(nodes.watch())
         await jobs.resume()
         self.ready.set()

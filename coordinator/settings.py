@@ -28,10 +28,14 @@ class CoorddSettings(BaseSettings):
     join_timeout_s: float = Field(120.0, gt=0, description="a new node must register within this")
     stop_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL for stopped workers")
     scale_up_settle_s: float = Field(2.0, ge=0, description="batch joins that arrive within this")
+    scale_up_min_runtime_s: float = Field(30.0, ge=0,
+                                          description="a generation runs this long before a "
+                                                      "scale-up may restart it")
     initial_full_wait_s: float = Field(60.0, ge=0,
                                        description="wait this long for all nodes before "
                                                    "starting with nodes.min")
     provider_retry_s: float = Field(5.0, ge=0)
+    metrics_listen: str = Field("", description="HOST:PORT for Prometheus /metrics (empty: off)")
     max_message_bytes: int = Field(80 * 2**20, ge=2**20)
     log_level: str = "info"
     log_json: bool | None = None

@@ -80,12 +80,16 @@ def _provisioning(view: JobView, now: float) -> list[Action]:
 
 
 def _running(view: JobView, now: float) -> list[Action]:
+    failures = sorted((e for e in view.exits.values() if e.code != 0), key=lambda e: e.time)
     lost = [m for m in view.members if view.nodes[m].state in GONE_STATES]
+    if failures:
+        # A member whose stream dropped while its peers' collectives failed took this
+        # generation down with it: waiting out its reconnect grace would only add to the outage.
+        lost += [m for m in view.members if view.nodes[m].state == NodeState.SUSPECT]
     if lost:
         reason = f"lost node{'s' if len(lost) > 1 else ''} {', '.join(lost)}"
         return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_lost"),
                 StopGeneration(reason)] + _replenish(view)
-    failures = sorted((e for e in view.exits.values() if e.code != 0), key=lambda e: e.time)
     if failures:
         return _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
@@ -94,8 +98,7 @@ def _running(view: JobView, now: float) -> list[Action]:
 
 
 def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
-    suspect = any(view.nodes[m].state == NodeState.SUSPECT for m in view.members)
-    if suspect or now - first.time < view.policy.failure_settle_s:
+    if now - first.time < view.policy.failure_settle_s:
         return []  # wait: a node loss, not the job, may be the cause
     reason = f"rank {first.rank} on node {first.node_id} exited with code {first.code}"
     if view.restarts < view.policy.max_restarts:
@@ -110,6 +113,8 @@ def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
 def _scale_up(view: JobView, now: float) -> list[Action]:
     newcomers = [n for n in view.healthy() if n not in view.members]
     if not newcomers or len(view.members) >= view.policy.target or view.exits:
+        return []
+    if now - view.state_since < view.policy.scale_up_min_runtime_s:
         return []
     last_join = max(view.nodes[n].joined_at for n in newcomers)
     if now - last_join < view.policy.scale_up_settle_s:
@@ -136,8 +141,8 @@ def _still_stopping(view: JobView, now: float) -> bool:
         return False
     per_node = view.policy.nproc_per_node
     for index, node_id in enumerate(view.members):
-        if view.nodes[node_id].state in GONE_STATES:
-            continue
+        if view.nodes[node_id].state in GONE_STATES + (NodeState.SUSPECT,):
+            continue  # unreachable: whatever it still runs is fenced by the generation
         ranks = range(index * per_node, (index + 1) * per_node)
         if any(rank not in view.exits for rank in ranks):
             return True

@@ -142,6 +142,7 @@ class JobRunner:
         await self.m.store.save_job(self.record)
         gen = self.record.generation
         master = self.view.nodes[members[0]]
+        master_port = self.m.nodes.free_port(master.id) or master.free_port
         self.view.members, self.view.generation, self.view.exits = members, gen, {}
         self.view.state, self.view.state_since, self.view.stopping_since = (
             JobState.RUNNING, time.time(), None)
@@ -149,10 +150,10 @@ class JobRunner:
         await self.event(
             "generation.started",
             f"generation {gen} on {len(members)} node(s) ({action.cause}); "
-            f"master {master.host}:{master.free_port}",
+            f"master {master.host}:{master_port}",
             cause=action.cause, old_members=old_members, new_members=members,
             world_size=len(members) * self.spec.nproc_per_node,
-            master=f"{master.host}:{master.free_port}", took_s=round(took, 3))
+            master=f"{master.host}:{master_port}", took_s=round(took, 3))
         if old_state == JobState.RECONFIGURING:
             self.m.metrics.reconfigured(self.view.reconfigure_cause, took)
         await self.event("state", f"{old_state} -> RUNNING", old=str(old_state), new="RUNNING")

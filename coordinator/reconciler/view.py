@@ -39,6 +39,9 @@ class Policy:
     failure_settle_s: float = 1.0
     # Joins that arrive within this window are taken in one reconfiguration.
     scale_up_settle_s: float = 2.0
+    # A generation runs at least this long before a scale-up restarts it: growing back must
+    # not cost more progress than it brings.
+    scale_up_min_runtime_s: float = 30.0
     # How long the first generation waits for all `target` nodes before starting with `minimum`.
     initial_full_wait_s: float = 60.0
 
@@ -74,6 +77,9 @@ class JobView:
         return members + [n.id for n in others]
 
     def coming(self) -> int:
-        """Nodes that may still become healthy: joining, suspect, or requested."""
-        pending = {NodeState.JOINING, NodeState.SUSPECT}
-        return self.requested + sum(1 for n in self.nodes.values() if n.state in pending)
+        """Nodes that may still become healthy: requested, joining, or members whose stream
+        dropped (a blip, until proven otherwise). A suspect node already dropped from the
+        generation is not counted: its replacement is asked for at once."""
+        return self.requested + sum(
+            1 for n in self.nodes.values()
+            if n.state == NodeState.JOINING or (n.state == NodeState.SUSPECT and n.id in self.members))

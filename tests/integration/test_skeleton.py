@@ -13,7 +13,7 @@ import pytest
 
 from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2
 from coordinator.providers.procs import session_pids
-from tests.integration.harness import job_pids, wait_for
+from tests.integration.harness import ROOT, job_pids, wait_for
 
 JOBS = Path(__file__).parent / "jobs"
 
@@ -28,7 +28,7 @@ def write_job(tmp_path: Path, body: str, script: str | None = None) -> Path:
 
 @pytest.mark.timeout(180)
 def test_example_job_succeeds_and_every_rank_prints_the_sum(coordd, client):
-    result = coordd.cli("submit", "examples/allreduce/job.toml")
+    result = coordd.cli("submit", "examples/allreduce/job.toml", cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = re.search(r"submitted (\S+)", result.stdout).group(1)
     job = client.get(job_id)

@@ -1,0 +1,89 @@
+"""A real coordd in a subprocess with a private state directory, on a free loopback port:
+what the tests and benchmarks use, and a quick way to try coord from Python.
+
+    cluster = start_coordd(Path("/tmp/coord-try"))
+    os.environ.update(COORD_ADDR=cluster.address, COORD_TOKEN=cluster.token)
+    ...
+    cluster.stop()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from coordinator.providers.procs import signal_session
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll until `predicate()` is truthy and return it; TimeoutError naming `what` after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclasses.dataclass
+class LocalCoordd:
+    state_dir: Path
+    process: subprocess.Popen
+    address: str
+    token: str
+    log_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "COORD_ADDR": self.address, "COORD_TOKEN": self.token,
+                "COORDD_STATE_DIR": str(self.state_dir)}
+
+    def cli(self, *args: str, timeout: float = 120, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "coord"), *args], env=self.env, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def node_pid(self, node_id: str) -> int:
+        """The agent pid of a local node, which is also its session id: the whole 'machine'."""
+        with sqlite3.connect(self.state_dir / "coord.db") as db:
+            row = db.execute("select provider_json from nodes where id=?", (node_id,)).fetchone()
+        return json.loads(row[0])["pid"]
+
+    def kill_node(self, node_id: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """The machine vanishes (SIGKILL) or freezes (SIGSTOP): its agent and every worker."""
+        return signal_session(self.node_pid(node_id), sig)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None) -> LocalCoordd:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    addr_file = state_dir / "coordd.addr"
+    addr_file.unlink(missing_ok=True)
+    log_path = state_dir / "coordd.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "coordd"), "serve", "--state-dir", str(state_dir),
+             "--listen", "127.0.0.1:0", *flags], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "COORDD_LOG_JSON": "true", **(env or {})})
+    address = wait_for(lambda: addr_file.exists() and addr_file.read_text().strip(), 30,
+                       what="coordd to listen")
+    token = (state_dir / "token").read_text().strip()
+    return LocalCoordd(state_dir, process, address, token, log_path)
