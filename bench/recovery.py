@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.localcluster import start_coordd, wait_for
-from coordinator.providers.procs import signal_session
+from coordinator.providers.procs import signal_tree
 from coordinator.sdk import Client
 from trainer.elastic import committed_history
 
@@ -56,8 +56,12 @@ def wait_step(ckpt: Path, step: int, timeout: float) -> None:
 
 
 def measure(name: str, ckpt: Path, killed_at: float, finished: bool) -> Result:
+    """Recovery ends at the first step completed by a generation that began after the kill
+    (a step whose all-reduce finished just before the kill does not count)."""
     history = committed_history(ckpt)
-    after = [r.t for r in history.lineage if r.t > killed_at]
+    records = sorted(history.lineage + history.lost, key=lambda r: r.t)
+    at_kill = max((r.generation for r in records if r.t <= killed_at), default=0)
+    after = [r.t for r in history.lineage if r.t > killed_at and r.generation > at_kill]
     recovery = min(after) - killed_at if after else None
     return Result(name, recovery, len(history.lost), finished)
 
@@ -86,11 +90,11 @@ def run_torchrun(a: argparse.Namespace, work: Path) -> Result:
     try:
         wait_step(ckpt, a.kill_at, 120)
         killed_at = time.time()
-        signal_session(launchers[2].pid, signal.SIGKILL)
+        signal_tree(launchers[2].pid, signal.SIGKILL)
         finished = _wait_all(launchers[:2], a.give_up_s)
     finally:
         for p in launchers:
-            signal_session(p.pid, signal.SIGKILL)
+            signal_tree(p.pid, signal.SIGKILL)
     return measure("torchrun" + (" (tuned)" if a.tuned else ""), ckpt, killed_at, finished)
 
 
@@ -155,16 +159,20 @@ def main() -> None:
     p.add_argument("--give-up-s", type=float, default=240)
     p.add_argument("--tuned", action="store_true", help="torchrun with the tuned settings")
     p.add_argument("--only", choices=["coord", "torchrun"])
+    p.add_argument("--keep", action="store_true", help="keep the work directories (logs)")
     a = p.parse_args()
     results = []
     for name, runner in (("torchrun", run_torchrun), ("coord", run_coord)):
         if a.only in (None, name):
-            with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
-                work = Path(tmp)
-                if name == "torchrun":
-                    shutil.copytree(EXAMPLE, work, dirs_exist_ok=True)
-                print(f"running {name} ...", flush=True)
+            work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+            print(f"running {name} in {work} ...", flush=True)
+            if name == "torchrun":
+                shutil.copytree(EXAMPLE, work, dirs_exist_ok=True)
+            try:
                 results.append(runner(a, work))
+            finally:
+                if not a.keep:
+                    shutil.rmtree(work, ignore_errors=True)
     show(results)
 
 

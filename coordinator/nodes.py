@@ -62,9 +62,17 @@ class NodeRegistry:
         self._tasks: set[asyncio.Task] = set()
 
     async def load(self) -> None:
+        """At start-up: every node that was alive must reconnect within the restart grace,
+        or it is lost (coordd may have been down for a while; agents retry with backoff)."""
+        grace_from = time.monotonic() + self.settings.restart_grace_s - self.settings.reconnect_grace_s
         for node in await self.store.list_nodes():
             self.nodes[node.id] = node
             self.metrics.node_transition(None, node.state)
+            if node.state.alive and node.state != NodeState.SUSPECT:
+                self._before_suspect[node.id] = node.state
+                await self.set_state(node, NodeState.SUSPECT, "coordd restarted")
+            if node.state == NodeState.SUSPECT:
+                self._suspect_since[node.id] = grace_from
 
     def view(self, node: NodeRecord) -> NodeView:
         session = self.sessions.get(node.id)

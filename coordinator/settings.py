@@ -25,6 +25,8 @@ class CoorddSettings(BaseSettings):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_timeout_s: float = Field(5.0, gt=0, description="no heartbeat this long: node lost")
     reconnect_grace_s: float = Field(2.0, ge=0, description="stream down this long: node lost")
+    restart_grace_s: float = Field(30.0, ge=0, description="after coordd restarts, nodes must "
+                                                         "reconnect within this")
     join_timeout_s: float = Field(120.0, gt=0, description="a new node must register within this")
     stop_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL for stopped workers")
     scale_up_settle_s: float = Field(2.0, ge=0, description="batch joins that arrive within this")

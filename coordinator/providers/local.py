@@ -70,6 +70,13 @@ class LocalProvider(Provider):
             await self._wait_gone(node.id, pid, 5)
         self._procs.pop(node.id, None)
 
+    async def close(self) -> None:
+        """coordd is stopping: its local nodes are its children in all but name, so they go
+        too (their agents stop their workers gracefully first)."""
+        pending = [NodeRecord(id=node_id, provider=self.name, provider_data={"pid": proc.pid})
+                   for node_id, proc in self._procs.items() if proc.returncode is None]
+        await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
+
     async def _wait_gone(self, node_id: str, sid: int, timeout: float) -> bool:
         """True once no process of the node's session is left."""
         proc = self._procs.get(node_id)
