@@ -13,6 +13,7 @@ TRAIN_LR, TRAIN_STEP_SLEEP), so a job can tune a run without editing its command
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import sys
@@ -104,29 +105,33 @@ def train(args: argparse.Namespace) -> int:
                                    max_micro_batch=args.max_micro_batch, seed=args.seed,
                                    timeout_s=args.pg_timeout)
     with elastic.init(config) as ctx:
-        images, labels = make_dataset(args.dataset_size, args.seed)
-        images, labels = images.to(ctx.device), labels.to(ctx.device)
-        model = Net().to(ctx.device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-        scheduler = make_schedule(optimizer, args)
-        ctx.restore(model, optimizer, scheduler)
-        ddp = DistributedDataParallel(model)
         started = time.monotonic()
-        progress = make_progress(ctx, scheduler, args.print_every)
-        for step in ctx.loop(args.steps, args.dataset_size, args.global_batch,
-                             on_step=progress):
-            for mb in step.micro(ddp):
-                idx = mb.indices.to(ctx.device)
-                step.backward(F.cross_entropy(ddp(images[idx]), labels[idx]), mb)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if args.stop_after is not None and step.number >= args.stop_after \
-                    and ctx.rank == ctx.world_size - 1:
-                ctx.request_stop("--stop-after")
-            if args.step_sleep:
-                time.sleep(args.step_sleep)
+        run(ctx, args)  # returns before close(): DDP must not outlive the process group
         return finish(ctx, time.monotonic() - started)
+
+
+def run(ctx: elastic.ElasticContext, args: argparse.Namespace) -> None:
+    """Restore, then train until the last step or an agreed stop."""
+    images, labels = make_dataset(args.dataset_size, args.seed)
+    images, labels = images.to(ctx.device), labels.to(ctx.device)
+    model = Net().to(ctx.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    scheduler = make_schedule(optimizer, args)
+    ctx.restore(model, optimizer, scheduler)
+    ddp = DistributedDataParallel(model)
+    progress = make_progress(ctx, scheduler, args.print_every)
+    for step in ctx.loop(args.steps, args.dataset_size, args.global_batch, on_step=progress):
+        for mb in step.micro(ddp):
+            idx = mb.indices.to(ctx.device)
+            step.backward(F.cross_entropy(ddp(images[idx]), labels[idx]), mb)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if args.stop_after is not None and step.number >= args.stop_after \
+                and ctx.rank == ctx.world_size - 1:
+            ctx.request_stop("--stop-after")
+        if args.step_sleep:
+            time.sleep(args.step_sleep)
 
 
 def make_progress(ctx: elastic.ElasticContext, scheduler: object,
@@ -158,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         return train(args)
     except elastic.ElasticError as exc:
         print(f"elastic error ({type(exc).__name__}): {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+        code = exc.exit_code
+    gc.collect()  # free a DDP module held by the traceback while the interpreter is whole
+    return code
 
 
 if __name__ == "__main__":

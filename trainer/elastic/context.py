@@ -15,6 +15,7 @@ stopping and at the last step.
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -184,12 +185,20 @@ class ElasticContext:
         return due
 
     def close(self) -> None:
-        """Release the step log, signal handlers and (if we made it) the process group."""
+        """Release the step log, signal handlers and (if we made it) the process group.
+
+        Drop DistributedDataParallel objects before calling this: a DDP module keeps the
+        process group alive past `destroy_process_group`, and gloo then aborts the process
+        (SIGABRT, exit 134) at interpreter exit. The collection below frees DDP modules that
+        are already unreachable but still in reference cycles.
+        """
         if self._steplog is not None:
             self._steplog.close()
             self._steplog = None
         self.stop_flag.uninstall()
+        self._bound = None
         if self._owns_group and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
             self._owns_group = False
 
@@ -210,11 +219,11 @@ class ElasticContext:
         if self.is_leader:
             self._step_log().append(step.number, self.env.generation, loss,
                                     self.state.samples_seen)
+        if step.number >= total_steps:  # done: a stop request at the last step changes nothing
+            self._commit_agreed()
+            return True
         if stop:
             self._stop_here()
-            return True
-        if step.number >= total_steps:
-            self._commit_agreed()
             return True
         self.commit_if_due()
         return False
@@ -239,7 +248,7 @@ class ElasticContext:
     def _commit_agreed(self) -> None:
         """Rank 0 commits; every rank learns the outcome, so all exit 0 only if it worked."""
         error: ElasticError | None = None
-        if self.is_leader and self._last_commit_step != self.state.step:
+        if self.is_leader and self.state.step > 0 and self._last_commit_step != self.state.step:
             try:
                 self.commit()
             except ElasticError as exc:

@@ -3,6 +3,10 @@
 Before it starts generation g+1 the coordinator atomically writes g+1 to `FENCE`. A worker of
 generation g reads it right before each commit's final rename and refuses when FENCE > g, so a
 worker that was partitioned away, paused or slow to die cannot replace newer state.
+
+The check and the rename are two system calls, not one: a writer that passed the check just
+before FENCE changed can still complete that one rename. The coordinator's SIGTERM/SIGKILL of
+the old generation before it starts the new one keeps that window to a commit already in flight.
 """
 
 from __future__ import annotations
