@@ -52,19 +52,32 @@ async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Pa
     conn = Connection(coordinator, token, node_id, host, detect_resources(), outbox, supervisor,
                       stop_grace_s)
     flusher = asyncio.create_task(outbox.flush_periodically())
-    main = asyncio.create_task(conn.run_forever())
+    connection = asyncio.create_task(conn.run_forever())
+    terminate = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
+        loop.add_signal_handler(sig, terminate.set)
+    asked = asyncio.create_task(terminate.wait())
     try:
-        await main
-    except asyncio.CancelledError:
-        log.info("agent.terminating", grace_s=stop_grace_s)
+        await asyncio.wait({connection, asked}, return_when=asyncio.FIRST_COMPLETED)
+        if terminate.is_set():
+            await leave(outbox, supervisor, stop_grace_s)
     finally:
+        asked.cancel()
+        connection.cancel()
         await supervisor.close(stop_grace_s)
         flusher.cancel()
         await conn.close()
         log.info("agent.stopped")
+
+
+async def leave(outbox: Outbox, supervisor: Supervisor, stop_grace_s: float) -> None:
+    """Say we are leaving before stopping our workers, then let their exits reach coordd."""
+    log.info("agent.terminating", grace_s=stop_grace_s)
+    outbox.put(agent_pb2.AgentMessage(leaving=agent_pb2.Leaving(reason="agent received SIGTERM")))
+    await supervisor.close(stop_grace_s)
+    outbox.flush()
+    await outbox.drained(timeout=3.0)
 
 
 @app.command()

@@ -40,6 +40,15 @@ class Outbox:
             self._lines = []
             self.queue.put_nowait(agent_pb2.AgentMessage(logs=batch))
 
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until the stream has taken every queued message."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.queue.empty() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)  # the last one taken is on its way
+        return self.queue.empty()
+
     async def flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)

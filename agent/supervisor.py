@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 
@@ -40,6 +41,7 @@ class Supervisor:
         self.workers: dict[tuple[str, int, int], Worker] = {}
         self._prepared: dict[str, str] = {}  # job id -> bundle digest already unpacked
         self._tasks: set[asyncio.Task] = set()
+        self._snapshot_dirs: set[Path] = set()
 
     def running(self) -> list[agent_pb2.RunningWorker]:
         return [agent_pb2.RunningWorker(job_id=w.job_id, generation=w.generation, rank=w.rank,
@@ -95,7 +97,8 @@ class Supervisor:
                          job_dir: Path) -> None:
         try:
             proc = await asyncio.create_subprocess_exec(
-                "bash", "-c", msg.command, cwd=job_dir, env=worker_env(spec.env),
+                "bash", "-c", msg.command, cwd=job_dir,
+                env=worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)}),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE)
         except OSError as exc:
@@ -109,6 +112,14 @@ class Supervisor:
         self._report(msg.job_id, msg.generation, spec.rank, agent_pb2.WORKER_PHASE_RUNNING,
                      pid=proc.pid)
         self.spawn(self._watch(worker))
+
+    def _snapshot_dir(self, spec: agent_pb2.WorkerSpec) -> str:
+        """Node-local memory for the trainer's per-step snapshots: it outlives the worker
+        processes (the next generation on this node restores from it) but not the node."""
+        root = Path("/dev/shm") if Path("/dev/shm").is_dir() else self.workdir
+        path = root / "coord-snapshots" / f"{spec.env['COORD_JOB_ID']}-{spec.env['COORD_NODE_ID']}"
+        self._snapshot_dirs.add(path)
+        return str(path)
 
     async def _watch(self, worker: Worker) -> None:
         proc = worker.process
@@ -169,6 +180,8 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for path in self._snapshot_dirs:  # the node is leaving: its memory goes with it
+            await asyncio.to_thread(shutil.rmtree, path, True)
 
 
 def worker_env(job_env: dict[str, str]) -> dict[str, str]:

@@ -90,7 +90,8 @@ class JobManager:
         return Policy(target=spec.nodes.count, minimum=spec.nodes.minimum,
                       max_restarts=spec.max_restarts, wait_for_min_s=spec.nodes.wait_for_min_s,
                       nproc_per_node=spec.nproc_per_node, stop_grace_s=s.stop_grace_s,
-                      failure_settle_s=min(1.0, s.reconnect_grace_s + 0.5),
+                      failure_settle_s=s.reconnect_grace_s + 0.5,
+                      peer_failure_settle_s=s.heartbeat_timeout_s + 2.0,
                       scale_up_settle_s=s.scale_up_settle_s,
                       scale_up_min_runtime_s=s.scale_up_min_runtime_s,
                       initial_full_wait_s=s.initial_full_wait_s)

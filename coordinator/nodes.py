@@ -166,13 +166,20 @@ class NodeRegistry:
         session.last_heartbeat = time.monotonic()
         session.free_port = msg.free_port or session.free_port
 
+    async def leaving(self, session: AgentSession, reason: str) -> None:
+        node = self.nodes[session.node_id]
+        if node.state in (NodeState.READY, NodeState.ASSIGNED, NodeState.SUSPECT):
+            await self.set_state(node, NodeState.DRAINING, reason or "leaving")
+
     async def disconnected(self, session: AgentSession) -> None:
         session.closed = True
         if self.sessions.get(session.node_id) is not session:
             return  # replaced by a newer stream, or already released
         del self.sessions[session.node_id]
         node = self.nodes[session.node_id]
-        if node.state.alive and node.state != NodeState.SUSPECT:
+        if node.state == NodeState.DRAINING:
+            await self._lose(node.id, "left after draining")
+        elif node.state.alive and node.state != NodeState.SUSPECT:
             self._before_suspect[node.id] = node.state
             self._suspect_since[node.id] = time.monotonic()
             await self.set_state(node, NodeState.SUSPECT, "stream closed")

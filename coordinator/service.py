@@ -145,6 +145,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 await self.jobs.on_logs(session.node_id, message.logs)
             case "event":
                 await self.jobs.on_agent_event(session.node_id, message.event)
+            case "leaving":
+                await self.nodes.leaving(session, message.leaving.reason)
 
     async def FetchBundle(self, request, context):
         try:

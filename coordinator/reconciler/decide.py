@@ -10,7 +10,7 @@ from __future__ import annotations
 from coordinator.reconciler.plan import (
     Acquire, Action, ChargeRestart, MarkBelowMinimum, Release, StartGeneration, StopGeneration,
     Transition)
-from coordinator.reconciler.view import JobView, WorkerExit
+from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, WorkerExit
 from coordinator.states import JobState, NodeState
 
 GONE_STATES = (NodeState.LOST, NodeState.GONE)
@@ -90,6 +90,11 @@ def _running(view: JobView, now: float) -> list[Action]:
         reason = f"lost node{'s' if len(lost) > 1 else ''} {', '.join(lost)}"
         return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_lost"),
                 StopGeneration(reason)] + _replenish(view)
+    leaving = [m for m in view.members if view.nodes[m].state == NodeState.DRAINING]
+    if leaving:  # graceful: every rank stops at one step boundary and commits it
+        reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
+        return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_leaving"),
+                StopGeneration(reason)] + _replenish(view)
     if failures:
         return _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
@@ -98,7 +103,9 @@ def _running(view: JobView, now: float) -> list[Action]:
 
 
 def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
-    if now - first.time < view.policy.failure_settle_s:
+    peers_only = all(e.code == PEER_LOST_EXIT for e in view.exits.values() if e.code != 0)
+    settle = view.policy.peer_failure_settle_s if peers_only else view.policy.failure_settle_s
+    if now - first.time < settle:
         return []  # wait: a node loss, not the job, may be the cause
     reason = f"rank {first.rank} on node {first.node_id} exited with code {first.code}"
     if view.restarts < view.policy.max_restarts:

@@ -24,6 +24,11 @@ class WorkerExit:
     time: float
 
 
+# Exit code of a worker whose collective failed because a peer vanished (EX_TEMPFAIL);
+# the elastic library uses it, any script may.
+PEER_LOST_EXIT = 75
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """Timings from coordd's settings and the job's spec."""
@@ -36,7 +41,10 @@ class Policy:
     stop_grace_s: float = 10.0
     # A failure is charged to the job only if no node went missing within this window:
     # when a machine dies, its peers' collectives fail a moment before its stream drops.
-    failure_settle_s: float = 1.0
+    failure_settle_s: float = 2.5
+    # Workers that exit with PEER_LOST_EXIT say a peer vanished: give node-loss detection
+    # (heartbeats included) time to confirm before the job is charged.
+    peer_failure_settle_s: float = 7.0
     # Joins that arrive within this window are taken in one reconfiguration.
     scale_up_settle_s: float = 2.0
     # A generation runs at least this long before a scale-up restarts it: growing back must

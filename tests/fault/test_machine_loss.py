@@ -3,6 +3,8 @@ repeated, little work is lost, and a frozen node that wakes up changes nothing."
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import re
 import shutil
@@ -114,3 +116,21 @@ def test_c_a_frozen_node_is_replaced_and_fenced_when_it_wakes(coordd, client, tm
     assert history.steps == list(range(1, STEPS + 1)) and not history.gaps
     for path in ckpt_dir(coordd, record.id).glob("ckpt-*.pt"):
         assert not path.name.endswith("-g1.pt"), f"stale generation committed {path.name}"
+
+
+@pytest.mark.timeout(240)
+def test_a_node_that_is_shut_down_gracefully_loses_no_step(coordd, client, tmp_path):
+    """SIGTERM to a node's agent (a machine shutting down): it announces that it is leaving,
+    every rank stops at the same step and commits it, and the job goes on without it."""
+    record = submit_training(client, tmp_path)
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    leaving = client.get(record.id).node_ids[1]
+    os.kill(coordd.node_pid(leaving), signal.SIGTERM)
+    final = client.wait(record.id, timeout=180)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    causes = [json.loads(e.data_json).get("cause") for e in client.watch(record.id, follow=False)
+              if e.kind == "generation.started"]
+    assert causes[:2] == ["start", "node_leaving"]
+    history = committed_history(ckpt_dir(coordd, record.id))
+    assert history.steps == list(range(1, STEPS + 1))
+    assert history.lost == [], [r.step for r in history.lost]  # zero committed steps lost

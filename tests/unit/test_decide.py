@@ -224,3 +224,25 @@ def test_invariants_hold_under_random_events(sequence):
         if view.state.terminal:
             assert decide(view, now + 100) == []
             break
+
+
+def test_a_leaving_node_drains_the_generation_and_its_clean_exits_are_not_success():
+    view = running_job()
+    view.nodes["n2"].state = NodeState.DRAINING
+    actions = step(view, 10)
+    assert view.state == JobState.RECONFIGURING and view.reconfigure_cause == "node_leaving"
+    assert plan.StopGeneration in kinds(actions)
+    assert any(isinstance(a, plan.Acquire) for a in actions)  # replacement asked for at once
+    for rank in range(3):
+        view.exits[rank] = WorkerExit(f"n{rank}", rank, 0, 10.5)
+    actions = step(view, 10.6)
+    assert view.state == JobState.RUNNING and view.members == ["n0", "n1"]
+    assert view.restarts == 0
+
+
+def test_peer_lost_exits_wait_for_node_loss_detection_before_charging():
+    view = running_job()
+    view.exits[1] = WorkerExit("n1", 1, 75, 10)
+    assert step(view, 13) == []  # past the ordinary settle window, still waiting
+    step(view, 17.1)
+    assert view.state == JobState.RECONFIGURING and view.restarts == 1

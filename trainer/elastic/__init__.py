@@ -26,6 +26,7 @@ from .errors import (
 )
 from .fence import ensure_current, read_fence
 from .loop import Step
+from .peerloss import PEER_LOST_EXIT
 from .policy import BatchPlan, plan_batch
 from .sampler import GlobalSampler, MicroBatch, plan_micro_batches
 from .state import TrainState
@@ -34,7 +35,7 @@ from .steplog import History, StepRecord, committed_history
 __all__ = [
     "BatchPlan", "Checkpoint", "CheckpointError", "CheckpointRef", "CheckpointStore",
     "CommitFailedError", "ElasticConfig", "ElasticContext", "ElasticError",
-    "EnvironmentConfigError", "FenceFileError", "GlobalSampler", "History", "MicroBatch",
+    "EnvironmentConfigError", "FenceFileError", "GlobalSampler", "History", "MicroBatch", "PEER_LOST_EXIT",
     "StaleGenerationError", "Step", "StepRecord", "TrainState", "WorkerEnv",
     "committed_history", "ensure_current", "init", "plan_batch", "plan_micro_batches",
     "read_fence",

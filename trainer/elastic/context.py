@@ -34,6 +34,8 @@ from .logs import get_logger
 from .loop import Step
 from .policy import BATCH_POLICIES, BatchPlan, BatchPolicyName, plan_batch, rescale_lr
 from .sampler import GlobalSampler, plan_micro_batches
+from . import peerloss
+from .snapshot import SnapshotStore
 from .state import TrainState, apply_payload, build_payload
 from .steplog import StepLog
 from .stop import StopFlag
@@ -54,10 +56,14 @@ class ElasticConfig:
     timeout_s: float = 120.0  # process group (collective) timeout
     backend: str | None = None  # None: nccl with CUDA, gloo otherwise
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+    # Node-local snapshot every N steps (0: off); needs COORD_SNAPSHOT_DIR (set by the agent).
+    snapshot_every: int = 1
 
     def __post_init__(self) -> None:
         if self.ckpt_every < 1:
             raise ValueError("ckpt_every must be >= 1")
+        if self.snapshot_every < 0:
+            raise ValueError("snapshot_every must be >= 0")
         if self.batch_policy not in BATCH_POLICIES:
             raise ValueError(f"batch_policy must be one of {BATCH_POLICIES}")
         if self.max_micro_batch is not None and self.max_micro_batch < 1:
@@ -69,6 +75,7 @@ def init(config: ElasticConfig | None = None,
     """Read the environment, install the stop handler, refuse if fenced, join the group."""
     config = config or ElasticConfig()
     env = WorkerEnv.from_environ(environ)
+    peerloss.install()
     stop = StopFlag()
     stop.install(config.stop_signals)
     try:
@@ -91,6 +98,8 @@ class ElasticContext:
         self.device = device
         self.stop_flag = stop
         self.store = CheckpointStore(env.checkpoint_dir, env.generation, config.keep)
+        self.snapshots = (SnapshotStore(env.snapshot_dir, env.generation, config.snapshot_every)
+                          if env.snapshot_dir and config.snapshot_every else None)
         self.state = TrainState(generation=env.generation, world_size=env.world_size,
                                 data_seed=config.seed)
         self.stopped = False
@@ -123,15 +132,43 @@ class ElasticContext:
         found = self.store.latest() if self.is_leader else None
         step, generation = self._broadcast_ints(
             [found.ref.step, found.ref.generation] if found else [-1, -1])
-        if step < 0:
+        payload = self._newer_peer_snapshot(step)
+        source = "peer snapshot" if payload is not None else "checkpoint"
+        if payload is None and step < 0:
             self._log.info("fresh_start", world_size=self.world_size)
             return self.state
-        checkpoint = found or self._load_chosen(step, generation)
-        self.state = apply_payload(checkpoint.payload, model, optimizer, scheduler)
-        self._last_commit_step = self.state.step
-        self._log.info("restored", step=self.state.step, samples=self.state.samples_seen,
-                       from_generation=generation, world_size=self.world_size)
+        if payload is None:
+            payload = (found or self._load_chosen(step, generation)).payload
+        self.state = apply_payload(payload, model, optimizer, scheduler)
+        self._last_commit_step = step if source == "checkpoint" else None
+        if source == "peer snapshot" and self.is_leader:
+            self._step_log().backfill(self.state.step, self.state.generation,
+                                      self.state.last_loss, self.state.samples_seen)
+        self._log.info("restored", source=source, step=self.state.step,
+                       samples=self.state.samples_seen, from_generation=self.state.generation,
+                       world_size=self.world_size)
         return self.state
+
+    def _newer_peer_snapshot(self, durable_step: int) -> dict[str, Any] | None:
+        """The newest snapshot any node holds, if newer than the durable checkpoint, sent by
+        the lowest rank that holds it. Every rank takes part in the same collectives."""
+        mine = None
+        if self.snapshots is not None and self.env.local_rank == 0:
+            mine = self.snapshots.latest()
+        have = mine.ref.step if mine else -1
+        best = self._all_reduce_int(have, dist.ReduceOp.MAX)
+        if best <= durable_step:
+            return None
+        holder = self._all_reduce_int(self.rank if have == best else self.world_size,
+                                      dist.ReduceOp.MIN)
+        box = [mine.payload if self.rank == holder else None]
+        dist.broadcast_object_list(box, src=holder)
+        return box[0]
+
+    def _all_reduce_int(self, value: int, op: dist.ReduceOp) -> int:
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=op)
+        return int(tensor.item())
 
     def loop(self, total_steps: int, dataset_size: int, global_batch: int,
              on_step: Callable[[TrainState], None] | None = None) -> Iterator[Step]:
@@ -195,6 +232,8 @@ class ElasticContext:
         if self._steplog is not None:
             self._steplog.close()
             self._steplog = None
+        if self.snapshots is not None:
+            self.snapshots.wait()
         self.stop_flag.uninstall()
         self._bound = None
         if self._owns_group and dist.is_initialized():
@@ -219,6 +258,11 @@ class ElasticContext:
         if self.is_leader:
             self._step_log().append(step.number, self.env.generation, loss,
                                     self.state.samples_seen)
+        if self.snapshots is not None and self.env.local_rank == 0:
+            model, optimizer, scheduler = self._require_bound()
+            self.state.generation = self.env.generation
+            self.snapshots.offer(step.number, build_payload(self.state, model, optimizer,
+                                                            scheduler))
         if step.number >= total_steps:  # done: a stop request at the last step changes nothing
             self._commit_agreed()
             return True

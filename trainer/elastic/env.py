@@ -32,6 +32,7 @@ class WorkerEnv:
     checkpoint_dir: Path
     node_id: str
     standalone: bool
+    snapshot_dir: Path | None = None  # node-local memory for per-step snapshots
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> WorkerEnv:
@@ -52,6 +53,7 @@ class WorkerEnv:
             checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", DEFAULT_CHECKPOINT_DIR)),
             node_id=env.get("COORD_NODE_ID", "local"),
             standalone=standalone,
+            snapshot_dir=Path(env["COORD_SNAPSHOT_DIR"]) if env.get("COORD_SNAPSHOT_DIR") else None,
         )
         value.validate()
         return value

@@ -41,6 +41,12 @@ class StepLog:
                            "samples": samples, "t": time.time()}) + "\n"
         os.write(self._fd, line.encode())
 
+    def backfill(self, step: int, generation: int, loss: float | None, samples: int) -> None:
+        """Record `step` if the log lacks it: after a resume from a peer's snapshot, the rank 0
+        that died may have completed the step without logging it."""
+        if max((r.step for r in read_records(self.path)), default=0) < step:
+            self.append(step, generation, loss, samples)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -22,18 +22,28 @@ WORKER_PHASE_EXITED: WorkerPhase
 WORKER_PHASE_FAILED_TO_START: WorkerPhase
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "worker_state", "logs", "event")
+    __slots__ = ("register", "heartbeat", "worker_state", "logs", "event", "leaving")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     WORKER_STATE_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     worker_state: WorkerStateChange
     logs: LogBatch
     event: AgentEvent
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_state: _Optional[_Union[WorkerStateChange, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., event: _Optional[_Union[AgentEvent, _Mapping]] = ...) -> None: ...
+    leaving: Leaving
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_state: _Optional[_Union[WorkerStateChange, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., event: _Optional[_Union[AgentEvent, _Mapping]] = ..., leaving: _Optional[_Union[Leaving, _Mapping]] = ...) -> None: ...
+
+class Leaving(_message.Message):
+    __slots__ = ("reason", "deadline_s")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    deadline_s: float
+    def __init__(self, reason: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("node_id", "host", "resources", "agent_version", "running", "free_port")
