@@ -60,10 +60,13 @@ class Connection:
             delay = min(delay * 2, 5.0)
 
     async def _session(self) -> None:
+        self.outbox.rewind()
         register = agent_pb2.Register(node_id=self.node_id, host=self.host,
                                       resources=self.resources, agent_version="0.1.0",
                                       running=self.supervisor.running(),
-                                      free_port=free_port(self.host))
+                                      free_port=free_port(self.host),
+                                      incarnation=self.outbox.incarnation,
+                                      exited=self.supervisor.recent_exits())
         call = self.stub.Connect(self._requests(register), metadata=call_metadata(self.token))
         heartbeat: asyncio.Task | None = None
         try:
@@ -82,17 +85,20 @@ class Connection:
 
     async def _requests(self, register: agent_pb2.Register):
         yield agent_pb2.AgentMessage(register=register)
+        queue = self.outbox.queue  # this stream's queue: a reconnect makes a new one
         while True:
-            yield await self.outbox.queue.get()
+            yield await queue.get()
 
     async def _heartbeat(self, interval: float) -> None:
         while True:
             self.outbox.put(agent_pb2.AgentMessage(
-                heartbeat=agent_pb2.Heartbeat(free_port=free_port(self.host))))
+                heartbeat=agent_pb2.Heartbeat(free_port=free_port(self.host))), tracked=False)
             await asyncio.sleep(interval)
 
     async def _obey(self, message: agent_pb2.CoordinatorMessage) -> None:
         match message.WhichOneof("body"):
+            case "ack":
+                self.outbox.ack(message.ack.upto)
             case "start":
                 self.supervisor.spawn(self.supervisor.start(message.start))
             case "stop":

@@ -23,6 +23,7 @@ from coord.v1 import agent_pb2, types_pb2
 
 log = structlog.get_logger("agent.supervisor")
 MAX_LINE = 16 * 1024  # longer lines are cut, and say so
+MAX_REMEMBERED_EXITS = 256  # re-reported at every reconnect
 
 
 @dataclasses.dataclass
@@ -42,6 +43,10 @@ class Supervisor:
         self._prepared: dict[str, str] = {}  # job id -> bundle digest already unpacked
         self._tasks: set[asyncio.Task] = set()
         self._snapshot_dirs: set[Path] = set()
+        self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
+
+    def recent_exits(self) -> list[agent_pb2.WorkerStateChange]:
+        return list(self._exits.values())
 
     def running(self) -> list[agent_pb2.RunningWorker]:
         return [agent_pb2.RunningWorker(job_id=w.job_id, generation=w.generation, rank=w.rank,
@@ -154,9 +159,14 @@ class Supervisor:
 
     def _report(self, job_id: str, generation: int, rank: int, phase: int, exit_code: int = 0,
                 pid: int = 0, detail: str = "") -> None:
-        self.outbox.put(agent_pb2.AgentMessage(worker_state=agent_pb2.WorkerStateChange(
-            job_id=job_id, generation=generation, rank=rank, phase=phase, exit_code=exit_code,
-            pid=pid, detail=detail)))
+        change = agent_pb2.WorkerStateChange(job_id=job_id, generation=generation, rank=rank,
+                                             phase=phase, exit_code=exit_code, pid=pid,
+                                             detail=detail)
+        if phase in (agent_pb2.WORKER_PHASE_EXITED, agent_pb2.WORKER_PHASE_FAILED_TO_START):
+            self._exits[(job_id, generation, rank)] = change
+            while len(self._exits) > MAX_REMEMBERED_EXITS:
+                del self._exits[next(iter(self._exits))]
+        self.outbox.put(agent_pb2.AgentMessage(worker_state=change))
 
     # stop ----------------------------------------------------------------------------
     async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:

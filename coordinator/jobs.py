@@ -141,14 +141,15 @@ class JobManager:
             runner.post(WorkerExited(msg.generation, WorkerExit(node_id, msg.rank, code,
                                                                 time.time())))
 
-    async def on_logs(self, node_id: str, batch: agent_pb2.LogBatch) -> None:
-        lines = [LogRecord(job_id=l.job_id, generation=l.generation, node_id=node_id,
+    async def on_logs(self, node: NodeRecord, batch: agent_pb2.LogBatch, seq: int) -> None:
+        lines = [LogRecord(job_id=l.job_id, generation=l.generation, node_id=node.id,
                            rank=l.rank, stream=l.stream, seq=l.seq,
                            time=l.time.ToSeconds() + l.time.nanos / 1e9 if l.HasField("time")
                            else time.time(), text=l.text)
                  for l in batch.lines if l.job_id in self.runners]
-        for record in await self.store.append_logs(lines):
+        for record in await self.store.append_logs(lines, node.id, seq):
             self.bus.publish("logs", record.job_id, record)
+        node.applied_seq = seq
 
     async def on_agent_event(self, node_id: str, msg: agent_pb2.AgentEvent) -> None:
         if runner := self.runners.get(msg.job_id):

@@ -73,7 +73,9 @@ class LocalCoordd:
                 self.process.wait()
 
 
-def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None) -> LocalCoordd:
+def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None,
+                 listen: str = "127.0.0.1:0") -> LocalCoordd:
+    """Start coordd; `listen` with a fixed port lets a restarted coordd keep its address."""
     state_dir.mkdir(parents=True, exist_ok=True)
     addr_file = state_dir / "coordd.addr"
     addr_file.unlink(missing_ok=True)
@@ -81,7 +83,7 @@ def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [str(BIN / "coordd"), "serve", "--state-dir", str(state_dir),
-             "--listen", "127.0.0.1:0", *flags], stdout=log, stderr=subprocess.STDOUT,
+             "--listen", listen, *flags], stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "COORDD_LOG_JSON": "true", **(env or {})})
     address = wait_for(lambda: addr_file.exists() and addr_file.read_text().strip(), 30,
                        what="coordd to listen")

@@ -135,10 +135,13 @@ class NodeRegistry:
             node = NodeRecord(id=msg.node_id or f"node-{secrets.token_hex(4)}", provider="static")
             self.nodes[node.id] = node
             self.metrics.node_transition(None, node.state)
+        if msg.incarnation != node.incarnation:  # a new agent process counts from 1 again
+            node.incarnation, node.applied_seq = msg.incarnation, 0
         node.host = msg.host or node.host
         node.resources = {"cpus": msg.resources.cpus, "gpus": msg.resources.gpus,
                           "memory_bytes": msg.resources.memory_bytes}
         node.last_heartbeat = time.time()
+        await self.store.save_node(node)
         session = AgentSession(node.id)
         session.free_port = msg.free_port
         if old := self.sessions.get(node.id):
@@ -161,6 +164,10 @@ class NodeRegistry:
                 job_id=job_id, generation=2**62, grace_s=0, reason="node was removed")))
         session.send(agent_pb2.CoordinatorMessage(drain=agent_pb2.Drain(reason="node was removed")))
         session.close()
+
+    async def applied(self, node: NodeRecord, seq: int) -> None:
+        node.applied_seq = seq
+        await self.store.save_node(node)
 
     def heartbeat(self, session: AgentSession, msg: agent_pb2.Heartbeat) -> None:
         session.last_heartbeat = time.monotonic()

@@ -87,6 +87,10 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ListNodesResponse(nodes=[convert.node(live.get(r.id, r)) for r in records])
 
 
+def _ack(upto: int) -> agent_pb2.CoordinatorMessage:
+    return agent_pb2.CoordinatorMessage(ack=agent_pb2.Ack(upto=upto))
+
+
 def _ref(job: str) -> str:
     if not job or len(job) > 200:
         raise InvalidSpec("field 'job': give a job id or name (at most 200 characters)")
@@ -108,6 +112,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                                 "the first message on the stream must be `register`")
         session = await self.nodes.register(first.register)
         log.info("agent.connected", node=session.node_id, peer=context.peer())
+        if not session.closed:
+            for change in first.register.exited:  # exits coordd may have missed while down
+                self.jobs.on_worker_exit(session.node_id, change)
         yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
             node_id=session.node_id,
             heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s))
@@ -133,6 +140,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def _handle(self, session: AgentSession, message: agent_pb2.AgentMessage) -> None:
         if session.closed:
             return  # a fenced or replaced stream: nothing it says is accepted
+        node = self.nodes.nodes[session.node_id]
+        if message.seq and message.seq <= node.applied_seq:
+            session.send(_ack(node.applied_seq))  # a replay of what we already applied
+            return
+        await self._apply(session, message)
+        if message.seq:
+            if message.WhichOneof("body") != "logs":  # logs record it with their lines
+                await self.nodes.applied(node, message.seq)
+            session.send(_ack(message.seq))
+
+    async def _apply(self, session: AgentSession, message: agent_pb2.AgentMessage) -> None:
         match message.WhichOneof("body"):
             case "heartbeat":
                 self.nodes.heartbeat(session, message.heartbeat)
@@ -142,7 +160,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                                    agent_pb2.WORKER_PHASE_FAILED_TO_START):
                     self.jobs.on_worker_exit(session.node_id, state)
             case "logs":
-                await self.jobs.on_logs(session.node_id, message.logs)
+                await self.jobs.on_logs(self.nodes.nodes[session.node_id], message.logs,
+                                        message.seq)
             case "event":
                 await self.jobs.on_agent_event(session.node_id, message.event)
             case "leaving":

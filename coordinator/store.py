@@ -50,6 +50,8 @@ nodes = sa.Table(
     sa.Column("provider_json", sa.Text, nullable=False, default="{}"),
     sa.Column("last_heartbeat", sa.Float, nullable=False, default=0.0),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("incarnation", sa.String, nullable=False, default=""),
+    sa.Column("applied_seq", sa.Integer, nullable=False, default=0),
 )
 
 events = sa.Table(
@@ -121,6 +123,8 @@ class NodeRecord:
     provider_data: dict[str, Any] = dataclasses.field(default_factory=dict)
     last_heartbeat: float = 0.0
     created_at: float = dataclasses.field(default_factory=time.time)
+    incarnation: str = ""   # the agent process whose messages `applied_seq` counts
+    applied_seq: int = 0    # its tracked messages up to here are applied and durable
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -255,13 +259,16 @@ class Store:
             return [EventRecord(**r._mapping) for r in await conn.execute(query)]
 
     # logs -----------------------------------------------------------------------------
-    async def append_logs(self, lines: list[LogRecord]) -> list[LogRecord]:
-        if not lines:
-            return []
+    async def append_logs(self, lines: list[LogRecord], node_id: str,
+                          applied_seq: int) -> list[LogRecord]:
+        """Store the lines and mark the agent message that carried them applied, in one
+        transaction: a replayed message is then either wholly new or wholly known."""
         rows = [{k: v for k, v in dataclasses.asdict(line).items() if k != "id"} for line in lines]
         insert = logs.insert().returning(logs.c.id, sort_by_parameter_order=True)
         async with self.engine.begin() as conn:
-            ids = (await conn.execute(insert, rows)).scalars().all()
+            ids = (await conn.execute(insert, rows)).scalars().all() if rows else []
+            await conn.execute(nodes.update().where(nodes.c.id == node_id)
+                               .values(applied_seq=applied_seq))
         return [dataclasses.replace(line, id=i) for line, i in zip(lines, ids, strict=True)]
 
     async def read_logs(self, job_id: str, after_id: int = 0, node_id: str = "",

@@ -85,8 +85,8 @@ class JobRunner:
                 for node in nodes:
                     self.view.nodes.setdefault(node.id, node)
             case WorkerExited(generation, exit_):
-                if generation == self.view.generation:
-                    self.view.exits[exit_.rank] = exit_
+                if generation == self.view.generation:  # first report wins: it is re-sent
+                    self.view.exits.setdefault(exit_.rank, exit_)
             case Cancel(reason):
                 self.view.cancel_reason = reason
 

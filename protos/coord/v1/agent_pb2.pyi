@@ -22,20 +22,22 @@ WORKER_PHASE_EXITED: WorkerPhase
 WORKER_PHASE_FAILED_TO_START: WorkerPhase
 
 class AgentMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "worker_state", "logs", "event", "leaving")
+    __slots__ = ("seq", "register", "heartbeat", "worker_state", "logs", "event", "leaving")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     WORKER_STATE_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     EVENT_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
+    seq: int
     register: Register
     heartbeat: Heartbeat
     worker_state: WorkerStateChange
     logs: LogBatch
     event: AgentEvent
     leaving: Leaving
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_state: _Optional[_Union[WorkerStateChange, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., event: _Optional[_Union[AgentEvent, _Mapping]] = ..., leaving: _Optional[_Union[Leaving, _Mapping]] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., worker_state: _Optional[_Union[WorkerStateChange, _Mapping]] = ..., logs: _Optional[_Union[LogBatch, _Mapping]] = ..., event: _Optional[_Union[AgentEvent, _Mapping]] = ..., leaving: _Optional[_Union[Leaving, _Mapping]] = ...) -> None: ...
 
 class Leaving(_message.Message):
     __slots__ = ("reason", "deadline_s")
@@ -46,20 +48,24 @@ class Leaving(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_id", "host", "resources", "agent_version", "running", "free_port")
+    __slots__ = ("node_id", "host", "resources", "agent_version", "running", "free_port", "incarnation", "exited")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     FREE_PORT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    EXITED_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     host: str
     resources: _types_pb2.Resources
     agent_version: str
     running: _containers.RepeatedCompositeFieldContainer[RunningWorker]
     free_port: int
-    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., agent_version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningWorker, _Mapping]]] = ..., free_port: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    exited: _containers.RepeatedCompositeFieldContainer[WorkerStateChange]
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., agent_version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningWorker, _Mapping]]] = ..., free_port: _Optional[int] = ..., incarnation: _Optional[str] = ..., exited: _Optional[_Iterable[_Union[WorkerStateChange, _Mapping]]] = ...) -> None: ...
 
 class RunningWorker(_message.Message):
     __slots__ = ("job_id", "generation", "rank", "pid")
@@ -118,18 +124,26 @@ class AgentEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., kind: _Optional[str] = ..., message: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("registered", "start", "stop", "drain", "reconfigure")
+    __slots__ = ("registered", "start", "stop", "drain", "reconfigure", "ack")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     RECONFIGURE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start: StartWorkers
     stop: StopWorkers
     drain: Drain
     reconfigure: Reconfigure
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start: _Optional[_Union[StartWorkers, _Mapping]] = ..., stop: _Optional[_Union[StopWorkers, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., reconfigure: _Optional[_Union[Reconfigure, _Mapping]] = ...) -> None: ...
+    ack: Ack
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start: _Optional[_Union[StartWorkers, _Mapping]] = ..., stop: _Optional[_Union[StopWorkers, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., reconfigure: _Optional[_Union[Reconfigure, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("upto",)
+    UPTO_FIELD_NUMBER: _ClassVar[int]
+    upto: int
+    def __init__(self, upto: _Optional[int] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval_s")

@@ -1,0 +1,64 @@
+"""coordd is SIGKILLed mid-training and started again on the same state directory: the
+workers never stop, agents reconnect, and the job finishes in its first generation."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import textwrap
+
+import pytest
+
+from coord.v1 import types_pb2
+from coordinator.sdk import Client
+from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
+from trainer.elastic import committed_history
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(240)
+def test_training_survives_a_coordd_crash_without_restarting_workers(tmp_path):
+    listen = f"127.0.0.1:{free_port()}"
+    state = tmp_path / "state"
+    coordd = start_coordd(state, listen=listen)
+    work = tmp_path / "job"
+    shutil.copytree(ROOT / "examples" / "elastic", work)
+    (work / "job.toml").write_text(textwrap.dedent("""
+        name = "survivor"
+        run = "python train.py --steps 250 --ckpt-every 25 --step-sleep 0.04"
+        [nodes]
+        count = 3
+    """))
+    try:
+        with Client(coordd.address, coordd.token) as client:
+            job = client.submit(work / "job.toml")
+            ckpt = state / "checkpoints" / job.id
+            wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= 30, 90,
+                     what="step 30")
+            workers = sorted(job_pids(job.id))
+            events_before = len(list(client.watch(job.id, follow=False)))
+        coordd.process.send_signal(signal.SIGKILL)
+        coordd.process.wait()
+        down_at = committed_history(ckpt).lineage[-1].step
+        wait_for(lambda: committed_history(ckpt).lineage[-1].step >= down_at + 20, 60,
+                 what="training to go on while coordd is down")
+        coordd = start_coordd(state, listen=listen)
+        assert sorted(job_pids(job.id)) == workers  # the same processes, still training
+        with Client(coordd.address, coordd.token) as client:
+            final = client.wait(job.id, timeout=150)
+            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            assert final.generation == 1  # never re-formed: no worker was restarted
+            assert len(list(client.watch(job.id, follow=False))) > events_before
+            printed = {int(l.text.split()[0][5:]) for l in client.logs(job.id, rank=0)
+                       if l.text.startswith("step=")}
+            assert printed == set(range(10, 251, 10))  # lines from the outage arrived too
+        history = committed_history(ckpt)
+        assert history.ok and history.steps == list(range(1, 251)) and not history.lost
+    finally:
+        coordd.stop()
