@@ -14,6 +14,7 @@ import structlog
 import typer
 
 from agent.connection import Connection
+from agent.notices import NoticeWatcher
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from coord.v1 import agent_pb2, types_pb2
@@ -39,7 +40,7 @@ def default_host(coordinator: str) -> str:
 
 
 async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Path,
-              stop_grace_s: float) -> None:
+              stop_grace_s: float, imds_endpoint: str = "", imds_interval_s: float = 5.0) -> None:
     outbox = Outbox()
     conn: Connection
 
@@ -53,6 +54,11 @@ async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Pa
                       stop_grace_s)
     flusher = asyncio.create_task(outbox.flush_periodically())
     connection = asyncio.create_task(conn.run_forever())
+    watcher = None
+    if imds_endpoint:
+        notices = NoticeWatcher(imds_endpoint, imds_interval_s,
+                                lambda kind, body: on_notice(outbox, supervisor, kind, body))
+        watcher = asyncio.create_task(notices.run())
     terminate = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,10 +71,26 @@ async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Pa
     finally:
         asked.cancel()
         connection.cancel()
+        if watcher:
+            watcher.cancel()
         await supervisor.close(stop_grace_s)
         flusher.cancel()
         await conn.close()
         log.info("agent.stopped")
+
+
+def on_notice(outbox: Outbox, supervisor: Supervisor, kind: str, body: str) -> None:
+    """An interruption notice means this node leaves soon: tell coordd at once, so the group
+    re-forms at a step boundary and the replacement is asked for now. A rebalance
+    recommendation is only reported."""
+    if kind == "rebalance":
+        for job_id in {w.job_id for w in supervisor.running()}:
+            outbox.put(agent_pb2.AgentMessage(event=agent_pb2.AgentEvent(
+                job_id=job_id, kind="spot.rebalance", message="rebalance recommendation",
+                data_json=body)))
+        return
+    outbox.put(agent_pb2.AgentMessage(leaving=agent_pb2.Leaving(
+        reason=f"spot interruption notice {body}")))
 
 
 async def leave(outbox: Outbox, supervisor: Supervisor, stop_grace_s: float) -> None:
@@ -94,6 +116,10 @@ def main_command(
         "~/.local/share/coord-agent"),
     stop_grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL for "
                                               "workers when the agent stops")] = 10.0,
+    imds_endpoint: Annotated[str, typer.Option(envvar="COORD_IMDS_ENDPOINT",
+                                               help="EC2 metadata service to watch for spot "
+                                                    "interruption notices (off when empty)")] = "",
+    imds_interval: Annotated[float, typer.Option(help="seconds between notice polls")] = 5.0,
     log_level: str = "info",
 ) -> None:
     """Run a node agent.
@@ -104,7 +130,7 @@ def main_command(
     workdir = workdir.expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     asyncio.run(run(coordinator, token, node_id, host or default_host(coordinator), workdir,
-                    stop_grace))
+                    stop_grace, imds_endpoint, imds_interval))
 
 
 def main() -> None:

@@ -250,6 +250,27 @@ def nodes(job: Annotated[str, typer.Option(help="only this job's nodes")] = "",
     run(go())
 
 
+debug = typer.Typer(help="Rehearse failures on local nodes.", no_args_is_help=True)
+app.add_typer(debug, name="debug")
+
+
+@debug.command()
+def interrupt(node: Annotated[str, typer.Argument(help="node id (see `coord nodes`)")],
+              action: Annotated[str, typer.Option(help="terminate, stop, hibernate or "
+                                                  "rebalance")] = "terminate") -> None:
+    """Make a local node's metadata service announce a spot interruption, as EC2 does two
+    minutes before it takes an instance back; its job re-forms without it at a step boundary.
+
+    Example: coord debug interrupt my-job-3fa2c1
+    """
+    async def go() -> int:
+        async with AsyncClient() as client:
+            await client.interrupt_node(node, action)
+            console.print(f"{node}: metadata now announces '{action}'")
+        return 0
+    run(go())
+
+
 def main() -> None:
     app()
 

@@ -123,6 +123,11 @@ class AsyncClient:
             job=job, include_gone=include_gone))
         return list(response.nodes)
 
+    async def interrupt_node(self, node_id: str, action: str = "terminate") -> types_pb2.Node:
+        """Rehearse a spot interruption on a local node (see `coord debug interrupt`)."""
+        return await self._call("InterruptNode", jobs_pb2.InterruptNodeRequest(
+            node_id=node_id, action=action))
+
     def watch(self, job: str, after_seq: int = 0,
               follow: bool = True) -> AsyncIterator[types_pb2.JobEvent]:
         """Events from the start (or after `after_seq`), then live ones until the job ends
@@ -203,6 +208,9 @@ class Client:
 
     def wait(self, job: str, timeout: float | None = None) -> types_pb2.Job:
         return self._run(self._async.wait(job, timeout))
+
+    def interrupt_node(self, node_id: str, action: str = "terminate") -> types_pb2.Node:
+        return self._run(self._async.interrupt_node(node_id, action))
 
 
 async def _make(address: str | None, token: str | None) -> AsyncClient:

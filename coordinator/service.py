@@ -12,7 +12,7 @@ from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from coordinator import convert
 from coordinator.bus import Bus, drain
 from coordinator.edge import rpc
-from coordinator.errors import InvalidSpec, NotFound
+from coordinator.errors import Conflict, InvalidSpec, NotFound
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import AgentSession, NodeRegistry
@@ -78,6 +78,22 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
                 if line.id > last and _matches(line, request.node_id, rank):
                     last = line.id
                     yield convert.log_line(line)
+
+    @rpc
+    async def InterruptNode(self, request, context):
+        node = self.nodes.nodes.get(request.node_id)
+        if node is None:
+            raise NotFound(f"no node {request.node_id[:200]!r}")
+        action = request.action or "terminate"
+        if action not in ("terminate", "stop", "hibernate", "rebalance"):
+            raise InvalidSpec(f"field 'action': {action[:40]!r} is not one of terminate, stop, "
+                              "hibernate, rebalance")
+        provider = self.nodes.providers.get(node.provider)
+        if not hasattr(provider, "interrupt") or not node.state.alive:
+            raise Conflict(f"node {node.id} ({node.provider}, {node.state}) cannot rehearse an "
+                           "interruption: only live local nodes can")
+        provider.interrupt(node, action)
+        return convert.node(node)
 
     @rpc
     async def ListNodes(self, request, context):
@@ -165,6 +181,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             case "event":
                 await self.jobs.on_agent_event(session.node_id, message.event)
             case "leaving":
+                node = self.nodes.nodes[session.node_id]
+                if node.job_id:
+                    await self.jobs.on_agent_event(session.node_id, agent_pb2.AgentEvent(
+                        job_id=node.job_id, kind="node.leaving", message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)
 
     async def FetchBundle(self, request, context):

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from coordinator.providers.base import Provider
+from coordinator.providers.imds import MetadataStandIn
 from coordinator.providers.procs import session_pids, signal_session
 from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
@@ -32,23 +33,32 @@ class LocalProvider(Provider):
         self.token = token
         self.stop_grace_s = stop_grace_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._metadata: dict[str, MetadataStandIn] = {}
+        self.notice_poll_s = 0.5  # rehearsals should not take AWS's 5 s
 
     async def launch(self, nodes: list[NodeRecord], job: JobRecord, spec: JobSpec) -> None:
         for node in nodes:
             workdir = self.nodes_dir / node.id
-            proc = await self._spawn(node.id, workdir)
+            self._metadata[node.id] = await MetadataStandIn().start()
+            proc = await self._spawn(node.id, workdir, self._metadata[node.id].endpoint)
             self._procs[node.id] = proc
             node.host = "127.0.0.1"
             node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
             log.info("node.launched", node=node.id, pid=proc.pid, workdir=str(workdir))
 
-    async def _spawn(self, node_id: str, workdir: Path) -> asyncio.subprocess.Process:
+    def interrupt(self, node: NodeRecord, action: str) -> None:
+        """Make the node's metadata announce an interruption, as EC2 would."""
+        self._metadata[node.id].announce(action or "terminate")
+
+    async def _spawn(self, node_id: str, workdir: Path,
+                     metadata: str) -> asyncio.subprocess.Process:
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
         agent_log = await asyncio.to_thread(open, workdir / "agent.log", "ab")
         try:
             return await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "agent.main", "--coordinator", self.coordinator_addr(),
                 "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
+                "--imds-endpoint", metadata, "--imds-interval", str(self.notice_poll_s),
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
                 env={**os.environ, "COORD_TOKEN": self.token})
@@ -69,6 +79,8 @@ class LocalProvider(Provider):
             log.warning("node.killed", node=node.id, pid=pid, processes=killed)
             await self._wait_gone(node.id, pid, 5)
         self._procs.pop(node.id, None)
+        if metadata := self._metadata.pop(node.id, None):
+            await metadata.close()
 
     async def close(self) -> None:
         """coordd is stopping: its local nodes are its children in all but name, so they go
@@ -76,6 +88,8 @@ class LocalProvider(Provider):
         pending = [NodeRecord(id=node_id, provider=self.name, provider_data={"pid": proc.pid})
                    for node_id, proc in self._procs.items() if proc.returncode is None]
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
+        for metadata in self._metadata.values():
+            await metadata.close()
 
     async def _wait_gone(self, node_id: str, sid: int, timeout: float) -> bool:
         """True once no process of the node's session is left."""

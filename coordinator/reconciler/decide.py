@@ -60,7 +60,11 @@ def _pending(view: JobView, now: float) -> list[Action]:
 
 
 def _replenish(view: JobView) -> list[Action]:
-    """Ask for what is missing toward the target; hand back idle nodes beyond it."""
+    """Ask for what is missing toward the target; hand back drained and surplus nodes."""
+    drained = tuple(n.id for n in view.nodes.values()
+                    if n.state == NodeState.DRAINING and n.id not in view.members)
+    if drained:
+        return [Release(drained, reason="drained: the group re-formed without it")]
     healthy = view.healthy()
     missing = view.policy.target - len(healthy) - view.coming()
     if missing > 0:

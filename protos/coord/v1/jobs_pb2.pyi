@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InterruptNodeRequest(_message.Message):
+    __slots__ = ("node_id", "action")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    action: str
+    def __init__(self, node_id: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
+
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec_json", "source", "bundle", "dry_run")
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]

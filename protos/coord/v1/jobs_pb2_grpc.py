@@ -70,6 +70,11 @@ class JobServiceStub:
                 request_serializer=coord_dot_v1_dot_jobs__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_jobs__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.InterruptNode = channel.unary_unary(
+                '/coord.v1.JobService/InterruptNode',
+                request_serializer=coord_dot_v1_dot_jobs__pb2.InterruptNodeRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_types__pb2.Node.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -118,6 +123,14 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InterruptNode(self, request, context):
+        """Rehearse a spot interruption: the node's metadata service (the local provider's
+        stand-in) announces `action` ("terminate", "stop", "hibernate" or "rebalance").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=coord_dot_v1_dot_jobs__pb2.ListNodesRequest.FromString,
                     response_serializer=coord_dot_v1_dot_jobs__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'InterruptNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.InterruptNode,
+                    request_deserializer=coord_dot_v1_dot_jobs__pb2.InterruptNodeRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_types__pb2.Node.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +364,33 @@ class JobService:
             '/coord.v1.JobService/ListNodes',
             coord_dot_v1_dot_jobs__pb2.ListNodesRequest.SerializeToString,
             coord_dot_v1_dot_jobs__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InterruptNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coord.v1.JobService/InterruptNode',
+            coord_dot_v1_dot_jobs__pb2.InterruptNodeRequest.SerializeToString,
+            coord_dot_v1_dot_types__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,
