@@ -15,6 +15,7 @@ from coordinator.bus import Bus
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
+from coordinator.providers.base import AgentAccess
 from coordinator.providers.local import LocalProvider
 from coordinator.service import AgentService, JobService
 from coordinator.settings import CoorddSettings
@@ -40,8 +41,8 @@ class Coordinator:
         store = await Store.open(s.db_path)
         metrics, bus = Metrics(), Bus()
         jobs = JobManager(store, bus, s, metrics)
-        providers = {"local": LocalProvider(s.state_dir / "nodes", self.advertised, token,
-                                            s.stop_grace_s)}
+        access = AgentAccess(self.advertised, token)
+        providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s)}
         nodes = NodeRegistry(store, s, providers, jobs.on_node_change, metrics)
         jobs.nodes = nodes
         await nodes.load()

@@ -7,12 +7,11 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
-from coordinator.providers.base import Provider
+from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
 from coordinator.providers.procs import session_pids, signal_session
 from coordinator.spec import JobSpec
@@ -26,11 +25,9 @@ LOST_KILL_AFTER_S = 30.0
 class LocalProvider(Provider):
     name = "local"
 
-    def __init__(self, nodes_dir: Path, coordinator_addr: Callable[[], str], token: str,
-                 stop_grace_s: float):
+    def __init__(self, nodes_dir: Path, access: AgentAccess, stop_grace_s: float):
         self.nodes_dir = nodes_dir
-        self.coordinator_addr = coordinator_addr
-        self.token = token
+        self.access = access
         self.stop_grace_s = stop_grace_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._metadata: dict[str, MetadataStandIn] = {}
@@ -56,12 +53,12 @@ class LocalProvider(Provider):
         agent_log = await asyncio.to_thread(open, workdir / "agent.log", "ab")
         try:
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent.main", "--coordinator", self.coordinator_addr(),
+                sys.executable, "-m", "agent.main", "--coordinator", self.access.address(),
                 "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
                 "--imds-endpoint", metadata, "--imds-interval", str(self.notice_poll_s),
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
-                env={**os.environ, "COORD_TOKEN": self.token})
+                env={**os.environ, **self.access.agent_env()})
         finally:
             agent_log.close()
 
