@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 MARKER = ".complete"
+WRITING = ".writing"  # left by a write that did not finish: the directory is still ours
 
 
 def _is_complete(out: Path, params: dict[str, object]) -> bool:
@@ -31,8 +32,25 @@ def _is_complete(out: Path, params: dict[str, object]) -> bool:
     return marker.exists() and json.loads(marker.read_text()) == params
 
 
+def _claim(out: Path, params: dict[str, object]) -> bool:
+    """True when `out` already holds this data set. A directory we wrote with other parameters
+    (or did not finish) is replaced; any other non-empty directory is refused: it may be the
+    user's own data."""
+    if _is_complete(out, params):
+        return True
+    if out.is_dir() and any(out.iterdir()):
+        if not ((out / MARKER).exists() or (out / WRITING).exists()):
+            raise FileExistsError(f"{out} is not empty and was not written by trainer.datasets; "
+                                  "refusing to replace it: choose an empty or new directory")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WRITING).touch()
+    return False
+
+
 def _mark_complete(out: Path, params: dict[str, object]) -> None:
     (out / MARKER).write_text(json.dumps(params))
+    (out / WRITING).unlink()
 
 
 def _save_jpeg(pixels: np.ndarray, path: Path, quality: int = 92) -> None:
@@ -62,9 +80,8 @@ def write_digits(out: Path, size: int = 32) -> Path:
     from sklearn.datasets import load_digits
 
     params: dict[str, object] = {"dataset": "digits", "size": size}
-    if _is_complete(out, params):
+    if _claim(out, params):
         return out
-    shutil.rmtree(out, ignore_errors=True)
     digits = load_digits()
     splits = digits_split(len(digits.images))
     for i, (image, label, split) in enumerate(zip(digits.images, digits.target, splits)):
@@ -91,9 +108,8 @@ def write_synthetic(out: Path, count: int = 512, height: int = 160, width: int =
     """`count` generated JPEGs as `out/train/<class>/*.jpg` (class = index % classes)."""
     params: dict[str, object] = {"dataset": "synthetic", "count": count, "height": height,
                                  "width": width, "classes": classes, "seed": seed}
-    if _is_complete(out, params):
+    if _claim(out, params):
         return out
-    shutil.rmtree(out, ignore_errors=True)
     for i, pixels in enumerate(_smooth_images(count, height, width, seed)):
         _save_jpeg(pixels, out / "train" / f"c{i % classes}" / f"{i:06d}.jpg")
     _mark_complete(out, params)
@@ -117,10 +133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.dataset == "digits":
-        out = write_digits(args.out, args.size)
-    else:
-        out = write_synthetic(args.out, args.count, args.height, args.width, seed=args.seed)
+    try:
+        if args.dataset == "digits":
+            out = write_digits(args.out, args.size)
+        else:
+            out = write_synthetic(args.out, args.count, args.height, args.width, seed=args.seed)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.dataset} to {out}", flush=True)
     return 0
 

@@ -29,12 +29,25 @@ from .phases import Phase, PhaseSpan
 READER = "reader"
 
 
+class DaliMissingError(ImportError):
+    """NVIDIA DALI is not installed in this environment."""
+
+
 def _dali() -> tuple:
     """Import DALI lazily: parsing a config or building a model must not need it."""
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
+    try:
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+    except ImportError as exc:
+        raise DaliMissingError(
+            f"NVIDIA DALI does not import ({exc}); install it with "
+            "`pip install nvidia-dali-cuda120` (its CPU operators need no GPU)") from exc
     return fn, pipeline_def, types, DALIGenericIterator
+
+
+def require_dali() -> None:
+    """Fail before joining the process group rather than at the first batch."""
+    _dali()
 
 
 @dataclass(frozen=True)

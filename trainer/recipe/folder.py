@@ -19,6 +19,10 @@ from trainer import elastic
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
+class ImageFolderError(FileNotFoundError):
+    """A data directory that is missing or holds no `<class>/<image>` files."""
+
+
 @dataclass(frozen=True)
 class FolderIndex:
     """Files and class labels of `root/<class>/<file>`, in sorted order."""
@@ -32,7 +36,8 @@ class FolderIndex:
     def scan(cls, root: str | Path) -> FolderIndex:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist")
+            raise ImageFolderError(f"image folder {root} does not exist (expected "
+                                   f"{root}/<class>/<image>.jpg)")
         classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
         files: list[str] = []
         labels: list[int] = []
@@ -42,7 +47,8 @@ class FolderIndex:
             files.extend(str(p) for p in found)
             labels.extend([label] * len(found))
         if not files:
-            raise FileNotFoundError(f"no images under {root}/<class>/")
+            raise ImageFolderError(f"no images under {root}/<class>/ "
+                                   f"(looked for {', '.join(IMAGE_SUFFIXES)})")
         return cls(root, classes, tuple(files), np.asarray(labels, dtype=np.int64))
 
     def __len__(self) -> int:

@@ -22,7 +22,9 @@ import torch
 from trainer import elastic
 
 from .config import TargetConfig
+from .logs import get_logger
 
+log = get_logger(__name__)
 KEY = "metrics"
 
 
@@ -135,7 +137,9 @@ class RunMetrics:
         if self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
+            except ImportError as exc:  # results still go to summary.json and the log
+                log.warning("tensorboard_unavailable", error=str(exc),
+                            fix="pip install tensorboard")
                 self._writer = False
             else:
                 self._writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
