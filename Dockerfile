@@ -1,6 +1,6 @@
 # GPU node image: CUDA, PyTorch with torchvision, NVIDIA DALI, and the coord agent as entrypoint.
 # Build: docker build -t coord-node .
-# Run:   docker run --gpus all --network host -e COORD_ADDR=10.0.0.5:7070 -e COORD_TOKEN=... coord-node
+# Run:   docker run --gpus all --network host -e COORD_ADDR=10.0.0.5:7070 -e COORD_TOKEN=... -e COORD_CA_PEM="$(cat ca.pem)" coord-node
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \

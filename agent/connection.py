@@ -15,6 +15,7 @@ from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from coordinator.auth import call_metadata
+from coordinator.transport import open_channel
 
 log = structlog.get_logger("agent.connection")
 MAX_MESSAGE = 80 * 2**20
@@ -33,11 +34,11 @@ def free_port(host: str) -> int:
 class Connection:
     def __init__(self, address: str, token: str, node_id: str, host: str,
                  resources: types_pb2.Resources, outbox: Outbox, supervisor: Supervisor,
-                 stop_grace_s: float):
+                 stop_grace_s: float, ca_pem: bytes | None = None, insecure: bool = False):
         self.address, self.token, self.node_id, self.host = address, token, node_id, host
         self.resources, self.outbox, self.supervisor = resources, outbox, supervisor
         self.stop_grace_s = stop_grace_s
-        self.channel = grpc.aio.insecure_channel(address, options=[
+        self.channel = open_channel(address, ca_pem, insecure, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_time_ms", 10_000)])

@@ -19,6 +19,7 @@ from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from coord.v1 import agent_pb2, types_pb2
 from coordinator import logs
+from coordinator.transport import ca_bytes
 
 log = structlog.get_logger("agent")
 app = typer.Typer(add_completion=False)
@@ -40,7 +41,8 @@ def default_host(coordinator: str) -> str:
 
 
 async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Path,
-              stop_grace_s: float, imds_endpoint: str = "", imds_interval_s: float = 5.0) -> None:
+              stop_grace_s: float, imds_endpoint: str = "", imds_interval_s: float = 5.0,
+              ca_pem: bytes | None = None, insecure: bool = False) -> None:
     outbox = Outbox()
     conn: Connection
 
@@ -50,8 +52,9 @@ async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Pa
         return b"".join([chunk.data async for chunk in chunks])
 
     supervisor = Supervisor(workdir, outbox, fetch_bundle)
+    supervisor.prewarm()  # before connecting: the interpreter warms while the node registers
     conn = Connection(coordinator, token, node_id, host, detect_resources(), outbox, supervisor,
-                      stop_grace_s)
+                      stop_grace_s, ca_pem, insecure)
     flusher = asyncio.create_task(outbox.flush_periodically())
     connection = asyncio.create_task(conn.run_forever())
     watcher = None
@@ -107,7 +110,16 @@ def main_command(
     coordinator: Annotated[str, typer.Option(envvar="COORD_ADDR",
                                              help="coordd's HOST:PORT")],
     token: Annotated[str, typer.Option(envvar="COORD_TOKEN", show_default=False,
-                                       help="the token from coordd's state directory")],
+                                       help="an agent join token (coordd's STATE_DIR/"
+                                            "agent-token, or `coordd token create --role "
+                                            "agent`)")],
+    ca: Annotated[Path | None, typer.Option(help="coordd's CA certificate (its STATE_DIR/tls/"
+                                                 "ca.pem); else the PEM in COORD_CA_PEM (what "
+                                                 "providers set), else the file in COORD_CA, "
+                                                 "else the system's trusted roots")] = None,
+    insecure: Annotated[bool, typer.Option(envvar="COORD_INSECURE",
+                                           help="plaintext, for a coordd run with "
+                                                "insecure_plaintext only")] = False,
     node_id: Annotated[str, typer.Option(envvar="COORD_NODE_ID",
                                          help="set by providers; empty: coordd assigns one")] = "",
     host: Annotated[str, typer.Option(help="address peers reach this node at "
@@ -124,13 +136,14 @@ def main_command(
 ) -> None:
     """Run a node agent.
 
-    Example: coord-agent --coordinator 10.0.0.5:7070 --token "$(cat token)"
+    Example: coord-agent --coordinator 10.0.0.5:7070 --token "$(cat agent-token)" --ca ca.pem
     """
     logs.configure(log_level)
+    ca_pem = ca_bytes(ca or os.environ.get("COORD_CA_PEM") or os.environ.get("COORD_CA"))
     workdir = workdir.expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     asyncio.run(run(coordinator, token, node_id, host or default_host(coordinator), workdir,
-                    stop_grace, imds_endpoint, imds_interval))
+                    stop_grace, imds_endpoint, imds_interval, ca_pem, insecure))
 
 
 def main() -> None:

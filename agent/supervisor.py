@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.fence import write_fence
 from agent.outbox import Outbox
+from agent.warm import WarmPool
 from coord.v1 import agent_pb2, types_pb2
 
 log = structlog.get_logger("agent.supervisor")
@@ -44,6 +45,12 @@ class Supervisor:
         self._tasks: set[asyncio.Task] = set()
         self._snapshot_dirs: set[Path] = set()
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
+        self.warm = WarmPool(MAX_LINE) if WarmPool.enabled() else None
+
+    def prewarm(self) -> None:
+        """Start a warm worker interpreter while this node is idle (if enabled)."""
+        if self.warm is not None and not self.running():
+            self.warm.fill()
 
     def recent_exits(self) -> list[agent_pb2.WorkerStateChange]:
         return list(self._exits.values())
@@ -85,7 +92,7 @@ class Supervisor:
             self._prepared[msg.job_id] = msg.bundle_digest
         ckpt = msg.workers[0].env.get("COORD_CHECKPOINT_DIR", "") if msg.workers else ""
         if ckpt:
-            await asyncio.to_thread(write_fence, job_dir / ckpt, msg.generation)
+            await asyncio.to_thread(write_fence, job_dir / ckpt, msg.generation, msg.job_id)
         return job_dir
 
     async def _run_setup(self, msg: agent_pb2.StartWorkers, job_dir: Path) -> None:
@@ -100,10 +107,11 @@ class Supervisor:
 
     async def _start_one(self, msg: agent_pb2.StartWorkers, spec: agent_pb2.WorkerSpec,
                          job_dir: Path) -> None:
+        env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)})
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "bash", "-c", msg.command, cwd=job_dir,
-                env=worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)}),
+            proc = self.warm and await self.warm.take(msg.command, job_dir, env)
+            proc = proc or await asyncio.create_subprocess_exec(
+                "bash", "-c", msg.command, cwd=job_dir, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE)
         except OSError as exc:
@@ -140,6 +148,7 @@ class Supervisor:
         self._report(worker.job_id, worker.generation, worker.rank,
                      agent_pb2.WORKER_PHASE_EXITED, exit_code=code)
         self.workers.pop((worker.job_id, worker.generation, worker.rank), None)
+        self.prewarm()
 
     async def _pump(self, stream: asyncio.StreamReader, job_id: str, generation: int,
                     rank: int, kind: int) -> None:
@@ -186,6 +195,8 @@ class Supervisor:
                 await asyncio.wait_for(worker.done.wait(), 5)
 
     async def close(self, grace_s: float) -> None:
+        if self.warm is not None:
+            await self.warm.close()
         await self.stop(None, 2**62, grace_s)
         for task in list(self._tasks):
             task.cancel()
@@ -194,11 +205,17 @@ class Supervisor:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
 
+# The agent's join token: a job's code has no business holding it.
+AGENT_SECRETS = frozenset({"COORD_TOKEN"})
+
+
 def worker_env(job_env: dict[str, str]) -> dict[str, str]:
-    """The agent's environment, its Python first on PATH (`python` in a job means the node's
-    environment, where coord and torch are installed), then the job's variables."""
+    """The agent's environment less its token, its Python first on PATH (`python` in a
+    job means the node's environment, where coord and torch are installed), then the job's
+    variables."""
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+    inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
+    return {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

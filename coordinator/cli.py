@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +27,8 @@ console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 app = typer.Typer(
     help="coord: run distributed PyTorch jobs that survive machines vanishing.\n\n"
-         "Finds coordd through COORD_ADDR and COORD_TOKEN, ~/.config/coord/config.toml "
-         "(address = ..., token = ...), or the coordd running on this machine.",
+         "Finds coordd through COORD_ADDR, COORD_TOKEN and COORD_CA, ~/.config/coord/config.toml "
+         "(address = ..., token = ..., ca = ...), or the coordd running on this machine.",
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
 
 EXIT_FOR_STATE = {types_pb2.JOB_STATE_SUCCEEDED: 0, types_pb2.JOB_STATE_FAILED: 1,
@@ -246,6 +247,68 @@ def nodes(job: Annotated[str, typer.Option(help="only this job's nodes")] = "",
                               n.job_id or "-", n.host, n.provider, str(n.resources.cpus),
                               str(n.resources.gpus))
             console.print(table)
+        return 0
+    run(go())
+
+
+NodeArg = Annotated[str, typer.Argument(help="node id (see `coord nodes`)")]
+
+
+@app.command("exec", context_settings={"ignore_unknown_options": True})
+def exec_command(node: NodeArg,
+                 command: Annotated[list[str], typer.Argument(
+                     help="the command; as with ssh, its words are joined with spaces and run "
+                          "by bash on the node")]) -> None:
+    """Run a command on a node, in its work directory, with the node's `python` first on PATH.
+    Streams its stdout and stderr; exits with its exit code.
+
+    Example: coord exec my-job-3fa2c1 -- nvidia-smi
+    """
+    async def go() -> int:
+        code = 1
+        async with AsyncClient() as client:
+            async for piece in client.exec_stream(node, " ".join(command)):
+                for data, stream in ((piece.stdout, sys.stdout), (piece.stderr, sys.stderr)):
+                    if data:
+                        stream.buffer.write(data)
+                        stream.flush()
+                if piece.HasField("exit_code"):
+                    code = piece.exit_code
+        return code
+    run(go())
+
+
+@app.command()
+def upload(node: NodeArg,
+           src: Annotated[Path, typer.Argument(help="local file")],
+           dst: Annotated[str, typer.Argument(help="path on the node; relative: in its work "
+                                              "directory; ending in '/': keep the name")]) -> None:
+    """Copy a local file to a node (streamed in 1 MiB chunks; missing directories are made).
+
+    Example: coord upload my-job-3fa2c1 data.tar data/
+    """
+    async def go() -> int:
+        async with AsyncClient() as client:
+            done = await client.upload(node, src, dst)
+            console.print(f"{src} -> {node}:{escape(done.path)} ({done.size} bytes)")
+        return 0
+    run(go())
+
+
+@app.command()
+def download(node: NodeArg,
+             src: Annotated[str, typer.Argument(help="path on the node; relative: in its work "
+                                                "directory")],
+             dst: Annotated[Path, typer.Argument(help="local file or directory")] = Path(".")
+             ) -> None:
+    """Copy a file from a node to this machine (streamed in 1 MiB chunks).
+
+    Example: coord download my-job-3fa2c1 jobs/my-job-1a2b3c4d/metrics.json .
+    """
+    async def go() -> int:
+        async with AsyncClient() as client:
+            target = await client.download(node, src, dst)
+            console.print(f"{node}:{escape(src)} -> {target}")
         return 0
     run(go())
 

@@ -12,6 +12,9 @@ import structlog
 from coordinator.errors import CoordError
 
 log = structlog.get_logger("coordinator.edge")
+# Status details travel in trailers, which clients cap (8 KiB by default): a longer message
+# (an error quoting a huge field) would reach the caller as a transport error instead.
+MAX_DETAIL = 4000
 
 
 def rpc(method):
@@ -21,9 +24,10 @@ def rpc(method):
 
     async def fail(context, exc: Exception) -> None:
         if isinstance(exc, CoordError):
-            await context.abort(exc.code, str(exc))
+            await context.abort(exc.code, str(exc)[:MAX_DETAIL])
         log.exception("rpc.internal_error", method=name)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}: {exc!r}")
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal error in {name}: {exc!r}"[:MAX_DETAIL])
 
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
@@ -49,3 +53,76 @@ def rpc(method):
         finally:
             self.metrics.rpc_latency.labels(name).observe(time.perf_counter() - started)
     return unary
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on bad bytes
+            return _Malformed(exc)
+    return parse
+
+
+async def _refuse_malformed(request, context) -> None:
+    if isinstance(request, _Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"request does not parse: {str(request.error)[:200]}")
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Bytes that are not the method's request message get INVALID_ARGUMENT (gRPC's own answer
+    would be INTERNAL, which means a bug in coordd, not in the caller)."""
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
+                    or handler.stream_stream)
+        if handler.request_streaming:
+            async def checked(requests, context):
+                async for request in requests:
+                    await _refuse_malformed(request, context)
+                    yield request
+
+            async def call(requests, context):
+                return await behavior(checked(requests, context), context)
+
+            async def stream(requests, context):
+                async for item in behavior(checked(requests, context), context):
+                    yield item
+        else:
+            async def call(request, context):
+                await _refuse_malformed(request, context)
+                return await behavior(request, context)
+
+            async def stream(request, context):
+                await _refuse_malformed(request, context)
+                async for item in behavior(request, context):
+                    yield item
+        return rebuild(handler, stream if handler.response_streaming else call,
+                       _tolerant(handler.request_deserializer))
+
+
+_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def rebuild(handler: grpc.RpcMethodHandler, behavior,
+            request_deserializer=None) -> grpc.RpcMethodHandler:
+    """`handler`'s kind with another behavior (and optionally another deserializer)."""
+    kind = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    return kind(behavior, request_deserializer=request_deserializer or
+                handler.request_deserializer, response_serializer=handler.response_serializer)

@@ -58,6 +58,16 @@ class ProviderError(CoordError):
     retryable = True
 
 
+class PartialLaunch(ProviderError):
+    """`Provider.launch` brought up some of the nodes: those named in `failed` could not be
+    launched (lose them now), every other record was launched and is kept."""
+
+    def __init__(self, failed: list[str], message: str):
+        super().__init__(message)
+        self.failed = list(failed)
+        self.launched: list = []  # the registry's views of the kept nodes, filled by it
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied,

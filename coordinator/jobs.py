@@ -14,8 +14,11 @@ from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
 from coordinator.errors import Conflict, InvalidSpec
+from coordinator.logbudget import LogBudget
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
+from coordinator.quorum import (QuorumService, QuorumUnavailable, lighthouse_available,
+                                 public_host)
 from coordinator.reconciler.runner import Cancel, JobRunner, NodeChanged, WorkerExited
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
@@ -31,6 +34,9 @@ class JobManager:
         self.store, self.bus, self.settings, self.metrics = store, bus, settings, metrics
         self.nodes: NodeRegistry  # set by the server once providers exist
         self.runners: dict[str, JobRunner] = {}
+        self.log_budget = LogBudget(store, settings.max_log_line_bytes,
+                                    settings.max_log_bytes_per_job)
+        self.quorums: dict[str, QuorumService] = {}  # in-process jobs' Lighthouses
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -45,6 +51,9 @@ class JobManager:
                      dry_run: bool) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
         self.nodes.provider(spec)  # an unconfigured provider is a spec error, found now
+        if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
+            raise InvalidSpec(f"{source}: fault_tolerance.mode = 'inprocess' needs torchft where "
+                              "coordd runs (pip install 'coord[train]')")
         if len(bundle) > bundles.MAX_BUNDLE_BYTES:
             raise InvalidSpec(f"{source}: bundle exceeds {bundles.MAX_BUNDLE_BYTES // 2**20} MiB")
         record = JobRecord(id=f"{spec.name[:40]}-{uuid.uuid4().hex[:8]}", name=spec.name,
@@ -94,7 +103,8 @@ class JobManager:
                       peer_failure_settle_s=s.heartbeat_timeout_s + 2.0,
                       scale_up_settle_s=s.scale_up_settle_s,
                       scale_up_min_runtime_s=s.scale_up_min_runtime_s,
-                      initial_full_wait_s=s.initial_full_wait_s)
+                      initial_full_wait_s=s.initial_full_wait_s,
+                      inprocess=spec.fault_tolerance.mode == "inprocess")
 
     def _start_runner(self, record: JobRecord, spec: JobSpec) -> None:
         view = JobView(job_id=record.id, state=record.state, generation=record.generation,
@@ -117,7 +127,13 @@ class JobManager:
         """At start-up: a reconciler for every job that had not ended."""
         for record in await self.store.list_jobs(include_finished=False, limit=1000):
             self.metrics.job_added(record.state)
-            self._start_runner(record, parse_spec_json(record.spec_json, record.id))
+            spec = parse_spec_json(record.spec_json, record.id)
+            self._start_runner(record, spec)
+            if record.generation and spec.fault_tolerance.mode == "inprocess":
+                try:  # supervised again, on its old port
+                    await self.quorum_address(record, spec)
+                except QuorumUnavailable as exc:
+                    log.error("quorum.unavailable", job=record.id, error=str(exc))
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -126,6 +142,9 @@ class JobManager:
         return task
 
     async def close(self) -> None:
+        for service in self.quorums.values():  # the jobs go on: their leases are kept
+            await service.stop(job_ended=False)
+        self.quorums.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -146,8 +165,9 @@ class JobManager:
                            rank=l.rank, stream=l.stream, seq=l.seq,
                            time=l.time.ToSeconds() + l.time.nanos / 1e9 if l.HasField("time")
                            else time.time(), text=l.text)
-                 for l in batch.lines if l.job_id in self.runners]
-        for record in await self.store.append_logs(lines, node.id, seq):
+                 for l in batch.lines if l.job_id == node.job_id and l.job_id in self.runners]
+        for record in await self.store.append_logs(await self.log_budget.admit(lines), node.id,
+                                                   seq):
             self.bus.publish("logs", record.job_id, record)
         node.applied_seq = seq
 
@@ -155,26 +175,72 @@ class JobManager:
         if runner := self.runners.get(msg.job_id):
             await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
 
-    # launching a generation ----------------------------------------------------------
-    async def launch(self, record: JobRecord, spec: JobSpec, view: JobView) -> None:
+    # the quorum service of in-process jobs ---------------------------------------------
+    async def quorum_address(self, record: JobRecord, spec: JobSpec) -> str:
+        """The job's Lighthouse, started with its first generation and kept to its end."""
+        if service := self.quorums.get(record.id):
+            return service.address
+        runner = self.runners.get(record.id)
+        service = QuorumService(record.id, public_host(self.settings),
+                                spec.nodes.minimum * spec.nproc_per_node,
+                                runner.event if runner else _ignore_event,
+                                self.settings.state_dir / "quorum" / record.id)
+        self.quorums[record.id] = service
+        address = await service.start()
+        if runner:
+            await runner.event("quorum.started", f"quorum service (Lighthouse) at {address}",
+                               address=address)
+        return address
+
+    async def stop_quorum(self, job_id: str) -> None:
+        if service := self.quorums.pop(job_id, None):
+            await service.stop()
+
+    # launching workers ---------------------------------------------------------------
+    async def launch(self, record: JobRecord, spec: JobSpec, view: JobView, generation: int,
+                     node_ids: tuple[str, ...]) -> None:
+        """Start workers of `generation` on `node_ids` (a whole generation, or in in-process
+        mode the nodes that join the running replicas)."""
+        inprocess = spec.fault_tolerance.mode == "inprocess"
+        lighthouse = await self.quorum_address(record, spec) if inprocess else ""
         master = view.nodes[view.members[0]]
         port = self.nodes.free_port(master.id) or master.free_port  # fresh: reported just now
-        world = len(view.members) * spec.nproc_per_node
-        ckpt = self.checkpoint_dir(record, spec)
-        for index, node_id in enumerate(view.members):
+        base = {**spec.env, "COORD_JOB_ID": record.id, "COORD_JOB_NAME": record.name,
+                "COORD_GENERATION": str(generation),
+                "COORD_CHECKPOINT_DIR": self.checkpoint_dir(record, spec)}
+        joining = set(node_ids) != set(view.members)
+        for node_id in node_ids:
             node = self.nodes.nodes[node_id]
             await self.nodes.set_state(node, NodeState.ASSIGNED, f"generation {record.generation}")
             workers = []
-            for local_rank in range(spec.nproc_per_node):
-                env = {**spec.env,
-                       "MASTER_ADDR": master.host, "MASTER_PORT": str(port),
-                       "WORLD_SIZE": str(world), "RANK": str(index * spec.nproc_per_node + local_rank),
-                       "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": str(spec.nproc_per_node),
-                       "GROUP_RANK": str(index), "COORD_JOB_ID": record.id,
-                       "COORD_JOB_NAME": record.name, "COORD_GENERATION": str(record.generation),
-                       "COORD_NODE_ID": node_id, "COORD_CHECKPOINT_DIR": ckpt}
-                workers.append(agent_pb2.WorkerSpec(rank=int(env["RANK"]), local_rank=local_rank,
-                                                    env=env))
+            for rank in view.ranks_of(node_id):
+                local_rank = rank % spec.nproc_per_node
+                env = {**base, "COORD_NODE_ID": node_id, "LOCAL_RANK": str(local_rank),
+                       "LOCAL_WORLD_SIZE": str(spec.nproc_per_node),
+                       "GROUP_RANK": str(rank // spec.nproc_per_node)}
+                if inprocess:
+                    env |= replica_env(node.host, rank, lighthouse, spec, joining)
+                else:
+                    env |= {"MASTER_ADDR": master.host, "MASTER_PORT": str(port),
+                            "WORLD_SIZE": str(view.world_size), "RANK": str(rank)}
+                workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=local_rank, env=env))
             self.nodes.send(node_id, agent_pb2.CoordinatorMessage(start=agent_pb2.StartWorkers(
-                job_id=record.id, generation=record.generation, command=spec.run,
+                job_id=record.id, generation=generation, command=spec.run,
                 setup=spec.setup or "", bundle_digest=record.bundle_digest, workers=workers)))
+
+
+def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec,
+                joining: bool) -> dict[str, str]:
+    """An in-process worker is one torchft replica (a group of one process): RANK/WORLD_SIZE
+    describe that group, REPLICA_GROUP_ID is its unique id in the job."""
+    return {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",
+            "REPLICA_GROUP_ID": str(rank), "TORCHFT_LIGHTHOUSE": lighthouse,
+            # Retry quorum forever: the Lighthouse may be restarted under a running job.
+            "TORCHFT_QUORUM_RETRIES": "1000000", "COORD_FT_MODE": "inprocess",
+            "COORD_FT_JOIN": "1" if joining else "0",
+            "COORD_FT_MIN_REPLICAS": str(spec.nodes.minimum * spec.nproc_per_node),
+            "RUST_LOG": spec.env.get("RUST_LOG", "warn")}  # torchft logs every quorum at info
+
+
+async def _ignore_event(kind: str, message: str, **data) -> None:
+    return None

@@ -2,8 +2,8 @@
 what the tests and benchmarks use, and a quick way to try coord from Python.
 
     cluster = start_coordd(Path("/tmp/coord-try"))
-    os.environ.update(COORD_ADDR=cluster.address, COORD_TOKEN=cluster.token)
-    ...
+    with cluster.client() as client:         # or os.environ.update(cluster.env) for `coord`
+        ...
     cluster.stop()
 """
 
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import grpc
 
 from coordinator.providers.procs import signal_session
 
@@ -44,9 +46,27 @@ class LocalCoordd:
     log_path: Path
 
     @property
+    def ca_path(self) -> Path:
+        return self.state_dir / "tls" / "ca.pem"
+
+    @property
+    def agent_token(self) -> str:
+        return (self.state_dir / "agent-token").read_text().strip()
+
+    @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "COORD_ADDR": self.address, "COORD_TOKEN": self.token,
-                "COORDD_STATE_DIR": str(self.state_dir)}
+                "COORD_CA": str(self.ca_path), "COORDD_STATE_DIR": str(self.state_dir)}
+
+    def channel(self):
+        """A raw blocking gRPC channel over TLS, for speaking the wire directly."""
+        return grpc.secure_channel(self.address, grpc.ssl_channel_credentials(
+            self.ca_path.read_bytes()))
+
+    def client(self, token: str | None = None):
+        """A blocking SDK client for this coordd (TLS with its CA, the client token)."""
+        from coordinator.sdk import Client
+        return Client(self.address, token or self.token, ca=self.ca_path)
 
     def cli(self, *args: str, timeout: float = 120, cwd: Path | None = None
             ) -> subprocess.CompletedProcess:

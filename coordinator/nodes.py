@@ -16,7 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from coord.v1 import agent_pb2
-from coordinator.errors import InvalidSpec
+from coordinator.errors import InvalidSpec, PartialLaunch
 from coordinator.metrics import Metrics
 from coordinator.providers.base import Provider
 from coordinator.reconciler.view import NodeView
@@ -59,6 +59,10 @@ class NodeRegistry:
         self.sessions: dict[str, AgentSession] = {}
         self._suspect_since: dict[str, float] = {}
         self._before_suspect: dict[str, NodeState] = {}
+        self._reconnecting: set[str] = set()  # suspect since coordd restarted
+        # JOINING nodes must register by this wall time. The clock starts once the provider
+        # has launched the machine: a slow launch (capacity fallbacks) is not boot time.
+        self._join_by: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def load(self) -> None:
@@ -73,12 +77,17 @@ class NodeRegistry:
                 await self.set_state(node, NodeState.SUSPECT, "coordd restarted")
             if node.state == NodeState.SUSPECT:
                 self._suspect_since[node.id] = grace_from
+                self._reconnecting.add(node.id)
+            if node.state == NodeState.JOINING:
+                self._join_by[node.id] = time.time() + self.join_timeout(node)
 
     def view(self, node: NodeRecord) -> NodeView:
         session = self.sessions.get(node.id)
         return NodeView(id=node.id, state=node.state, host=node.host,
                         free_port=session.free_port if session else 0,
-                        joined_at=node.last_heartbeat)
+                        joined_at=node.last_heartbeat,
+                        reconnecting=node.state == NodeState.SUSPECT and
+                        node.id in self._reconnecting)
 
     # state machine -------------------------------------------------------------------
     async def set_state(self, node: NodeRecord, new: NodeState, cause: str) -> None:
@@ -102,6 +111,12 @@ class NodeRegistry:
             raise InvalidSpec(f"provider {spec.resources.provider!r} is not configured in "
                               f"coordd (configured: {', '.join(self.providers)})") from None
 
+    def join_timeout(self, node: NodeRecord) -> float:
+        """How long a launched node may take to register: machines that boot or install
+        (EC2, ssh bootstrap) say so through their provider's `join_timeout_s`."""
+        provider = self.providers.get(node.provider)
+        return getattr(provider, "join_timeout_s", None) or self.settings.join_timeout_s
+
     async def acquire(self, job: JobRecord, spec: JobSpec, count: int) -> list[NodeView]:
         provider = self.provider(spec)
         records = [NodeRecord(id=f"{job.name[:40]}-{secrets.token_hex(3)}", provider=provider.name,
@@ -110,10 +125,30 @@ class NodeRegistry:
             await self.store.save_node(node)
             self.nodes[node.id] = node
             self.metrics.node_transition(None, node.state)
-        await provider.launch(records, job, spec)
-        for node in records:
-            await self.store.save_node(node)
+        try:
+            await provider.launch(records, job, spec)
+        except Exception as exc:
+            # Records the provider could not bring up are lost now, with its reason, not at
+            # the join timeout: their replacements are asked for at once, their machines freed.
+            # After a partial launch only the failed ones: the others are booting.
+            failed = set(exc.failed) if isinstance(exc, PartialLaunch) else {n.id for n in records}
+            for node in records:
+                if node.id in failed and node.state == NodeState.JOINING:
+                    await self._lose(node.id, f"launch failed: {exc}"[:2000])
+            kept = [n for n in records if n.id not in failed]
+            self._start_join_clocks(kept)
+            if isinstance(exc, PartialLaunch):
+                exc.launched = [self.view(n) for n in kept]
+            raise
+        finally:
+            for node in records:  # with what the provider recorded (machine ids, pids)
+                await self.store.save_node(node)
+        self._start_join_clocks(records)
         return [self.view(n) for n in records]
+
+    def _start_join_clocks(self, launched: list[NodeRecord]) -> None:
+        for node in launched:
+            self._join_by[node.id] = time.time() + self.join_timeout(node)
 
     async def release(self, node_id: str, reason: str) -> None:
         node = self.nodes.get(node_id)
@@ -150,6 +185,7 @@ class NodeRegistry:
             self._fence(session, node, msg)
             return session
         self.sessions[node.id] = session
+        self._reconnecting.discard(node.id)
         self._suspect_since.pop(node.id, None)
         back_to = self._before_suspect.pop(node.id, None)
         await self.set_state(node, back_to or NodeState.READY, "registered")
@@ -212,7 +248,10 @@ class NodeRegistry:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            await self._check(time.monotonic())
+            try:
+                await self._check(time.monotonic())
+            except Exception:  # a bad record must not end loss detection for every node
+                log.exception("nodes.watch_failed")
 
     async def _check(self, now: float) -> None:
         s = self.settings
@@ -223,13 +262,18 @@ class NodeRegistry:
             if now - since > s.reconnect_grace_s:
                 await self._lose(node_id, f"stream down for more than {s.reconnect_grace_s:g} s")
         wall = time.time()
-        for node in list(self.nodes.values()):
-            if node.state == NodeState.JOINING and wall - node.created_at > s.join_timeout_s:
-                await self._lose(node.id, f"did not register within {s.join_timeout_s:g} s")
+        for node_id, deadline in list(self._join_by.items()):
+            node = self.nodes[node_id]
+            if node.state != NodeState.JOINING:
+                del self._join_by[node_id]
+            elif wall > deadline:
+                await self._lose(node_id, f"did not register within "
+                                          f"{self.join_timeout(node):g} s of its launch")
 
     async def _lose(self, node_id: str, cause: str) -> None:
         self._suspect_since.pop(node_id, None)
         self._before_suspect.pop(node_id, None)
+        self._reconnecting.discard(node_id)
         if session := self.sessions.pop(node_id, None):
             session.close()
         node = self.nodes[node_id]

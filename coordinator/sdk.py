@@ -1,7 +1,7 @@
 """The Python client SDK: everything `coord` does, for scripts and notebooks.
 
     from coordinator.sdk import Client
-    with Client() as c:                       # COORD_ADDR / COORD_TOKEN, or the local coordd
+    with Client() as c:          # COORD_ADDR / COORD_TOKEN / COORD_CA, or the local coordd
         job = c.submit("examples/allreduce/job.toml")
         for line in c.logs(job.id, follow=True):
             print(line.text)
@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shlex
 import threading
 import tomllib
 from collections.abc import AsyncIterator, Iterator
@@ -23,11 +25,12 @@ from typing import Any
 import grpc
 
 from coord.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
-from coordinator import bundle
+from coordinator import bundle, transfer
 from coordinator.auth import call_metadata
 from coordinator.errors import CoordError, Unavailable, from_status
 from coordinator.settings import default_state_dir
 from coordinator.spec import JobSpec, load_job_file
+from coordinator.transport import ca_bytes, open_channel, truthy
 
 TERMINAL = {types_pb2.JOB_STATE_SUCCEEDED, types_pb2.JOB_STATE_FAILED,
             types_pb2.JOB_STATE_CANCELLED}
@@ -35,20 +38,39 @@ CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) /
     "config.toml"
 
 
-def resolve(address: str | None = None, token: str | None = None) -> tuple[str, str]:
-    """Arguments > COORD_ADDR/COORD_TOKEN > ~/.config/coord/config.toml > the local coordd's
-    state directory (COORDD_STATE_DIR or ~/.local/state/coord): set it once, or not at all."""
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where coordd is and how to prove who we are to it."""
+
+    address: str
+    token: str
+    ca_pem: bytes | None  # None: trust the system's roots
+    insecure: bool = False  # plaintext: only for a coordd run with insecure_plaintext
+
+
+def resolve(address: str | None = None, token: str | None = None,
+            ca: str | bytes | Path | None = None) -> Target:
+    """Each of address, token and CA: the argument > COORD_ADDR / COORD_TOKEN / COORD_CA (a
+    file; COORD_CA_PEM: the PEM itself) > ~/.config/coord/config.toml (address, token, ca,
+    insecure) > the local coordd's state directory (COORDD_STATE_DIR or ~/.local/state/coord:
+    coordd.addr, token, tls/ca.pem). Set them once, or, on coordd's machine, not at all."""
     file: dict[str, Any] = {}
     if CONFIG_PATH.exists():
         file = tomllib.loads(CONFIG_PATH.read_text())
-    state = Path(os.environ.get("COORDD_STATE_DIR", default_state_dir()))
-    address = address or os.environ.get("COORD_ADDR") or file.get("address") or \
+    env = os.environ
+    state = Path(env.get("COORDD_STATE_DIR", default_state_dir()))
+    address = address or env.get("COORD_ADDR") or file.get("address") or \
         _read(state / "coordd.addr")
-    token = token or os.environ.get("COORD_TOKEN") or file.get("token") or _read(state / "token")
+    token = token or env.get("COORD_TOKEN") or file.get("token") or _read(state / "token")
     if not address:
         raise Unavailable("no coordinator address: set COORD_ADDR=HOST:PORT (or start coordd "
                           f"here; it writes {state / 'coordd.addr'})")
-    return address, token or ""
+    if truthy(env.get("COORD_INSECURE") or file.get("insecure")):
+        return Target(address, token or "", None, insecure=True)
+    local_ca = state / "tls" / "ca.pem"
+    ca = ca or env.get("COORD_CA") or env.get("COORD_CA_PEM") or file.get("ca") or \
+        (local_ca if local_ca.exists() else None)
+    return Target(address, token or "", ca_bytes(ca))
 
 
 def _read(path: Path) -> str:
@@ -68,11 +90,22 @@ def _spec_and_bundle(spec: JobSpec | str | Path, workdir: str | Path | None) -> 
     return parsed, str(path), bundle.pack(path.parent / parsed.workdir, parsed.files)
 
 
+@dataclasses.dataclass(frozen=True)
+class ExecResult:
+    """What `exec` returns: the command's exit code (128+N: killed by signal N) and output."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
 class AsyncClient:
-    def __init__(self, address: str | None = None, token: str | None = None):
-        self.address, token = resolve(address, token)
-        self._metadata = call_metadata(token)
-        self._channel = grpc.aio.insecure_channel(self.address, options=[
+    def __init__(self, address: str | None = None, token: str | None = None,
+                 ca: str | bytes | Path | None = None):
+        target = resolve(address, token, ca)
+        self.address = target.address
+        self._metadata = call_metadata(target.token)
+        self._channel = open_channel(self.address, target.ca_pem, target.insecure, options=[
             ("grpc.max_send_message_length", 80 * 2**20),
             ("grpc.max_receive_message_length", 80 * 2**20)])
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
@@ -93,11 +126,14 @@ class AsyncClient:
             raise from_status(exc.code(), exc.details()) from None
 
     async def _stream(self, method: str, request) -> AsyncIterator[Any]:
+        call = getattr(self._stub, method)(request, metadata=self._metadata)
         try:
-            async for item in getattr(self._stub, method)(request, metadata=self._metadata):
+            async for item in call:
                 yield item
         except grpc.aio.AioRpcError as exc:
             raise from_status(exc.code(), exc.details()) from None
+        finally:  # a caller that stops early tells the server now (its exec is killed)
+            call.cancel()
 
     async def submit(self, spec: JobSpec | str | Path, *, workdir: str | Path | None = None,
                      dry_run: bool = False) -> types_pb2.Job:
@@ -128,6 +164,43 @@ class AsyncClient:
         return await self._call("InterruptNode", jobs_pb2.InterruptNodeRequest(
             node_id=node_id, action=action))
 
+    # node verbs ------------------------------------------------------------------------
+    def exec_stream(self, node: str, command: str | list[str]
+                    ) -> AsyncIterator[jobs_pb2.ExecOutput]:
+        """Run a command with bash in the node's work directory: its stdout and stderr as
+        they come, then a last message with `exit_code` (a list is quoted word by word)."""
+        if not isinstance(command, str):
+            command = shlex.join(command)
+        return self._stream("ExecNode", jobs_pb2.ExecNodeRequest(node_id=node, command=command))
+
+    async def exec(self, node: str, command: str | list[str]) -> ExecResult:
+        """Run a command on a node and collect its output and exit code."""
+        out, err, code = bytearray(), bytearray(), -1
+        async for piece in self.exec_stream(node, command):
+            out += piece.stdout
+            err += piece.stderr
+            if piece.HasField("exit_code"):
+                code = piece.exit_code
+        return ExecResult(code, bytes(out), bytes(err))
+
+    async def upload(self, node: str, src: str | Path, dst: str) -> jobs_pb2.FileTransferred:
+        """Copy a local file to a node. `dst` relative: inside the node's work directory;
+        ending in '/': a directory, the file keeps its name. Returns the absolute path."""
+        file = await transfer.open_source(src)
+        try:
+            return await self._call("UploadFile", transfer.upload_chunks(
+                file, node, transfer.remote_target(src, dst)))
+        finally:  # also when the call fails before it reads the first chunk
+            await asyncio.to_thread(file.close)
+
+    async def download(self, node: str, src: str, dst: str | Path = ".") -> Path:
+        """Copy a file from a node (`src` relative: inside its work directory) to `dst`, a
+        file or an existing directory. Returns the local path."""
+        target = transfer.local_target(src, dst)
+        await transfer.write_atomically(target, self._stream(
+            "DownloadFile", jobs_pb2.DownloadFileRequest(node_id=node, path=src)))
+        return target
+
     def watch(self, job: str, after_seq: int = 0,
               follow: bool = True) -> AsyncIterator[types_pb2.JobEvent]:
         """Events from the start (or after `after_seq`), then live ones until the job ends
@@ -153,11 +226,12 @@ class AsyncClient:
 class Client:
     """Blocking form of AsyncClient: each call runs on a private event loop thread."""
 
-    def __init__(self, address: str | None = None, token: str | None = None):
+    def __init__(self, address: str | None = None, token: str | None = None,
+                 ca: str | bytes | Path | None = None):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._async = self._run(_make(address, token))
+        self._async = self._run(_make(address, token, ca))
         self.address = self._async.address
 
     def _run(self, coro):
@@ -212,9 +286,21 @@ class Client:
     def interrupt_node(self, node_id: str, action: str = "terminate") -> types_pb2.Node:
         return self._run(self._async.interrupt_node(node_id, action))
 
+    def exec_stream(self, node: str, command: str | list[str]) -> Iterator[jobs_pb2.ExecOutput]:
+        return self._iterate(self._async.exec_stream(node, command))
 
-async def _make(address: str | None, token: str | None) -> AsyncClient:
-    return AsyncClient(address, token)
+    def exec(self, node: str, command: str | list[str]) -> ExecResult:
+        return self._run(self._async.exec(node, command))
+
+    def upload(self, node: str, src: str | Path, dst: str) -> jobs_pb2.FileTransferred:
+        return self._run(self._async.upload(node, src, dst))
+
+    def download(self, node: str, src: str, dst: str | Path = ".") -> Path:
+        return self._run(self._async.download(node, src, dst))
 
 
-__all__ = ["AsyncClient", "Client", "CoordError", "resolve"]
+async def _make(address: str | None, token: str | None, ca) -> AsyncClient:
+    return AsyncClient(address, token, ca)
+
+
+__all__ = ["AsyncClient", "Client", "CoordError", "ExecResult", "Target", "resolve"]

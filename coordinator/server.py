@@ -10,12 +10,14 @@ import grpc
 import structlog
 
 from coord.v1 import agent_pb2_grpc, jobs_pb2_grpc
-from coordinator.auth import TokenInterceptor, load_or_create_token
+from coordinator import tls
+from coordinator.auth import AuthInterceptor, TokenStore, bootstrap
 from coordinator.bus import Bus
+from coordinator.edge import DecodeGuard
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
-from coordinator.providers.base import AgentAccess
+from coordinator.providers.base import AgentAccess, JobEvents
 from coordinator.providers.local import LocalProvider
 from coordinator.service import AgentService, JobService
 from coordinator.settings import CoorddSettings
@@ -37,16 +39,28 @@ class Coordinator:
     async def serve(self) -> None:
         s = self.settings
         await asyncio.to_thread(s.state_dir.mkdir, parents=True, exist_ok=True)
-        token = await asyncio.to_thread(load_or_create_token, s.token_path)
+        tokens = TokenStore(s.tokens_path)
+        agent_token = await asyncio.to_thread(bootstrap, tokens, s.token_path,
+                                              s.agent_token_path)
+        files = await asyncio.to_thread(self._tls_files)
         store = await Store.open(s.db_path)
         metrics, bus = Metrics(), Bus()
         jobs = JobManager(store, bus, s, metrics)
-        access = AgentAccess(self.advertised, token)
+        access = AgentAccess(self.advertised, agent_token,
+                             files.ca_pem.decode() if files else None, insecure=files is None)
         providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s)}
+        if s.aws.enabled:
+            from coordinator.providers.aws import AwsProvider  # aiobotocore: only when used
+            providers["aws"] = AwsProvider(s.aws, access, s.state_dir, job_events(jobs))
+        if s.ssh.hosts:
+            from coordinator.providers.ssh import SshProvider  # asyncssh: only when used
+            providers["ssh"] = SshProvider(s.ssh, access, s.stop_grace_s, job_events(jobs))
         nodes = NodeRegistry(store, s, providers, jobs.on_node_change, metrics)
         jobs.nodes = nodes
         await nodes.load()
-        server = self._grpc_server(token, jobs, store, bus, nodes, metrics)
+        for provider in providers.values():
+            await provider.start(nodes.nodes)
+        server = self._grpc_server(tokens, files, jobs, store, bus, nodes, metrics)
         await server.start()
         await asyncio.to_thread(s.addr_path.write_text, self.address + "\n")
         log.info("coordd.listening", address=self.address, state_dir=str(s.state_dir))
@@ -66,17 +80,36 @@ class Coordinator:
             await store.close()
             log.info("coordd.stopped")
 
-    def _grpc_server(self, token, jobs, store, bus, nodes, metrics) -> grpc.aio.Server:
+    def _tls_files(self) -> tls.TlsFiles | None:
+        """None only when plaintext was asked for explicitly."""
+        s = self.settings
+        if s.insecure_plaintext:
+            log.warning("coordd.plaintext", risk="tokens and specs cross the network "
+                                                 "unencrypted; anyone on the path can read them")
+            return None
+        if s.tls_cert or s.tls_key:
+            if not (s.tls_cert and s.tls_key):
+                raise ValueError("tls_cert and tls_key go together: set both or neither")
+            return tls.load_user_files(s.tls_cert, s.tls_key, s.tls_ca)
+        host = s.listen.rpartition(":")[0]
+        names = tls.server_names(host, s.advertise.rpartition(":")[0], s.tls_extra_names)
+        return tls.ensure_generated(s.tls_dir, names)
+
+    def _grpc_server(self, tokens, files, jobs, store, bus, nodes, metrics) -> grpc.aio.Server:
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[TokenInterceptor(token)],
+            interceptors=[AuthInterceptor(tokens), DecodeGuard()],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", limit)])
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(jobs, store, bus, nodes, metrics), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(jobs, nodes, metrics), server)
         host, _, port = self.settings.listen.rpartition(":")
-        bound = server.add_insecure_port(self.settings.listen)
+        if files is None:
+            bound = server.add_insecure_port(self.settings.listen)
+        else:
+            bound = server.add_secure_port(self.settings.listen, grpc.ssl_server_credentials(
+                [(files.key_pem, files.cert_pem)]))
         if bound == 0:
             raise OSError(f"cannot listen on {self.settings.listen}")
         self.address = f"{host or '127.0.0.1'}:{bound if port == '0' else port}"
@@ -84,6 +117,14 @@ class Coordinator:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def job_events(jobs: JobManager) -> JobEvents:
+    """Where providers write what a user should read: the job's own event log."""
+    async def emit(job_id: str, kind: str, message: str, **data) -> None:
+        if runner := jobs.runners.get(job_id):
+            await runner.event(kind, message, **data)
+    return emit
 
 
 async def run(settings: CoorddSettings) -> None:

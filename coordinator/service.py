@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 import grpc
 import structlog
@@ -12,11 +13,14 @@ from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from coordinator import convert
 from coordinator.bus import Bus, drain
 from coordinator.edge import rpc
-from coordinator.errors import Conflict, InvalidSpec, NotFound
+from coordinator.errors import Conflict, CoordError, InvalidSpec, NotFound
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import AgentSession, NodeRegistry
-from coordinator.store import Store
+from coordinator.providers.base import Provider
+from coordinator.spec import MAX_COMMAND
+from coordinator.states import NodeState
+from coordinator.store import NodeRecord, Store
 
 log = structlog.get_logger("coordinator.service")
 BUNDLE_CHUNK = 1 << 20
@@ -95,12 +99,64 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
         provider.interrupt(node, action)
         return convert.node(node)
 
+    # node verbs: carried out by the node's provider ---------------------------------------
+    @rpc
+    async def ExecNode(self, request, context):
+        node, provider = _reachable(self.nodes, request.node_id)
+        if not request.command or len(request.command) > MAX_COMMAND:
+            raise InvalidSpec(f"field 'command': give a command (at most {MAX_COMMAND} bytes)")
+        # Closed here, not whenever it is collected: a client that goes away mid-stream must
+        # have its command killed now.
+        async with contextlib.aclosing(provider.exec(node, request.command)) as pieces:
+            async for piece in pieces:
+                yield jobs_pb2.ExecOutput(stdout=piece.stdout, stderr=piece.stderr,
+                                          exit_code=piece.exit_code)
+
+    @rpc
+    async def UploadFile(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise InvalidSpec("empty upload: the first chunk names the node and the path")
+        node, provider = _reachable(self.nodes, first.node_id)
+        size = 0
+
+        async def chunks():
+            nonlocal size
+            size += len(first.data)
+            yield first.data
+            async for chunk in request_iterator:
+                size += len(chunk.data)
+                yield chunk.data
+        path = await provider.upload(node, first.path, chunks())
+        log.info("node.upload", node=node.id, path=path, bytes=size)
+        return jobs_pb2.FileTransferred(path=path, size=size)
+
+    @rpc
+    async def DownloadFile(self, request, context):
+        node, provider = _reachable(self.nodes, request.node_id)
+        async with contextlib.aclosing(provider.download(node, request.path)) as chunks:
+            async for data in chunks:
+                yield jobs_pb2.FileChunk(data=data)
+
     @rpc
     async def ListNodes(self, request, context):
         job_id = (await self.store.get_job(_ref(request.job))).id if request.job else None
         records = await self.store.list_nodes(job_id, request.include_gone)
         live = {n.id: n for n in self.nodes.nodes.values()}
         return jobs_pb2.ListNodesResponse(nodes=[convert.node(live.get(r.id, r)) for r in records])
+
+
+def _reachable(nodes: NodeRegistry, node_id: str) -> tuple[NodeRecord, Provider]:
+    """A node whose machine still exists, and the provider that can reach it."""
+    node = nodes.nodes.get(node_id)
+    if node is None:
+        raise NotFound(f"no node {node_id[:200]!r} (see `coord nodes`)")
+    if node.state in (NodeState.LOST, NodeState.GONE):
+        raise Conflict(f"node {node.id} is {node.state}: its machine is gone")
+    provider = nodes.providers.get(node.provider)
+    if provider is None:
+        raise Conflict(f"node {node.id} was started by hand: coord cannot reach its machine")
+    return node, provider
 
 
 def _ack(upto: int) -> agent_pb2.CoordinatorMessage:
@@ -113,6 +169,23 @@ def _ref(job: str) -> str:
     return job
 
 
+MAX_SEQ = 2**63 - 1  # stored in an SQLite INTEGER
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def _check_register(register: agent_pb2.Register) -> None:
+    """A node id and host end up in paths, tables and peers' MASTER_ADDR: keep them plain."""
+    if register.node_id and not NODE_ID_RE.fullmatch(register.node_id):
+        raise InvalidSpec("field 'register.node_id': letters, digits and '._:@-', at most 128")
+    if len(register.host) > 255 or any(c.isspace() or not c.isprintable()
+                                       for c in register.host):
+        raise InvalidSpec("field 'register.host': a host name or address (at most 255 "
+                          "characters, no spaces)")
+    if len(register.agent_version) > 64 or len(register.incarnation) > 64:
+        raise InvalidSpec("fields 'register.agent_version' and 'register.incarnation': at "
+                          "most 64 characters")
+
+
 def _matches(line, node_id: str, rank: int | None) -> bool:
     return (not node_id or line.node_id == node_id) and (rank is None or line.rank == rank)
 
@@ -121,11 +194,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, jobs: JobManager, nodes: NodeRegistry, metrics: Metrics):
         self.jobs, self.nodes, self.metrics = jobs, nodes, metrics
 
+    @rpc
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("body") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message on the stream must be `register`")
+        _check_register(first.register)
         session = await self.nodes.register(first.register)
         log.info("agent.connected", node=session.node_id, peer=context.peer())
         if not session.closed:
@@ -138,6 +213,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             while (message := await session.outbox.get()) is not None:
                 yield message
+            if reader.done() and (error := reader.result()):
+                raise error
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -145,18 +222,27 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await self.nodes.disconnected(session)
             log.info("agent.disconnected", node=session.node_id)
 
-    async def _read(self, session: AgentSession, request_iterator) -> None:
+    async def _read(self, session: AgentSession, request_iterator) -> CoordError | None:
+        """Apply the agent's messages until the stream ends; a message that breaks the
+        protocol ends it too, and is returned so the agent hears why."""
         try:
             async for message in request_iterator:
                 await self._handle(session, message)
+        except CoordError as exc:
+            log.warning("agent.bad_message", node=session.node_id, error=str(exc)[:300])
+            return exc
         except Exception as exc:  # a broken stream is a disconnect, not a daemon crash
             log.info("agent.stream_error", node=session.node_id, error=repr(exc))
-        session.close()
+        finally:
+            session.close()
+        return None
 
     async def _handle(self, session: AgentSession, message: agent_pb2.AgentMessage) -> None:
         if session.closed:
             return  # a fenced or replaced stream: nothing it says is accepted
         node = self.nodes.nodes[session.node_id]
+        if message.seq > MAX_SEQ:  # checked before it reaches the node record
+            raise InvalidSpec(f"field 'seq': at most {MAX_SEQ}")
         if message.seq and message.seq <= node.applied_seq:
             session.send(_ack(node.applied_seq))  # a replay of what we already applied
             return

@@ -6,17 +6,97 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
+
+from coordinator.spec import AwsResources
 
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "coord"
 
 
+class AwsSettings(BaseModel):
+    """The `aws` provider (`[aws]` in the config file, COORDD_AWS__KEY in the environment).
+    Credentials and, unless `region` is set, the region come from the standard AWS chain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="offer the aws provider to jobs")
+    region: str | None = Field(None, description="default: AWS_REGION / the profile's region")
+    profile: str | None = Field(None, description="a profile in ~/.aws/config "
+                                                  "(default: AWS_PROFILE)")
+    endpoint_url: str | None = Field(None, description="EC2 endpoint override (tests, VPC "
+                                                       "endpoints)")
+    defaults: AwsResources = Field(default_factory=AwsResources,
+                                   description="launch settings a job's [resources.aws] overrides")
+    agent_install: str = Field("", description="shell run by user-data before the agent starts "
+                                                "(default: the AMI already has coord-agent)")
+    agent_command: str = Field("coord-agent", description="the agent executable on the AMI")
+    agent_workdir: str = "/var/lib/coord-agent"
+    imds_endpoint: str = Field("http://169.254.169.254", description="metadata service agents "
+                                                                     "watch for spot notices")
+    fallback_backoff_s: float = Field(1.0, ge=0, description="first pause between launch choices")
+    fallback_backoff_max_s: float = Field(30.0, ge=0)
+    capacity_rounds: int = Field(2, ge=1, le=10, description="passes over the choices before a "
+                                                             "launch gives up for now")
+    api_attempts: int = Field(4, ge=1, le=10, description="tries per call on throttling / 5xx")
+    permanent_error_hold_s: float = Field(60.0, ge=0, description="a job whose launch was "
+                                          "refused for good (bad AMI, no permission) is not "
+                                          "retried against AWS for this long")
+    join_timeout_s: float = Field(600.0, gt=0, description="an instance's agent must register "
+                                  "within this after its launch (booting takes minutes)")
+
+
+class SshHost(BaseModel):
+    """One machine the `ssh` provider may run a node on (`[[ssh.hosts]]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+                      description="how coord names the host in events and errors")
+    address: str = Field(min_length=1, description="host name or IP that coordd connects to")
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = Field(None, description="default: the user coordd runs as")
+    key_file: Path | None = Field(None, description="private key (default: ~/.ssh/id_*)")
+    known_hosts: Path | None = Field(None, description="trusted host keys (default: "
+                                                       "~/.ssh/known_hosts)")
+    check_host_key: bool = Field(True, description="false accepts any host key: only on a "
+                                                   "network you trust completely")
+    remote_dir: str | None = Field(None, description="default: ssh.remote_dir")
+
+
+class SshSettings(BaseModel):
+    """The `ssh` provider (`[ssh]` in the config file): existing hosts, one node per host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosts: list[SshHost] = Field(default_factory=list, description="the pool jobs take from")
+    remote_dir: str = Field("~/.coord", description="on each host: the shipped package, the "
+                                                    "venv, agent.log, the node's work dir")
+    python: str = Field("python3", description="interpreter on the hosts that creates the venv")
+    venv: str = Field("", description="the agent's venv on the hosts (default: "
+                                      "REMOTE_DIR/venv); an existing one is reused")
+    system_site_packages: bool = Field(False, description="let the venv see the host's "
+                                                          "packages (e.g. its CUDA torch)")
+    install_command: str = Field("", description="shell that installs {wheel} into {venv} "
+                                                 "({python} is ssh.python); default: venv + pip")
+    connect_timeout_s: float = Field(15.0, gt=0)
+    bootstrap_timeout_s: float = Field(300.0, gt=0, description="connect to registered, per "
+                                                                "host")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SshSettings:
+        names = [host.name for host in self.hosts]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"ssh.hosts: names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
 class CoorddSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="COORDD_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="COORDD_", env_nested_delimiter="__",
+                                      extra="forbid")
 
     state_dir: Path = Field(default_factory=default_state_dir,
                             description="SQLite database, token, bundles, checkpoints, node dirs")
@@ -38,9 +118,30 @@ class CoorddSettings(BaseSettings):
                                                    "starting with nodes.min")
     provider_retry_s: float = Field(5.0, ge=0)
     metrics_listen: str = Field("", description="HOST:PORT for Prometheus /metrics (empty: off)")
-    max_message_bytes: int = Field(80 * 2**20, ge=2**20)
+    max_message_bytes: int = Field(80 * 2**20, ge=2**20, le=2**31 - 1,
+                                   description="largest gRPC message either way (a bundle is "
+                                               "at most 64 MiB)")
+    max_log_line_bytes: int = Field(16 * 1024, ge=256,
+                                    description="longer worker log lines are cut (agents cut "
+                                                "at 16 KiB too)")
+    max_log_bytes_per_job: int = Field(256 * 2**20, ge=2**20,
+                                       description="stored log text per job; beyond it lines "
+                                                   "are dropped and one notice is kept")
+    tls_cert: Path | None = Field(None, description="server certificate (PEM) you supply; "
+                                                    "default: generated into STATE_DIR/tls")
+    tls_key: Path | None = Field(None, description="its private key (PEM), with tls_cert")
+    tls_ca: Path | None = Field(None, description="CA clients should trust, with tls_cert "
+                                                  "(default: tls_cert itself)")
+    tls_extra_names: list[str] = Field(default_factory=list,
+                                       description="more DNS names or IPs for the generated "
+                                                   "server certificate")
+    insecure_plaintext: bool = Field(False, description="serve gRPC WITHOUT TLS: tokens and "
+                                                        "job specs cross the network readable "
+                                                        "by anyone on the path")
     log_level: str = "info"
     log_json: bool | None = None
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    ssh: SshSettings = Field(default_factory=SshSettings)
 
     config_file: Path | None = Field(None, exclude=True)
 
@@ -62,7 +163,22 @@ class CoorddSettings(BaseSettings):
 
     @property
     def token_path(self) -> Path:
+        """The first client token's plaintext, for `coord` on this machine."""
         return self.state_dir / "token"
+
+    @property
+    def agent_token_path(self) -> Path:
+        """The agent join token's plaintext, for the providers coordd runs."""
+        return self.state_dir / "agent-token"
+
+    @property
+    def tokens_path(self) -> Path:
+        """Every token, hashed."""
+        return self.state_dir / "tokens.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
 
     @property
     def addr_path(self) -> Path:

@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from coordinator.errors import InvalidSpec
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # fullmatch: `$` would allow "K\n"
 # Set by the agent for every worker: a job may not override them.
 RESERVED_ENV = frozenset({
     "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
     "MASTER_PORT", "COORD_JOB_ID", "COORD_JOB_NAME", "COORD_GENERATION", "COORD_NODE_ID",
-    "COORD_CHECKPOINT_DIR",
+    "COORD_CHECKPOINT_DIR", "REPLICA_GROUP_ID", "TORCHFT_LIGHTHOUSE", "TORCHFT_QUORUM_RETRIES",
+    "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS",
 })
 MAX_COMMAND = 64 * 1024
 MAX_ENV_VALUE = 32 * 1024
@@ -53,10 +54,83 @@ class NodesSpec(_Strict):
         return self.count if self.min is None else self.min
 
 
+InstanceType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$", max_length=64)]
+SecurityGroupId = Annotated[str, Field(pattern=r"^sg-[0-9a-f]{8,17}$")]
+
+
+class AwsChoice(_Strict):
+    """Where and how to get an instance: the part of `[resources.aws]` a fallback may change."""
+
+    instance_type: InstanceType | None = None
+    subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]{8,17}$")
+    availability_zone: str | None = Field(None, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+[a-z]$")
+    spot: bool | None = None
+
+    @model_validator(mode="after")
+    def _subnet_or_zone(self) -> AwsChoice:
+        if self.subnet_id and self.availability_zone:
+            raise ValueError("give subnet_id or availability_zone, not both (a subnet lies in "
+                             "one zone)")
+        return self
+
+
+class AwsFallback(AwsChoice):
+    @model_validator(mode="after")
+    def _changes_something(self) -> AwsFallback:
+        if all(getattr(self, key) is None for key in AwsChoice.model_fields):
+            raise ValueError("a fallback must set instance_type, subnet_id, availability_zone "
+                             "or spot")
+        return self
+
+
+class AwsResources(AwsChoice):
+    """`[resources.aws]`: the first choice, and the fallbacks tried in order on capacity
+    errors. Unset keys take coordd's `[aws.defaults]`."""
+
+    ami: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    security_group_ids: list[SecurityGroupId] = Field(default_factory=list, max_length=16)
+    key_name: str | None = Field(None, min_length=1, max_length=255)
+    placement_group: str | None = Field(None, min_length=1, max_length=255)
+    iam_instance_profile: str | None = Field(None, min_length=1, max_length=2048,
+                                             description="instance profile name or ARN")
+    tags: dict[Annotated[str, Field(min_length=1, max_length=128)],
+               Annotated[str, Field(max_length=256)]] = Field(default_factory=dict, max_length=40)
+    fallbacks: list[AwsFallback] = Field(default_factory=list, max_length=16)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags_not_reserved(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key in tags:
+            if key.lower().startswith(("coord:", "aws:")):
+                raise ValueError(f"tag {key!r}: the prefixes 'coord:' and 'aws:' are reserved")
+        return tags
+
+
 class ResourcesSpec(_Strict):
     provider: Literal["local", "ssh", "aws"] = "local"
     instance_type: str | None = Field(None, max_length=64)
     spot: bool = False
+    aws: AwsResources | None = None
+
+    @model_validator(mode="after")
+    def _instance_type_once(self) -> ResourcesSpec:
+        if (self.aws and self.aws.instance_type and self.instance_type
+                and self.aws.instance_type != self.instance_type):
+            raise ValueError("instance_type and aws.instance_type differ: give it once")
+        return self
+
+
+class FaultToleranceSpec(_Strict):
+    """`[fault_tolerance]`: how the job survives losing a node.
+
+    restart: every worker stops and the group restarts at the new size from the newest
+    snapshot or checkpoint (works with any script using `trainer.elastic`).
+    inprocess: survivors keep running; the replicas re-form in place through the job's quorum
+    service (torchft) and a replacement heals from a live peer (needs a script using
+    `trainer.elastic.inprocess`, and torchft where coordd and the workers run).
+    """
+
+    mode: Literal["inprocess", "restart"] = "restart"
 
 
 class JobSpec(_Strict):
@@ -75,12 +149,13 @@ class JobSpec(_Strict):
     checkpoint_dir: str | None = Field(None, max_length=4096)
     resources: ResourcesSpec = ResourcesSpec()
     max_restarts: int = Field(0, ge=0, le=1000)
+    fault_tolerance: FaultToleranceSpec = FaultToleranceSpec()
 
     @field_validator("env")
     @classmethod
     def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
         for key, value in env.items():
-            if not ENV_KEY_RE.match(key):
+            if not ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"env key {key!r} is not a valid variable name")
             if key in RESERVED_ENV:
                 raise ValueError(f"env key {key!r} is set by coord for every worker")
@@ -126,7 +201,7 @@ def parse_spec(data: dict, source: str) -> JobSpec:
 def parse_spec_json(text: str, source: str) -> JobSpec:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also integers over 4300 digits
         raise InvalidSpec(f"{source}: spec is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidSpec(f"{source}: spec must be a table/object")
@@ -140,6 +215,8 @@ def load_job_file(path: str | Path) -> JobSpec:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InvalidSpec(f"{path}: no such file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidSpec(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:  # a directory, no permission
+        raise InvalidSpec(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, UnicodeDecodeError, huge ints
+        raise InvalidSpec(f"{path}: not valid TOML: {str(exc)[:300]}") from None
     return parse_spec(data, str(path))

@@ -271,6 +271,13 @@ class Store:
                                .values(applied_seq=applied_seq))
         return [dataclasses.replace(line, id=i) for line, i in zip(lines, ids, strict=True)]
 
+    async def log_bytes(self, job_id: str) -> int:
+        """How much log text (UTF-8 bytes) the job has stored."""
+        size = sa.func.coalesce(sa.func.sum(sa.func.length(sa.cast(logs.c.text,
+                                                                   sa.LargeBinary))), 0)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(size).where(logs.c.job_id == job_id))).scalar()
+
     async def read_logs(self, job_id: str, after_id: int = 0, node_id: str = "",
                         rank: int | None = None, tail: int = 0) -> list[LogRecord]:
         query = logs.select().where(logs.c.job_id == job_id, logs.c.id > after_id)

@@ -15,6 +15,5 @@ def coordd(tmp_path) -> Coordd:
 
 @pytest.fixture
 def client(coordd):
-    from coordinator.sdk import Client
-    with Client(coordd.address, coordd.token) as c:
+    with coordd.client() as c:
         yield c

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+from coordinator.errors import Conflict
+from coordinator.providers.nodeio import ExecOutput
 from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
 
@@ -17,13 +19,21 @@ class AgentAccess:
     address: Callable[[], str]  # HOST:PORT agents dial (known only once coordd listens)
     token: str                  # the agent join token (never a client token)
     ca_pem: str | None = None   # coordd's CA certificate when gRPC uses TLS
+    insecure: bool = False      # coordd serves plaintext (only when explicitly configured)
 
     def agent_env(self) -> dict[str, str]:
         """The environment `coord-agent` reads its credentials from."""
         env = {"COORD_TOKEN": self.token}
         if self.ca_pem:
             env["COORD_CA_PEM"] = self.ca_pem
+        if self.insecure:
+            env["COORD_INSECURE"] = "1"
         return env
+
+
+# Writes one event to a job's log (job id, kind, message, data), where `coord status` and
+# `coord submit` show it: how a provider tells a user what it did (e.g. which fallback).
+JobEvents = Callable[..., Awaitable[None]]
 
 
 class Provider(abc.ABC):
@@ -40,5 +50,27 @@ class Provider(abc.ABC):
     async def terminate(self, node: NodeRecord, *, lost: bool) -> None:
         """Remove the machine. `lost`: it stopped answering, so do not wait for it politely."""
 
+    async def start(self, known: Mapping[str, NodeRecord]) -> None:
+        """coordd started and loaded its node records (`known`, by id): find the machines this
+        provider left running, keep those a live node still owns, remove the rest."""
+
     async def close(self) -> None:
         """coordd is shutting down cleanly."""
+
+    # node verbs (`coord exec / upload / download`): optional, for providers that can reach
+    # their machines. Relative paths are inside the node's work directory.
+    def exec(self, node: NodeRecord, command: str) -> AsyncIterator[ExecOutput]:
+        """Run `command` with bash in the node's work directory: output, then the exit code."""
+        raise self._no_verbs(node)
+
+    async def upload(self, node: NodeRecord, path: str, chunks: AsyncIterator[bytes]) -> str:
+        """Write `chunks` to `path` (parents created); returns the absolute path."""
+        raise self._no_verbs(node)
+
+    def download(self, node: NodeRecord, path: str) -> AsyncIterator[bytes]:
+        """The file at `path`, in chunks of at most nodeio.CHUNK bytes."""
+        raise self._no_verbs(node)
+
+    def _no_verbs(self, node: NodeRecord) -> Conflict:
+        return Conflict(f"node {node.id}: the {self.name} provider cannot run commands or move "
+                        "files on its nodes")

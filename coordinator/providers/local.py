@@ -13,6 +13,7 @@ import structlog
 
 from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
+from coordinator.providers.localio import download_local, exec_local, upload_local
 from coordinator.providers.procs import session_pids, signal_session
 from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
@@ -56,6 +57,7 @@ class LocalProvider(Provider):
                 sys.executable, "-m", "agent.main", "--coordinator", self.access.address(),
                 "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
                 "--imds-endpoint", metadata, "--imds-interval", str(self.notice_poll_s),
+                "--stop-grace", str(self.stop_grace_s),  # within the patience of terminate()
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
                 env={**os.environ, **self.access.agent_env()})
@@ -87,6 +89,16 @@ class LocalProvider(Provider):
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
         for metadata in self._metadata.values():
             await metadata.close()
+
+    # node verbs: the node is a directory on this machine -----------------------------------
+    def exec(self, node: NodeRecord, command: str):
+        return exec_local(node.id, node.provider_data["workdir"], command)
+
+    async def upload(self, node: NodeRecord, path: str, chunks) -> str:
+        return await upload_local(node.id, node.provider_data["workdir"], path, chunks)
+
+    def download(self, node: NodeRecord, path: str):
+        return download_local(node.id, node.provider_data["workdir"], path)
 
     async def _wait_gone(self, node_id: str, sid: int, timeout: float) -> bool:
         """True once no process of the node's session is left."""

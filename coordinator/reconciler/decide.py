@@ -8,8 +8,8 @@ the runner records each action's effect in the view (requested, stopping_since, 
 from __future__ import annotations
 
 from coordinator.reconciler.plan import (
-    Acquire, Action, ChargeRestart, MarkBelowMinimum, Release, StartGeneration, StopGeneration,
-    Transition)
+    Acquire, Action, ChargeRestart, MarkBelowMinimum, Reform, Release, StartGeneration,
+    StopGeneration, StopNodes, Transition)
 from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, WorkerExit
 from coordinator.states import JobState, NodeState
 
@@ -41,7 +41,7 @@ def finish(view: JobView, state: JobState, reason: str) -> list[Action]:
 
 
 def _minimum_clock(view: JobView, now: float) -> list[Action]:
-    below = len(view.healthy()) < view.policy.minimum
+    below = len(view.healthy()) + len(_reconnecting(view)) < view.policy.minimum
     if below and view.below_min_since is None:
         return [MarkBelowMinimum(now)]
     if not below and view.below_min_since is not None:
@@ -75,6 +75,11 @@ def _replenish(view: JobView) -> list[Action]:
     return []
 
 
+def _reconnecting(view: JobView) -> list[str]:
+    """Nodes that hold their place while their agents reconnect to a restarted coordd."""
+    return [n.id for n in view.nodes.values() if n.state == NodeState.SUSPECT and n.reconnecting]
+
+
 def _provisioning(view: JobView, now: float) -> list[Action]:
     healthy, p = view.healthy(), view.policy
     waited = now - view.state_since >= p.initial_full_wait_s
@@ -84,6 +89,8 @@ def _provisioning(view: JobView, now: float) -> list[Action]:
 
 
 def _running(view: JobView, now: float) -> list[Action]:
+    if view.policy.inprocess:
+        return _running_inprocess(view, now)
     failures = sorted((e for e in view.exits.values() if e.code != 0), key=lambda e: e.time)
     lost = [m for m in view.members if view.nodes[m].state in GONE_STATES]
     if failures:
@@ -104,6 +111,52 @@ def _running(view: JobView, now: float) -> list[Action]:
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
     return _scale_up(view, now) or _replenish(view)
+
+
+def _running_inprocess(view: JobView, now: float) -> list[Action]:
+    """Survivors are never stopped: lost and departed members are dropped from the membership,
+    leaving members are stopped alone (each leaves its quorum at a step boundary), and new
+    nodes are started straight into the running quorum. Only when no replica is left, or the
+    job itself fails, does the job go through the restart path (from the durable checkpoint)."""
+    gone = [m for m in view.members if view.nodes[m].state in GONE_STATES]
+    departed = [m for m in view.members
+                if view.nodes[m].state == NodeState.DRAINING and view.all_exited(m)]
+    if gone or departed:
+        return _drop_members(view, gone, departed) + _replenish(view)
+    leaving = tuple(m for m in view.members if view.nodes[m].state == NodeState.DRAINING
+                    and m not in view.stopping_nodes)
+    if leaving:
+        reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
+        return [StopNodes(leaving, reason)] + _replenish(view)
+    draining = {m for m in view.members if view.nodes[m].state == NodeState.DRAINING}
+    failures = sorted((e for e in view.exits.values()
+                       if e.code != 0 and e.node_id not in draining), key=lambda e: e.time)
+    if failures:
+        return _on_failure(view, now, failures[0])
+    if view.exits and len(view.exits) == view.world_size:
+        return finish(view, JobState.SUCCEEDED, "every worker exited 0")
+    newcomers = [n for n in view.healthy() if n not in view.members]
+    # A suspect member does not hold a place (if it comes back the job runs above target),
+    # unless it is only reconnecting to a restarted coordd.
+    room = view.policy.target - sum(view.nodes[m].state != NodeState.SUSPECT
+                                    or view.nodes[m].reconnecting for m in view.members)
+    if newcomers and room > 0 and not view.exits:
+        added = tuple(newcomers[:room])
+        return [Reform(tuple(view.members) + added, added, cause="node_joined",
+                       reason=f"{', '.join(added)} joined the running replicas")]
+    return _replenish(view)
+
+
+def _drop_members(view: JobView, gone: list[str], departed: list[str]) -> list[Action]:
+    reason = "; ".join(part for part in (
+        f"lost {', '.join(gone)}" if gone else "", f"{', '.join(departed)} left" if departed
+        else "") if part)
+    cause = "node_lost" if gone else "node_leaving"
+    survivors = tuple(m for m in view.members if m not in gone and m not in departed)
+    if survivors:
+        return [Reform(survivors, (), cause=cause, reason=reason)]
+    # No replica holds the state in memory: resume from the durable checkpoint.
+    return [Transition(JobState.RECONFIGURING, reason=f"{reason}: no replica left", cause=cause)]
 
 
 def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
@@ -150,12 +203,10 @@ def _still_stopping(view: JobView, now: float) -> bool:
     if view.stopping_since is not None and \
             now - view.stopping_since > view.policy.stop_grace_s + STOP_SLACK_S:
         return False
-    per_node = view.policy.nproc_per_node
-    for index, node_id in enumerate(view.members):
+    for node_id in view.members:
         if view.nodes[node_id].state in GONE_STATES + (NodeState.SUSPECT,):
             continue  # unreachable: whatever it still runs is fenced by the generation
-        ranks = range(index * per_node, (index + 1) * per_node)
-        if any(rank not in view.exits for rank in ranks):
+        if not view.all_exited(node_id):
             return True
     return False
 

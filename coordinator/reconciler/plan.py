@@ -26,6 +26,23 @@ class StopGeneration:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reform:
+    """In-process mode: the running replicas re-form in place as `members`; nobody is
+    restarted. Workers are started only on `added` nodes, which join the running quorum."""
+    members: tuple[str, ...]
+    added: tuple[str, ...]
+    cause: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StopNodes:
+    """Stop the workers of these nodes only (a leaving node in in-process mode)."""
+    node_ids: tuple[str, ...]
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Acquire:
     count: int
     reason: str
@@ -47,4 +64,5 @@ class MarkBelowMinimum:
     since: float | None
 
 
-Action = Transition | StartGeneration | StopGeneration | Acquire | Release | ChargeRestart | MarkBelowMinimum
+Action = (Transition | StartGeneration | StopGeneration | Reform | StopNodes | Acquire | Release
+          | ChargeRestart | MarkBelowMinimum)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from coordinator.errors import PartialLaunch
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.view import JobView, NodeView, WorkerExit
@@ -58,12 +60,32 @@ class JobRunner:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.log = log.bind(job=record.id, name=record.name)
         self._reconfigure_started = 0.0
-        self._old_members: list[str] = []
+        # The generation the running workers were started in: in-process re-formations move
+        # the job's generation on, but its workers (and joiners) keep this one, which is
+        # also the checkpoint fence.
+        self.launch_generation = record.generation
+
+    async def _restore_membership(self) -> None:
+        """After a coordd restart: the running workers' generation and each member's worker
+        slot, from the newest membership event (in-process re-formations move the job's
+        generation on without restarting workers, and joiners take fresh slots)."""
+        latest = None
+        for event in await self.m.store.events_after(self.record.id):
+            if event.kind in ("generation.started", "generation.reformed"):
+                latest = event
+        if latest is None:
+            return
+        data = json.loads(latest.data_json)
+        self.launch_generation = data.get("worker_generation", latest.generation)
+        slots = data.get("slots") or {n: i for i, n in enumerate(data.get("new_members", []))}
+        self.view.slots = {node: slot for node, slot in slots.items()
+                           if node in self.view.members}
 
     def post(self, event: Event) -> None:
         self.queue.put_nowait(event)
 
     async def run(self) -> None:
+        await self._restore_membership()
         while not self.view.state.terminal:
             try:
                 event = await asyncio.wait_for(self.queue.get(), TICK_S)
@@ -85,8 +107,8 @@ class JobRunner:
                 for node in nodes:
                     self.view.nodes.setdefault(node.id, node)
             case WorkerExited(generation, exit_):
-                if generation == self.view.generation:  # first report wins: it is re-sent
-                    self.view.exits.setdefault(exit_.rank, exit_)
+                if generation == self.launch_generation and exit_.node_id in self.view.members:
+                    self.view.exits.setdefault(exit_.rank, exit_)  # first report wins
             case Cancel(reason):
                 self.view.cancel_reason = reason
 
@@ -99,6 +121,15 @@ class JobRunner:
                 await self._start_generation(action)
             case plan.StopGeneration(reason):
                 await self._stop_generation(reason)
+            case plan.Reform():
+                await self._reform(action)
+            case plan.StopNodes(node_ids, reason):
+                self.view.stopping_nodes.update(node_ids)
+                await self.event("nodes.stopping", f"stopping the workers of {', '.join(node_ids)}"
+                                 f": {reason}; the others keep running", nodes=list(node_ids))
+                for node_id in node_ids:
+                    await self.m.nodes.stop_workers(node_id, self.record.id, self.view.generation,
+                                                    reason)
             case plan.Acquire(count, reason):
                 self.view.requested += count
                 await self.event("nodes.requested", f"asking the provider for {count} node(s): "
@@ -122,6 +153,8 @@ class JobRunner:
             self.record.reason = action.reason
         if new == JobState.FAILED:
             self.record.failure = await self._failure_detail()
+        if new.terminal:
+            await self.m.stop_quorum(self.record.id)
         await self.m.store.save_job(self.record)
         self.view.state, self.view.state_since = new, time.time()
         if new == JobState.RECONFIGURING:
@@ -144,6 +177,9 @@ class JobRunner:
         master = self.view.nodes[members[0]]
         master_port = self.m.nodes.free_port(master.id) or master.free_port
         self.view.members, self.view.generation, self.view.exits = members, gen, {}
+        self.view.slots = {node_id: index for index, node_id in enumerate(members)}
+        self.view.stopping_nodes = set()
+        self.launch_generation = gen
         self.view.state, self.view.state_since, self.view.stopping_since = (
             JobState.RUNNING, time.time(), None)
         took = time.time() - self._reconfigure_started if old_state == JobState.RECONFIGURING else 0
@@ -158,7 +194,36 @@ class JobRunner:
             self.m.metrics.reconfigured(self.view.reconfigure_cause, took)
         await self.event("state", f"{old_state} -> RUNNING", old=str(old_state), new="RUNNING")
         self.m.metrics.job_transition(old_state, JobState.RUNNING)
-        await self.m.launch(self.record, self.spec, self.view)
+        await self.m.launch(self.record, self.spec, self.view, gen, tuple(members))
+
+    async def _reform(self, action: plan.Reform) -> None:
+        """Record an in-process re-formation as a generation of its own, then start workers
+        only on the added nodes: they join the running quorum and heal from a peer."""
+        old_members = self.view.members
+        members = list(action.members)
+        self.record.generation += 1
+        self.record.node_ids = members
+        await self.m.store.save_job(self.record)
+        next_slot = max(self.view.slots.values(), default=-1) + 1
+        for offset, node_id in enumerate(action.added):
+            self.view.slots[node_id] = next_slot + offset
+        for node_id in set(old_members) - set(members):
+            for rank in self.view.ranks_of(node_id):
+                self.view.exits.pop(rank, None)
+            self.view.slots.pop(node_id, None)
+            self.view.stopping_nodes.discard(node_id)
+        self.view.members, self.view.generation = members, self.record.generation
+        await self.event(
+            "generation.reformed",
+            f"generation {self.record.generation}: in-process re-formation on {len(members)} "
+            f"node(s) ({action.cause}: {action.reason}); surviving workers keep running",
+            cause=action.cause, old_members=old_members, new_members=members,
+            added=list(action.added), world_size=len(members) * self.spec.nproc_per_node,
+            worker_generation=self.launch_generation, slots=dict(self.view.slots))
+        self.m.metrics.reconfigurations.labels(action.cause).inc()
+        if action.added:
+            await self.m.launch(self.record, self.spec, self.view, self.launch_generation,
+                                action.added)
 
     async def _stop_generation(self, reason: str) -> None:
         self.view.stopping_since = time.time()
@@ -172,6 +237,10 @@ class JobRunner:
     async def _acquire(self, count: int) -> None:
         try:
             created = await self.m.nodes.acquire(self.record, self.spec, count)
+        except PartialLaunch as exc:  # some came up: keep them, ask again for the rest
+            await self.event("provider.error", f"provider added {len(exc.launched)} of {count} "
+                             f"node(s): {exc}", error=str(exc))
+            created = exc.launched
         except Exception as exc:  # any provider failure: record it, retry after a pause
             await self.event("provider.error", f"provider could not add nodes: {exc}",
                              error=str(exc))
@@ -187,9 +256,10 @@ class JobRunner:
         first = failures[0]
         tail = await self.m.store.read_logs(self.record.id, node_id=first.node_id,
                                             rank=first.rank, tail=20)
-        return {"workers": [dataclasses.asdict(f) | {"generation": self.view.generation}
+        return {"workers": [dataclasses.asdict(f) | {"generation": self.launch_generation}
                             for f in failures],
-                "log_tail": [line.text for line in tail if line.generation == self.view.generation]}
+                "log_tail": [line.text for line in tail
+                             if line.generation == self.launch_generation]}
 
     async def event(self, kind: str, message: str, **data: Any) -> None:
         record = await self.m.store.append_event(self.record.id, kind, self.record.generation,

@@ -14,6 +14,9 @@ class NodeView:
     host: str = ""
     free_port: int = 0
     joined_at: float = 0.0
+    # SUSPECT only because coordd restarted: its agent has not had the chance to reconnect
+    # yet, so it keeps its place (no replacement is asked for on its account).
+    reconnecting: bool = False
 
 
 @dataclasses.dataclass
@@ -52,6 +55,8 @@ class Policy:
     scale_up_min_runtime_s: float = 30.0
     # How long the first generation waits for all `target` nodes before starting with `minimum`.
     initial_full_wait_s: float = 60.0
+    # [fault_tolerance] mode = "inprocess": a node loss re-forms the replicas in place.
+    inprocess: bool = False
 
 
 @dataclasses.dataclass
@@ -70,10 +75,25 @@ class JobView:
     below_min_since: float | None = None
     cancel_reason: str | None = None
     reconfigure_cause: str = ""
+    # In-process mode: each member's replica slot (its workers' ranks never change while it
+    # runs) and the nodes already told to stop because they are leaving.
+    slots: dict[str, int] = dataclasses.field(default_factory=dict)
+    stopping_nodes: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def world_size(self) -> int:
         return len(self.members) * self.policy.nproc_per_node
+
+    def ranks_of(self, node_id: str) -> range:
+        """The worker ranks a member runs: by replica slot, else by its place in `members`."""
+        slot = self.slots.get(node_id)
+        if slot is None:
+            slot = self.members.index(node_id)
+        per_node = self.policy.nproc_per_node
+        return range(slot * per_node, (slot + 1) * per_node)
+
+    def all_exited(self, node_id: str) -> bool:
+        return all(rank in self.exits for rank in self.ranks_of(node_id))
 
     def healthy(self) -> list[str]:
         """Connected nodes, members first in rank order, then newcomers by join time."""
@@ -87,7 +107,10 @@ class JobView:
     def coming(self) -> int:
         """Nodes that may still become healthy: requested, joining, or members whose stream
         dropped (a blip, until proven otherwise). A suspect node already dropped from the
-        generation is not counted: its replacement is asked for at once."""
+        generation is not counted: its replacement is asked for at once. In in-process mode a
+        suspect member is not counted either: its replica has usually left the quorum already,
+        and a replacement joins without disturbing anyone."""
         return self.requested + sum(
             1 for n in self.nodes.values()
-            if n.state == NodeState.JOINING or (n.state == NodeState.SUSPECT and n.id in self.members))
+            if n.state == NodeState.JOINING or (n.state == NodeState.SUSPECT and (
+                n.reconnecting or (n.id in self.members and not self.policy.inprocess))))

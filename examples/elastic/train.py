@@ -6,6 +6,9 @@ noise), so every node has the same data without a download and the net really le
     python train.py --steps 300                              # alone
     coord submit job.toml                                    # 3 nodes, survives losing one
 
+With `[fault_tolerance] mode = "inprocess"` in the job file coord sets COORD_FT_MODE and the
+script uses the in-process (torchft) context: survivors of a node loss keep their processes.
+
 Flags default from the environment (TRAIN_STEPS, TRAIN_GLOBAL_BATCH, TRAIN_CKPT_EVERY,
 TRAIN_LR, TRAIN_STEP_SLEEP), so a job can tune a run without editing its command.
 """
@@ -101,6 +104,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace) ->
 def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if os.environ.get("COORD_FT_MODE") == "inprocess":
+        return train_inprocess(args)
     config = elastic.ElasticConfig(ckpt_every=args.ckpt_every, batch_policy=args.batch_policy,
                                    max_micro_batch=args.max_micro_batch, seed=args.seed,
                                    timeout_s=args.pg_timeout)
@@ -132,6 +137,33 @@ def run(ctx: elastic.ElasticContext, args: argparse.Namespace) -> None:
             ctx.request_stop("--stop-after")
         if args.step_sleep:
             time.sleep(args.step_sleep)
+
+
+def train_inprocess(args: argparse.Namespace) -> int:
+    """The same training with in-process recovery: the context steps the optimizer itself,
+    only when every replica of the quorum may commit the step."""
+    from trainer.elastic import inprocess
+    config = inprocess.InProcessConfig(ckpt_every=args.ckpt_every, seed=args.seed,
+                                       max_micro_batch=args.max_micro_batch)
+    images, labels = make_dataset(args.dataset_size, args.seed)
+    with inprocess.init(config) as ctx:
+        started = time.monotonic()
+        model = Net().to(ctx.device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+        scheduler = make_schedule(optimizer, args)
+        ctx.restore(model, optimizer, scheduler)
+        images, labels = images.to(ctx.device), labels.to(ctx.device)
+        progress = make_progress(ctx, scheduler, args.print_every)
+        for step in ctx.loop(args.steps, args.dataset_size, args.global_batch, on_step=progress):
+            for mb in step.micro(model):
+                idx = mb.indices.to(ctx.device)
+                step.backward(F.cross_entropy(model(images[idx]), labels[idx]), mb)
+            if args.step_sleep:
+                time.sleep(args.step_sleep)
+        print(f"{'LEFT' if ctx.stopped else 'DONE'} step={ctx.state.step} "
+              f"healed_from_peer={ctx.healed_from_peer} discarded={ctx.discarded} "
+              f"reformations={len(ctx.reformations)}", flush=True)
+        return finish(ctx, time.monotonic() - started)
 
 
 def make_progress(ctx: elastic.ElasticContext, scheduler: object,

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import textwrap
 
 import pytest
 
 from coord.v1 import types_pb2
-from coordinator.sdk import Client
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
+from tests.net import free_port
 from trainer.elastic import committed_history
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.timeout(240)
@@ -36,7 +29,7 @@ def test_training_survives_a_coordd_crash_without_restarting_workers(tmp_path):
         count = 3
     """))
     try:
-        with Client(coordd.address, coordd.token) as client:
+        with coordd.client() as client:
             job = client.submit(work / "job.toml")
             ckpt = state / "checkpoints" / job.id
             wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= 30, 90,
@@ -50,7 +43,7 @@ def test_training_survives_a_coordd_crash_without_restarting_workers(tmp_path):
                  what="training to go on while coordd is down")
         coordd = start_coordd(state, listen=listen)
         assert sorted(job_pids(job.id)) == workers  # the same processes, still training
-        with Client(coordd.address, coordd.token) as client:
+        with coordd.client() as client:
             final = client.wait(job.id, timeout=150)
             assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
             assert final.generation == 1  # never re-formed: no worker was restarted

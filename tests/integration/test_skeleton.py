@@ -125,7 +125,7 @@ def test_bad_job_file_is_refused_with_the_key_named(coordd, tmp_path):
 
 @pytest.mark.timeout(60)
 def test_coordd_refuses_a_bad_spec_even_from_a_client_that_skips_validation(coordd, client):
-    channel = grpc.insecure_channel(coordd.address)
+    channel = coordd.channel()
     stub = jobs_pb2_grpc.JobServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitJob(jobs_pb2.SubmitJobRequest(
@@ -139,7 +139,7 @@ def test_coordd_refuses_a_bad_spec_even_from_a_client_that_skips_validation(coor
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("token", [None, "wrong-token"])
 def test_calls_without_the_token_are_refused(coordd, token):
-    channel = grpc.insecure_channel(coordd.address)
+    channel = coordd.channel()
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     jobs = jobs_pb2_grpc.JobServiceStub(channel)
     agents = agent_pb2_grpc.AgentServiceStub(channel)

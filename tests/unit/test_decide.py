@@ -246,3 +246,114 @@ def test_peer_lost_exits_wait_for_node_loss_detection_before_charging():
     assert step(view, 13) == []  # past the ordinary settle window, still waiting
     step(view, 17.1)
     assert view.state == JobState.RECONFIGURING and view.restarts == 1
+
+
+# in-process mode ([fault_tolerance] mode = "inprocess") ---------------------------------------
+INPROCESS = dataclasses.replace(POLICY, inprocess=True)
+
+
+def step_inprocess(view: JobView, now: float) -> list:
+    """`step`, plus what the runner does for the in-process actions."""
+    actions = decide(view, now)
+    for a in actions:
+        match a:
+            case plan.Reform(members, added, _, _):
+                slots = {m: view.ranks_of(m).start for m in view.members}
+                for node_id in added:
+                    slots[node_id] = max(slots.values(), default=-1) + 1
+                    view.nodes[node_id].state = NodeState.ASSIGNED
+                for gone in set(view.members) - set(members):
+                    view.exits.pop(slots[gone], None)
+                view.slots = {m: slots[m] for m in members}
+                view.members, view.generation = list(members), view.generation + 1
+            case plan.StopNodes(node_ids, _):
+                view.stopping_nodes.update(node_ids)
+    apply(view, [a for a in actions if not isinstance(a, (plan.Reform, plan.StopNodes))], now)
+    return actions
+
+
+def test_inprocess_node_loss_reforms_in_place_and_asks_for_a_replacement():
+    view = running_job(INPROCESS)
+    view.nodes["n1"].state = NodeState.LOST
+    actions = step_inprocess(view, 10)
+    assert plan.StopGeneration not in kinds(actions) and plan.Transition not in kinds(actions)
+    [reform] = [a for a in actions if isinstance(a, plan.Reform)]
+    assert reform.members == ("n0", "n2") and reform.added == () and reform.cause == "node_lost"
+    assert any(isinstance(a, plan.Acquire) and a.count == 1 for a in actions)
+    assert view.state == JobState.RUNNING
+    assert step_inprocess(view, 10.5) == []  # idempotent: nothing new until something changes
+
+
+def test_inprocess_replacement_joins_the_running_replicas_with_a_fresh_slot():
+    view = running_job(INPROCESS)
+    view.nodes["n1"].state = NodeState.LOST
+    step_inprocess(view, 10)
+    join(view, "n3", 11)
+    [reform] = [a for a in step_inprocess(view, 11) if isinstance(a, plan.Reform)]
+    assert reform.added == ("n3",) and reform.members == ("n0", "n2", "n3")
+    assert list(view.ranks_of("n3")) == [3]  # never a rank that a lost replica used
+    assert view.state == JobState.RUNNING
+    for node_id in view.members:
+        rank = view.ranks_of(node_id).start
+        view.exits[rank] = WorkerExit(node_id, rank, 0, 20)
+    step_inprocess(view, 20)
+    assert view.state == JobState.SUCCEEDED
+
+
+def test_inprocess_leaving_node_is_stopped_alone_then_dropped_and_released():
+    view = running_job(INPROCESS)
+    view.nodes["n0"].state = NodeState.DRAINING
+    actions = step_inprocess(view, 10)
+    assert [a.node_ids for a in actions if isinstance(a, plan.StopNodes)] == [("n0",)]
+    assert plan.StopGeneration not in kinds(actions)
+    assert any(isinstance(a, plan.Acquire) for a in actions)  # replacement asked at the notice
+    assert not any(isinstance(a, plan.StopNodes) for a in step_inprocess(view, 10.2))
+    view.exits[0] = WorkerExit("n0", 0, 0, 11)  # it left at a step boundary
+    actions = step_inprocess(view, 11)
+    [reform] = [a for a in actions if isinstance(a, plan.Reform)]
+    assert reform.cause == "node_leaving" and reform.members == ("n1", "n2")
+    actions = step_inprocess(view, 11.1)  # the next tick hands the drained node back
+    assert any(isinstance(a, plan.Release) and a.node_ids == ("n0",) for a in actions)
+    assert view.state == JobState.RUNNING and view.exits == {}
+
+
+def test_inprocess_losing_every_replica_falls_back_to_a_restart_from_disk():
+    view = running_job(INPROCESS)
+    for node_id in ("n0", "n1", "n2"):
+        view.nodes[node_id].state = NodeState.LOST
+    step_inprocess(view, 10)
+    assert view.state == JobState.RECONFIGURING and view.restarts == 0
+    for index in range(3, 5):
+        join(view, f"n{index}", 12)
+    actions = step_inprocess(view, 12)
+    assert any(isinstance(a, plan.StartGeneration) for a in actions)
+    assert view.state == JobState.RUNNING and view.members == ["n3", "n4"]
+
+
+def test_inprocess_replacement_is_asked_for_and_joins_while_the_lost_node_is_only_suspect():
+    view = running_job(INPROCESS)
+    view.nodes["n1"].state = NodeState.SUSPECT  # stream dropped: the grace has not run out
+    actions = step_inprocess(view, 10)
+    assert any(isinstance(a, plan.Acquire) and a.count == 1 for a in actions)
+    assert not any(isinstance(a, plan.Reform) for a in actions)  # n1 may still come back
+    join(view, "n3", 10.5)
+    [reform] = [a for a in step_inprocess(view, 10.5) if isinstance(a, plan.Reform)]
+    assert reform.added == ("n3",)
+    view.nodes["n1"].state = NodeState.LOST
+    [reform] = [a for a in step_inprocess(view, 12) if isinstance(a, plan.Reform)]
+    assert reform.members == ("n0", "n2", "n3") and reform.cause == "node_lost"
+    assert not any(isinstance(a, plan.Acquire) for a in step_inprocess(view, 12.5))
+
+
+def test_after_a_coordd_restart_reconnecting_members_keep_their_places():
+    """coordd came back: every member is SUSPECT until its agent reconnects. That is no
+    reason to ask the provider for a whole new set of machines (in either mode)."""
+    for policy, stepper in ((POLICY, step), (INPROCESS, step_inprocess)):
+        view = running_job(policy)
+        for node_id in view.members:
+            view.nodes[node_id].state = NodeState.SUSPECT
+            view.nodes[node_id].reconnecting = True
+        assert stepper(view, 10) == []
+        view.nodes["n1"].state = NodeState.LOST  # its grace ran out: now it is replaced
+        actions = stepper(view, 40) + stepper(view, 41)
+        assert [a.count for a in actions if isinstance(a, plan.Acquire)] == [1]

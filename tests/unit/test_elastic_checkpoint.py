@@ -167,6 +167,22 @@ def test_init_refuses_a_worker_of_a_fenced_generation(tmp_path: Path) -> None:
         init(ElasticConfig(stop_signals=()), environ=environ)
 
 
+def test_a_new_job_takes_the_directory_over_and_fences_the_old_one(tmp_path: Path) -> None:
+    """A job resuming from another job's checkpoints starts again at its own generation 1; the
+    old job's workers, whatever their generation, can no longer commit there."""
+    from agent.fence import write_fence
+
+    write_fence(tmp_path, 4, "old-job")
+    _save(CheckpointStore(tmp_path, generation=4, job_id="old-job"), 10)
+    write_fence(tmp_path, 1, "new-job")
+    _save(CheckpointStore(tmp_path, generation=1, job_id="new-job"), 20)
+    with pytest.raises(StaleGenerationError, match="taken the checkpoint directory over"):
+        _save(CheckpointStore(tmp_path, generation=4, job_id="old-job"), 30)
+    write_fence(tmp_path, 1, "new-job")  # never lowered, never re-taken by the same job
+    assert (tmp_path / "FENCE").read_text().split() == ["1", "new-job"]
+    assert [r.step for r in CheckpointStore(tmp_path, 1).refs()] == [10, 20]
+
+
 # -- sampler -------------------------------------------------------------------------------
 
 def _global_sequence(world: int, steps: int, batch: int, micro: int | None) -> list[int]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.net import free_port
 from trainer.elastic import CheckpointStore, committed_history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,15 +47,9 @@ class Group:
         return self.logs[rank].read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(ckpt: Path, world: int, generation: int, *args: str) -> Group:
     """Start `world` workers the way coord's agent does (environment only)."""
-    port = _free_port()
+    port = free_port()
     procs, logs = [], []
     for rank in range(world):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world),

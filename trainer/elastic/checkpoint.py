@@ -59,12 +59,13 @@ def checkpoint_name(step: int, generation: int) -> str:
 class CheckpointStore:
     """Saves and finds checkpoints in one directory shared by all nodes."""
 
-    def __init__(self, directory: Path, generation: int, keep: int = 2) -> None:
+    def __init__(self, directory: Path, generation: int, keep: int = 2, job_id: str = "") -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.directory = Path(directory)
         self.generation = generation
         self.keep = keep
+        self.job_id = job_id  # the fence's owner this store commits for ("": any)
 
     def save(self, step: int, payload: dict[str, Any]) -> CheckpointRef:
         """Commit `payload` as the checkpoint of `step`; a generation-checked rename.
@@ -77,7 +78,7 @@ class CheckpointStore:
         tmp = self.directory / f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex}"
         try:
             _write_durably(tmp, data)
-            ensure_current(self.directory, self.generation)
+            ensure_current(self.directory, self.generation, self.job_id)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .bound import BoundObjects
 from .checkpoint import Checkpoint, CheckpointRef, CheckpointStore, checkpoint_name
 from .env import WorkerEnv
 from .errors import CheckpointError, CommitFailedError, ElasticError
@@ -79,7 +80,7 @@ def init(config: ElasticConfig | None = None,
     stop = StopFlag()
     stop.install(config.stop_signals)
     try:
-        ensure_current(env.checkpoint_dir, env.generation)
+        ensure_current(env.checkpoint_dir, env.generation, env.job_id)
         device, backend = _select_device(config.backend, env.local_rank)
         owns_group = _init_process_group(env, backend, config.timeout_s)
     except BaseException:
@@ -88,7 +89,7 @@ def init(config: ElasticConfig | None = None,
     return ElasticContext(env, config, device, stop, owns_group)
 
 
-class ElasticContext:
+class ElasticContext(BoundObjects):
     """Per-process handle on the elastic job; create it with `init()`."""
 
     def __init__(self, env: WorkerEnv, config: ElasticConfig, device: torch.device,
@@ -97,7 +98,7 @@ class ElasticContext:
         self.config = config
         self.device = device
         self.stop_flag = stop
-        self.store = CheckpointStore(env.checkpoint_dir, env.generation, config.keep)
+        self.store = CheckpointStore(env.checkpoint_dir, env.generation, config.keep, env.job_id)
         self.snapshots = (SnapshotStore(env.snapshot_dir, env.generation, config.snapshot_every)
                           if env.snapshot_dir and config.snapshot_every else None)
         self.state = TrainState(generation=env.generation, world_size=env.world_size,
@@ -329,15 +330,6 @@ class ElasticContext:
         dist.broadcast(tensor, src=0)
         return [int(v) for v in tensor.tolist()]
 
-    def _require_bound(self) -> tuple[torch.nn.Module, Any, Any]:
-        if self._bound is None:
-            raise RuntimeError("call ctx.restore(model, optimizer, scheduler) first")
-        return self._bound
-
-    def _step_log(self) -> StepLog:
-        if self._steplog is None:
-            self._steplog = StepLog(self.env.checkpoint_dir)
-        return self._steplog
 
 
 def _select_device(backend: str | None, local_rank: int) -> tuple[torch.device, str]:

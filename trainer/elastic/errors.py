@@ -28,14 +28,15 @@ class StaleGenerationError(ElasticError):
 
     exit_code = 3
 
-    def __init__(self, generation: int, fence: int) -> None:
-        super().__init__(f"generation {generation} is fenced off (FENCE={fence})")
+    def __init__(self, generation: int, fence: int, owner: str = "") -> None:
+        taken = f"; job {owner} has taken the checkpoint directory over" if owner else ""
+        super().__init__(f"generation {generation} is fenced off (FENCE={fence}{taken})")
         self.generation = generation
         self.fence = fence
 
 
 class FenceFileError(ElasticError):
-    """The FENCE file exists but cannot be read as an integer: refuse rather than guess."""
+    """The FENCE file exists but cannot be read: refuse rather than guess."""
 
     exit_code = 3
 

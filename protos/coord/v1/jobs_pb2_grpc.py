@@ -75,6 +75,21 @@ class JobServiceStub:
                 request_serializer=coord_dot_v1_dot_jobs__pb2.InterruptNodeRequest.SerializeToString,
                 response_deserializer=coord_dot_v1_dot_types__pb2.Node.FromString,
                 _registered_method=True)
+        self.ExecNode = channel.unary_stream(
+                '/coord.v1.JobService/ExecNode',
+                request_serializer=coord_dot_v1_dot_jobs__pb2.ExecNodeRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_jobs__pb2.ExecOutput.FromString,
+                _registered_method=True)
+        self.UploadFile = channel.stream_unary(
+                '/coord.v1.JobService/UploadFile',
+                request_serializer=coord_dot_v1_dot_jobs__pb2.FileChunk.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_jobs__pb2.FileTransferred.FromString,
+                _registered_method=True)
+        self.DownloadFile = channel.unary_stream(
+                '/coord.v1.JobService/DownloadFile',
+                request_serializer=coord_dot_v1_dot_jobs__pb2.DownloadFileRequest.SerializeToString,
+                response_deserializer=coord_dot_v1_dot_jobs__pb2.FileChunk.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -131,6 +146,30 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecNode(self, request, context):
+        """ncluster-style verbs on one node, carried out by the node's provider (ssh, local).
+        ExecNode runs `command` with bash in the node's work directory; stdout and stderr
+        stream back as they come, and the last message carries the exit code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadFile(self, request_iterator, context):
+        """Writes a file on a node: the first chunk names the node and the path (relative paths
+        are inside the node's work directory; missing parent directories are created).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadFile(self, request, context):
+        """Reads a file from a node, streamed in chunks of at most 1 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +212,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.InterruptNode,
                     request_deserializer=coord_dot_v1_dot_jobs__pb2.InterruptNodeRequest.FromString,
                     response_serializer=coord_dot_v1_dot_types__pb2.Node.SerializeToString,
+            ),
+            'ExecNode': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecNode,
+                    request_deserializer=coord_dot_v1_dot_jobs__pb2.ExecNodeRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_jobs__pb2.ExecOutput.SerializeToString,
+            ),
+            'UploadFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadFile,
+                    request_deserializer=coord_dot_v1_dot_jobs__pb2.FileChunk.FromString,
+                    response_serializer=coord_dot_v1_dot_jobs__pb2.FileTransferred.SerializeToString,
+            ),
+            'DownloadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadFile,
+                    request_deserializer=coord_dot_v1_dot_jobs__pb2.DownloadFileRequest.FromString,
+                    response_serializer=coord_dot_v1_dot_jobs__pb2.FileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +445,87 @@ class JobService:
             '/coord.v1.JobService/InterruptNode',
             coord_dot_v1_dot_jobs__pb2.InterruptNodeRequest.SerializeToString,
             coord_dot_v1_dot_types__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coord.v1.JobService/ExecNode',
+            coord_dot_v1_dot_jobs__pb2.ExecNodeRequest.SerializeToString,
+            coord_dot_v1_dot_jobs__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/coord.v1.JobService/UploadFile',
+            coord_dot_v1_dot_jobs__pb2.FileChunk.SerializeToString,
+            coord_dot_v1_dot_jobs__pb2.FileTransferred.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coord.v1.JobService/DownloadFile',
+            coord_dot_v1_dot_jobs__pb2.DownloadFileRequest.SerializeToString,
+            coord_dot_v1_dot_jobs__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,207 @@
+"""The quorum service of in-process jobs: one torchft Lighthouse per job, run by coordd.
+
+It lives in a subprocess on coordd's machine (so it survives the loss of any node), on a port
+fixed when the job starts: when the process dies it is started again on the same port, and the
+replicas (TORCHFT_QUORUM_RETRIES > 0) reconnect to it without losing a committed step. It is
+stopped when the job ends. Its port and pid are kept in a lease file in coordd's state
+directory, so a coordd that restarts (after a crash, whose Lighthouse may still run) takes the
+same port back and supervises it again instead of sending joiners to a second Lighthouse.
+
+`python -m coordinator.quorum --bind HOST:PORT --min-replicas N` runs one Lighthouse. It loads
+torchft's native extension by path, not through `import torchft` (which imports torch): a
+restart then takes milliseconds instead of the seconds torch needs, and training waits on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.machinery
+import importlib.util
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("coordinator.quorum")
+# torchft's Python `LighthouseServer` defaults (join timeout 100 ms) re-form in ~0.2 s; the
+# heartbeat timeout bounds how long a silent (frozen) replica keeps a quorum waiting.
+JOIN_TIMEOUT_MS = 100
+HEARTBEAT_TIMEOUT_MS = 5000
+RESTART_BACKOFF_S = (0.0, 0.1, 0.5, 1.0, 2.0)  # then 2 s between tries
+
+
+class QuorumUnavailable(RuntimeError):
+    """torchft is not installed where coordd runs: in-process jobs cannot start here."""
+
+
+def lighthouse_available() -> bool:
+    return importlib.util.find_spec("torchft") is not None
+
+
+class QuorumService:
+    """Runs and watches one job's Lighthouse; `address` is what workers connect to."""
+
+    def __init__(self, job_id: str, host: str, min_replicas: int, on_event, lease: Path) -> None:
+        self.job_id, self.host, self.min_replicas = job_id, host, min_replicas
+        self.on_event = on_event  # async (kind, message, **data): recorded in the job's events
+        self.lease = lease  # "PORT PID" of the running Lighthouse, for a restarted coordd
+        self.port = 0
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def address(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        if not lighthouse_available():
+            raise QuorumUnavailable("torchft is not installed on coordd's machine "
+                                    "(pip install 'coord[train]')")
+        previous = await asyncio.to_thread(_read_lease, self.lease)
+        if previous:  # coordd restarted: same port, and no second Lighthouse beside an orphan
+            self.port = previous[0]
+            await asyncio.to_thread(_stop_orphan, previous[1], self.port)
+        else:
+            self.port = _free_port(self.host)
+        await self._spawn()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self.address
+
+    async def _spawn(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "coordinator.quorum", "--bind", f"{self.host}:{self.port}",
+            "--min-replicas", str(self.min_replicas), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
+        await asyncio.to_thread(_write_lease, self.lease, self.port, self.process.pid)
+        log.info("quorum.started", job=self.job_id, address=self.address, pid=self.process.pid)
+
+    async def _watch(self) -> None:
+        """Restart the Lighthouse on the same port whenever it dies, until the job ends."""
+        attempt = 0
+        while not self._stopping:
+            assert self.process is not None
+            code = await self.process.wait()
+            if self._stopping:
+                return
+            self.restarts += 1
+            await self.on_event("quorum.died", f"quorum service (Lighthouse) exited with code "
+                                f"{code}; restarting it on port {self.port}",
+                                code=code, address=self.address, restarts=self.restarts)
+            await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
+            await self._spawn()
+            attempt = attempt + 1 if await self._died_at_once() else 0
+
+    async def _died_at_once(self) -> bool:
+        """A Lighthouse that exits within a moment could not bind: back off before retrying."""
+        assert self.process is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.process.wait()), 0.3)
+            return True
+        return False
+
+    async def stop(self, *, job_ended: bool = True) -> None:
+        """Stop the Lighthouse; unless the job ended (coordd is shutting down) its lease is
+        kept, so the next coordd brings it back on the same port."""
+        self._stopping = True
+        if job_ended:
+            await asyncio.to_thread(self.lease.unlink, missing_ok=True)
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 5)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        log.info("quorum.stopped", job=self.job_id)
+
+
+def public_host(settings) -> str:
+    """Where workers reach coordd's machine: the advertised or listening host."""
+    host = (settings.advertise or settings.listen).rpartition(":")[0].strip("[]")
+    return socket.gethostname() if host in ("", "0.0.0.0", "::") else host
+
+
+def _read_lease(path: Path) -> tuple[int, int] | None:
+    try:
+        port, pid = path.read_text().split()
+        return int(port), int(pid)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _write_lease(path: Path, port: int, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{port} {pid}\n")
+    tmp.replace(path)
+
+
+def _stop_orphan(pid: int, port: int) -> None:
+    """End a Lighthouse a previous coordd left running, if that pid still is one (pids are
+    reused: check its command line names this module and port)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if b"coordinator.quorum" not in cmdline or not any(
+            arg.endswith(f":{port}".encode()) for arg in cmdline):
+        return
+    for sig, patience in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.05)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _load_native():
+    """torchft's Rust extension, without running torchft/__init__.py (which imports torch)."""
+    spec = importlib.util.find_spec("torchft")
+    if spec is None or spec.origin is None:
+        raise QuorumUnavailable("torchft is not installed")
+    [path] = Path(spec.origin).parent.glob("_torchft*.so")
+    loader = importlib.machinery.ExtensionFileLoader("torchft._torchft", str(path))
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_loader("torchft._torchft", loader))
+    loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="one torchft Lighthouse for a coord job")
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--min-replicas", type=int, default=1)
+    args = parser.parse_args(argv)
+    server = _load_native().LighthouseServer(
+        bind=args.bind, min_replicas=args.min_replicas, join_timeout_ms=JOIN_TIMEOUT_MS,
+        heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

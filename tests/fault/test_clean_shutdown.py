@@ -1,0 +1,109 @@
+"""SIGTERM to coordd, or to one agent, ends it within a bounded time, leaves nothing it started
+running (also a worker that ignores SIGTERM, and the worker's own child), and leaves the state
+directory consistent: SQLite's integrity check passes and coordd starts again on it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from coord.v1 import types_pb2
+from coordinator.providers.procs import session_pids
+from tests.integration.harness import job_pids, start_coordd, wait_for
+
+STOP_GRACE_S = 2
+FAST = {"COORDD_STOP_GRACE_S": str(STOP_GRACE_S), "COORDD_RESTART_GRACE_S": "3",
+        "COORDD_SCALE_UP_SETTLE_S": "0.5"}
+# Rank 1 ignores SIGTERM, so stopping it needs the SIGKILL after the grace; both ranks start a
+# child of their own, which must go with them.
+WORKER = textwrap.dedent("""
+    import os, signal, subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    if os.environ["RANK"] == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print(f"up rank={os.environ['RANK']} gen={os.environ['COORD_GENERATION']}", flush=True)
+    while True:
+        time.sleep(0.5)
+""")
+
+
+def submit(server, tmp_path, minimum: int = 2):
+    work = tmp_path / "job"
+    work.mkdir(exist_ok=True)
+    (work / "worker.py").write_text(WORKER)
+    (work / "job.toml").write_text(f'name = "stubborn"\nrun = "python worker.py"\n'
+                                   f"[nodes]\ncount = 2\nmin = {minimum}\n")
+    with server.client() as client:
+        job = client.submit(work / "job.toml")
+        wait_for(lambda: len({l.text for l in client.logs(job.id) if l.text.startswith("up")})
+                 == 2, 90, what="both ranks to run")
+        return client.get(job.id)
+
+
+def integrity(state_dir) -> str:
+    with sqlite3.connect(state_dir / "coord.db") as db:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def sigterm_and_time(process: subprocess.Popen) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_to_coordd_stops_everything_it_started_and_restarts_cleanly(tmp_path):
+    server = start_coordd(tmp_path / "state", env=FAST)
+    try:
+        job = submit(server, tmp_path)
+        agents = [server.node_pid(n) for n in job.node_ids]
+        assert len(job_pids(job.id)) == 4  # two workers, two children
+        took = sigterm_and_time(server.process)
+        # gRPC grace (2 s) + agents stopping workers (grace, then SIGKILL) + slack for 2 cores
+        assert took < STOP_GRACE_S + 12, f"coordd took {took:.1f} s to stop"
+        assert server.process.returncode == 0
+        assert job_pids(job.id) == []
+        assert all(session_pids(sid) == [] for sid in agents)
+        assert integrity(server.state_dir) == "ok"
+
+        server = start_coordd(server.state_dir, env=FAST)  # the same state, a new process
+        with server.client() as client:
+            assert client.get(job.id).node_ids == job.node_ids  # nothing forgotten
+            wait_for(lambda: (j := client.get(job.id)).state == types_pb2.JOB_STATE_RUNNING
+                     and j.generation > job.generation and len(job_pids(job.id)) == 4, 90,
+                     what="the job to run again on new nodes")
+            client.cancel(job.id)
+            wait_for(lambda: not job_pids(job.id), 30, what="the cancelled workers to stop")
+    finally:
+        server.stop()
+    assert integrity(server.state_dir) == "ok"
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_to_an_agent_stops_its_workers_and_the_job_goes_on(tmp_path):
+    server = start_coordd(tmp_path / "state", env=FAST)
+    try:
+        job = submit(server, tmp_path, minimum=1)
+        leaving = job.node_ids[1]  # holds rank 1, which ignores SIGTERM
+        sid = server.node_pid(leaving)
+        started = time.monotonic()
+        os.kill(sid, signal.SIGTERM)
+        wait_for(lambda: not session_pids(sid), STOP_GRACE_S + 12,
+                 what="the agent and everything it started to end")
+        assert time.monotonic() - started < STOP_GRACE_S + 12
+        with server.client() as client:
+            wait_for(lambda: (j := client.get(job.id)).state == types_pb2.JOB_STATE_RUNNING
+                     and j.generation > job.generation, 60, what="the job to re-form")
+            assert leaving not in client.get(job.id).node_ids
+            node = next(n for n in client.nodes(include_gone=True) if n.id == leaving)
+            assert node.state in (types_pb2.NODE_STATE_LOST, types_pb2.NODE_STATE_GONE)
+    finally:
+        server.stop()
+    assert integrity(server.state_dir) == "ok"

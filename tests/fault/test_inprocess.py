@@ -1,0 +1,264 @@
+"""In-process recovery (`[fault_tolerance] mode = "inprocess"`) with real coordd, agents, torchft
+replicas and SIGKILL: survivors keep their processes, no committed step is lost, a replacement
+heals from a live peer, and the quorum service itself can die."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coord.v1 import types_pb2
+from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
+from trainer.elastic import committed_history
+
+pytest.importorskip("torchft")
+
+STEPS = 300
+
+
+@pytest.fixture
+def coordd(tmp_path):
+    server = start_coordd(tmp_path / "state", "--heartbeat-timeout", "3",
+                          env={"COORDD_STOP_GRACE_S": "3"})
+    yield server
+    server.stop()
+
+
+def submit(client, tmp_path: Path, step_sleep: float = 0.03):
+    work = tmp_path / "job"
+    shutil.copytree(ROOT / "examples" / "elastic", work)
+    (work / "job.toml").write_text(textwrap.dedent(f"""
+        name = "inproc"
+        run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
+        [nodes]
+        count = 3
+        min = 2
+        [fault_tolerance]
+        mode = "inprocess"
+    """))
+    return client.submit(work / "job.toml")
+
+
+def history(coordd, job_id: str):
+    root = coordd.state_dir / "checkpoints" if hasattr(coordd, "state_dir") else coordd
+    return committed_history(root / job_id)
+
+
+def reached(coordd, job_id: str, step: int) -> bool:
+    lineage = history(coordd, job_id).lineage
+    return bool(lineage) and lineage[-1].step >= step
+
+
+def worker_pids(job_id: str) -> dict[str, set[int]]:
+    """node id -> pids of the job's worker processes running there."""
+    by_node: dict[str, set[int]] = {}
+    for pid in job_pids(job_id):
+        with contextlib.suppress(OSError):
+            env = dict(item.split(b"=", 1) for item in
+                       Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+            by_node.setdefault(env[b"COORD_NODE_ID"].decode(), set()).add(pid)
+    return by_node
+
+
+def events(client, job_id: str, kind: str) -> list[dict]:
+    return [json.loads(e.data_json) | {"message": e.message}
+            for e in client.watch(job_id, follow=False) if e.kind == kind]
+
+
+def assert_no_committed_step_lost(coordd, job_id: str) -> None:
+    done = history(coordd, job_id)
+    assert done.ok, (done.gaps, done.repeats)
+    assert done.steps == list(range(1, STEPS + 1))
+    assert done.lost == [], [r.step for r in done.lost]
+    assert done.lineage[-1].loss < done.lineage[0].loss
+
+
+def log_text(client, job_id: str) -> str:
+    return "\n".join(line.text for line in client.logs(job_id))
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
+        coordd, client, tmp_path):
+    record = submit(client, tmp_path)
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    first = list(client.get(record.id).node_ids)
+    victim, survivors = first[1], [first[0], first[2]]
+    before = worker_pids(record.id)
+    coordd.kill_node(victim, signal.SIGKILL)
+    joined = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
+                               if e["added"]], 90, what="a replacement to join")
+    assert all(worker_pids(record.id).get(n) == before[n] for n in survivors), \
+        "a survivor's workers were restarted"
+    final = client.wait(record.id, timeout=120)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.restarts == 0
+    [lost] = [e for e in events(client, record.id, "generation.reformed")
+              if e["cause"] == "node_lost"]
+    assert victim in lost["old_members"] and victim not in lost["new_members"]
+    assert [e["cause"] for e in events(client, record.id, "generation.started")] == ["start"]
+    assert_no_committed_step_lost(coordd, record.id)
+    newcomer = joined[0]["added"][0]
+    assert newcomer in final.node_ids
+    healed = [l.text for l in client.logs(record.id, node=newcomer) if "DONE" in l.text]
+    assert healed and "healed_from_peer=True" in healed[0], healed
+
+
+@pytest.mark.timeout(180)
+def test_killing_the_quorum_service_loses_no_committed_step(coordd, client, tmp_path):
+    record = submit(client, tmp_path)
+    started = wait_for(lambda: events(client, record.id, "quorum.started"), 60,
+                       what="the quorum service")
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    port = started[0]["address"].rpartition(":")[2]
+    [lighthouse] = [pid for pid in _pids_with_arg(f"127.0.0.1:{port}")]
+    before = worker_pids(record.id)
+    os.kill(lighthouse, signal.SIGKILL)
+    step_at_kill = history(coordd, record.id).lineage[-1].step
+    wait_for(lambda: reached(coordd, record.id, step_at_kill + 5), 10,
+             what="training to resume within seconds")
+    assert events(client, record.id, "quorum.died")
+    assert worker_pids(record.id) == before  # nobody restarted
+    final = client.wait(record.id, timeout=120)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert_no_committed_step_lost(coordd, record.id)
+
+
+@pytest.mark.timeout(180)
+def test_a_spot_notice_leaves_at_a_step_boundary_discarding_nothing(coordd, client, tmp_path):
+    record = submit(client, tmp_path)
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    doomed = client.get(record.id).node_ids[0]  # quorum rank 0: the writer of the step log
+    others = {n: p for n, p in worker_pids(record.id).items() if n != doomed}
+    result = coordd.cli("debug", "interrupt", doomed)
+    assert result.returncode == 0, result.stderr
+    left = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
+                             if e["cause"] == "node_leaving"], 60, what="the node to leave")
+    assert doomed not in left[0]["new_members"]
+    assert all(worker_pids(record.id).get(n) == pids for n, pids in others.items())
+    final = client.wait(record.id, timeout=120)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert doomed not in final.node_ids
+    assert_no_committed_step_lost(coordd, record.id)
+    done = [line for line in log_text(client, record.id).splitlines()
+            if line.startswith(("LEFT", "DONE"))]
+    assert any(line.startswith("LEFT") for line in done), done
+    assert all("discarded=0" in line for line in done), done  # nothing thrown away anywhere
+
+
+def _pids_with_arg(needle: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_a_node_killed_while_a_replacement_heals_still_succeeds(coordd, client, tmp_path):
+    record = submit(client, tmp_path)
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    first = list(client.get(record.id).node_ids)
+    coordd.kill_node(first[2], signal.SIGKILL)
+    joined = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
+                               if e["added"]], 90, what="a replacement to be started")
+    newcomer = joined[0]["added"][0]
+    wait_for(lambda: worker_pids(record.id).get(newcomer), 30, what="the replacement's worker")
+    coordd.kill_node(first[0], signal.SIGKILL)  # a live peer, while the newcomer starts up
+    final = client.wait(record.id, timeout=150)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.restarts == 0
+    assert not set(first[::2]) & set(final.node_ids)
+    assert_no_committed_step_lost(coordd, record.id)
+
+
+@pytest.mark.timeout(120)
+def test_joiners_alone_never_start_a_new_lineage(tmp_path):
+    """Replicas started to join a running job hold no state: while no replica that does is in
+    their quorum they discard every step, then heal from the first one that comes."""
+    import subprocess
+    import sys
+    import time
+
+    from coordinator.localcluster import wait_for as wait
+    from coordinator.quorum import _free_port
+
+    port = _free_port("127.0.0.1")
+    ckpt = tmp_path / "ckpt"
+    base = {**os.environ, "TORCHFT_LIGHTHOUSE": f"http://127.0.0.1:{port}", "RUST_LOG": "warn",
+            "COORD_FT_MODE": "inprocess", "COORD_FT_MIN_REPLICAS": "2",
+            "COORD_CHECKPOINT_DIR": str(ckpt), "TORCHFT_QUORUM_RETRIES": "1000"}
+    procs = [subprocess.Popen([sys.executable, "-m", "coordinator.quorum", "--bind",
+                               f"127.0.0.1:{port}", "--min-replicas", "2"], cwd=ROOT)]
+
+    def worker(replica: int, steps: int, joining: bool) -> subprocess.Popen:
+        env = {**base, "REPLICA_GROUP_ID": str(replica), "COORD_NODE_ID": f"n{replica}",
+               "COORD_FT_JOIN": "1" if joining else "0"}
+        procs.append(subprocess.Popen(
+            [sys.executable, "train.py", "--steps", str(steps), "--ckpt-every", "20",
+             "--step-sleep", "0.02"], cwd=ROOT / "examples" / "elastic", env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return procs[-1]
+    try:
+        first = [worker(0, 40, False), worker(1, 40, False)]
+        assert all(p.wait(60) == 0 for p in first)  # a durable checkpoint at step 40
+        joiners = [worker(2, 80, True), worker(3, 80, True)]
+        time.sleep(4)  # they meet in a quorum of two, with nothing to heal from
+        assert [p.poll() for p in joiners] == [None, None]
+        assert history(tmp_path, "ckpt").steps == list(range(1, 41))  # nothing committed
+        worker(4, 80, False)  # holds the state (from disk): the joiners heal from it
+        wait(lambda: all(p.poll() is not None for p in procs[-3:]), 60, what="the job's end")
+        assert all(p.returncode == 0 for p in procs[-3:])
+        done = history(tmp_path, "ckpt")
+        assert done.ok and done.steps == list(range(1, 81)) and done.lost == []
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.timeout(240)
+def test_a_restarted_coordd_takes_its_quorum_service_back(tmp_path):
+    """coordd crashes under an in-process job and comes back: it takes the job's Lighthouse
+    back on the same port (one Lighthouse, supervised again), so a replacement that joins
+    after the restart meets the survivors' quorum instead of a second one."""
+    from tests.net import free_port
+
+    listen, state = f"127.0.0.1:{free_port()}", tmp_path / "state"
+    flags, env = ("--heartbeat-timeout", "3"), {"COORDD_STOP_GRACE_S": "3"}
+    server = start_coordd(state, *flags, env=env, listen=listen)
+    try:
+        with server.client() as client:
+            record = submit(client, tmp_path)
+            started = wait_for(lambda: events(client, record.id, "quorum.started"), 60,
+                               what="the quorum service")
+            wait_for(lambda: reached(server, record.id, 40), 90, what="step 40")
+        bind = f"127.0.0.1:{started[0]['address'].rpartition(':')[2]}"
+        [orphan] = _pids_with_arg(bind)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        server = start_coordd(state, *flags, env=env, listen=listen)
+        taken_back = wait_for(lambda: [p for p in _pids_with_arg(bind) if p != orphan], 30,
+                              what="the Lighthouse to be taken back on its port")
+        assert len(taken_back) == 1 and orphan not in _pids_with_arg(bind)
+        with server.client() as client:
+            victim = client.get(record.id).node_ids[1]
+            server.kill_node(victim, signal.SIGKILL)
+            wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
+                              if e["added"]], 90, what="a replacement to join")
+            final = client.wait(record.id, timeout=150)
+        assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+        assert final.restarts == 0
+        assert_no_committed_step_lost(server, record.id)
+        assert not _pids_with_arg(bind)  # stopped with the job
+    finally:
+        server.stop()

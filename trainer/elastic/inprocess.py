@@ -1,0 +1,321 @@
+"""In-process recovery (torchft): a lost peer never restarts the survivors.
+
+    ctx = inprocess.init(InProcessConfig(ckpt_every=20))
+    ctx.restore(model, optimizer, scheduler)
+    for step in ctx.loop(total_steps, len(dataset), global_batch):
+        for mb in step.micro(model):
+            step.backward(loss_fn(model(x[mb.indices]), y[mb.indices]), mb)
+    ctx.close()
+
+Every worker is one torchft replica. The context owns the update: after the body it all-reduces
+the gradients and the loss as one flat buffer across the replicas of the current quorum, asks
+torchft whether the step may be committed, and only then steps the optimizer and scheduler. If
+a peer vanished during the step every survivor's all-reduce fails, the step is discarded
+everywhere and redone in the quorum re-formed without the peer: the survivors keep their
+processes, and no committed step is lost.
+
+A replica that joins a running job takes model, optimizer and position from a live peer over
+torchft's HTTP checkpoint transport (not from disk). The replica with quorum rank 0 writes
+durable fenced checkpoints every `ckpt_every` steps on a background thread; they are what a
+job resumes from in restart mode when every replica is gone. SIGTERM (drain, spot notice)
+makes this replica leave after the step in flight is committed: nothing is discarded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bound import BoundObjects
+from .checkpoint import CheckpointStore
+from .errors import EnvironmentConfigError
+from .ftglue import make_manager
+from .logs import get_logger
+from .loop import Step
+from .sampler import GlobalSampler, plan_micro_batches
+from .snapshot import SnapshotStore
+from .state import TrainState, apply_payload, build_payload
+from .steplog import StepLog
+from .stop import StopFlag
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class InProcessConfig:
+    """Knobs of the in-process loop; defaults suit a small CPU job."""
+
+    ckpt_every: int = 20  # durable checkpoint (asynchronous) every N committed steps
+    seed: int = 0  # data order
+    timeout_s: float = 10.0  # a collective or heal that takes longer fails the step
+    quorum_timeout_s: float = 60.0
+    max_micro_batch: int | None = None
+    stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+
+    def __post_init__(self) -> None:
+        if self.ckpt_every < 1:
+            raise ValueError("ckpt_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class ReplicaEnv:
+    """What coord tells an in-process worker (see the README's variable table)."""
+
+    replica: int  # unique in the job, never reused
+    local_rank: int  # which GPU on this node
+    lighthouse: str
+    min_replicas: int
+    joining: bool  # started into a running quorum: heal from a peer, not from disk
+    host: str  # address peers reach this worker at (store, manager, checkpoint server)
+    generation: int
+    checkpoint_dir: Path
+    node_id: str
+    job_id: str = ""  # the FENCE owner its durable checkpoints commit for
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> ReplicaEnv:
+        env = os.environ if environ is None else environ
+        if not env.get("TORCHFT_LIGHTHOUSE"):
+            raise EnvironmentConfigError("TORCHFT_LIGHTHOUSE is not set: in-process mode needs "
+                                         "the job's quorum service ([fault_tolerance] mode)")
+        try:
+            return cls(replica=int(env.get("REPLICA_GROUP_ID", "0")),
+                       local_rank=int(env.get("LOCAL_RANK", "0")),
+                       lighthouse=env["TORCHFT_LIGHTHOUSE"],
+                       min_replicas=int(env.get("COORD_FT_MIN_REPLICAS", "1")),
+                       joining=env.get("COORD_FT_JOIN", "0") == "1",
+                       host=env.get("MASTER_ADDR", "127.0.0.1"),
+                       generation=int(env.get("COORD_GENERATION", "0")),
+                       checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", "checkpoints")),
+                       node_id=env.get("COORD_NODE_ID", "local"),
+                       job_id=env.get("COORD_JOB_ID", ""))
+        except ValueError as exc:
+            raise EnvironmentConfigError(f"in-process worker environment: {exc}") from exc
+
+
+def init(config: InProcessConfig | None = None,
+         environ: Mapping[str, str] | None = None) -> InProcessContext:
+    config = config or InProcessConfig()
+    env = ReplicaEnv.from_environ(environ)
+    stop = StopFlag()
+    stop.install(config.stop_signals)
+    return InProcessContext(env, config, stop)
+
+
+class InProcessContext(BoundObjects):
+    """Per-process handle on an in-process (torchft) job; create it with `init()`."""
+
+    def __init__(self, env: ReplicaEnv, config: InProcessConfig, stop: StopFlag) -> None:
+        self.env, self.config, self.stop_flag = env, config, stop
+        self.device = _select_device(env.local_rank)
+        self.state = TrainState(generation=env.generation, data_seed=config.seed)
+        self.stopped = False
+        self.healed_from_peer = False
+        self.discarded = 0  # steps whose update was thrown away (a peer vanished mid-step)
+        self.reformations: list[tuple[int, int, float]] = []  # (step, new size, seconds)
+        self._bound: tuple[torch.nn.Module, Any, Any] | None = None
+        self._checkpoints = CheckpointStore(env.checkpoint_dir, env.generation, job_id=env.job_id)
+        self._durable = SnapshotStore(env.checkpoint_dir, env.generation, config.ckpt_every,
+                                      job_id=env.job_id)
+        self._steplog: StepLog | None = None
+        self._was_leader = False
+        # A joiner commits nothing below the newest durable step: it must first heal from a
+        # replica that holds the job's state. Otherwise joiners that meet while the last
+        # survivor is busy could start a new lineage from their fresh weights.
+        self._floor = 0
+        self._manager = None
+        self._store = None
+        self._log = log.bind(replica=env.replica, generation=env.generation)
+
+    @property
+    def rank(self) -> int:
+        """This replica's rank in the current quorum."""
+        return (self._manager.participating_rank() or 0) if self._manager else 0
+
+    @property
+    def world_size(self) -> int:
+        """Replicas in the current quorum (0 before the first)."""
+        return self._manager.num_participants() if self._manager else 0
+
+    @property
+    def is_leader(self) -> bool:
+        """The replica of quorum rank 0 writes the step log and durable checkpoints."""
+        return self._manager is not None and self.rank == 0
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                scheduler: Any | None = None) -> TrainState:
+        """Bind the objects, load the newest durable checkpoint unless joining a running
+        quorum (a joiner heals from a peer at its first step), and join the replicas."""
+        self._bound = (model, optimizer, scheduler)
+        if self.env.joining:
+            self._floor = max((ref.step for ref in self._checkpoints.refs()), default=0)
+        else:
+            found = self._checkpoints.latest()
+            if found is not None:
+                self.state = apply_payload(found.payload, model, optimizer, scheduler)
+                self._log.info("restored", source="checkpoint", step=self.state.step)
+        self.state.generation = self.env.generation
+        self._manager = self._make_manager()
+        self._manager.load_state_dict({"step": self.state.step, "batches_committed": 0})
+        return self.state
+
+    def _make_manager(self):
+        manager, self._store = make_manager(
+            host=self.env.host, lighthouse=self.env.lighthouse,
+            replica_id=f"{self.env.node_id}_{self.env.replica}",
+            min_replicas=self.env.min_replicas, device=self.device,
+            timeout_s=self.config.timeout_s, quorum_timeout_s=self.config.quorum_timeout_s,
+            load_state=self._load_state, state=self._state_dict)
+        return manager
+
+    def _state_dict(self) -> dict[str, Any]:
+        model, optimizer, scheduler = self._require_bound()
+        return build_payload(self.state, model, optimizer, scheduler)
+
+    def _load_state(self, payload: dict[str, Any]) -> None:
+        """Called by torchft when this replica heals from a peer."""
+        model, optimizer, scheduler = self._require_bound()
+        self.state = apply_payload(payload, model, optimizer, scheduler)
+        self.state.generation = self.env.generation
+        self.healed_from_peer = True
+        self._log.info("healed", source="peer", step=self.state.step)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def loop(self, total_steps: int, dataset_size: int, global_batch: int,
+             on_step: Callable[[TrainState], None] | None = None) -> Iterator[Step]:
+        """Yield steps until `total_steps` or a stop request; redo a discarded step.
+
+        `on_step(state)` runs after each committed step with the global mean loss.
+        """
+        if self._manager is None:
+            raise RuntimeError("call ctx.restore(model, optimizer, scheduler) before ctx.loop()")
+        sampler = GlobalSampler(dataset_size, self.state.data_seed)
+        while self.state.step < total_steps and not self.stop_flag.is_set():
+            size = self._start_quorum()
+            if self.state.step >= total_steps:  # healed straight to the end
+                break
+            micro = plan_micro_batches(sampler, self.state.samples_seen, global_batch, size,
+                                       self._manager.participating_rank() or 0,
+                                       self.config.max_micro_batch)
+            step = Step(self.state.step + 1, micro, global_batch)
+            yield step
+            if self._finish_step(step) and on_step is not None:
+                on_step(self.state)
+        self._leave()
+
+    def _start_quorum(self) -> int:
+        """Join this step's quorum (healing first if behind) and note re-formations."""
+        before, started = self._manager.num_participants(), time.monotonic()
+        self._manager.start_quorum()
+        size = self._manager.num_participants()
+        if size != before and before:
+            took = time.monotonic() - started
+            self.reformations.append((self.state.step, size, took))
+            self._log.info("reformed", step=self.state.step, old_size=before, new_size=size,
+                           took_s=round(took, 3))
+        return size
+
+    def _finish_step(self, step: Step) -> bool:
+        """All-reduce, agree, and apply the update only if every replica may. True if done."""
+        model, optimizer, scheduler = self._require_bound()
+        params = [p for p in model.parameters() if p.requires_grad]
+        size = self._manager.num_participants()
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                          for p in params]
+                         + [torch.tensor([step.loss_contribution * size], device=self.device)])
+        self._manager.allreduce(flat).wait()
+        if self.state.step < self._floor:
+            self._manager.report_error(RuntimeError(
+                f"joined at step {self.state.step}, below the durable step {self._floor}: "
+                "waiting to heal from a replica that holds the job's state"))
+        committed = self._manager.should_commit()
+        if committed:
+            _unflatten_into_grads(flat, params)
+            if optimizer is not None:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            self._advance(step, float(flat[-1]))
+        else:
+            self.discarded += 1
+            self._log.warning("step_discarded", step=step.number)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.zero_grad(set_to_none=True)
+        return committed
+
+    def _advance(self, step: Step, loss: float) -> None:
+        self.state.step = step.number
+        self.state.samples_seen += step.global_batch
+        self.state.last_loss = loss
+        self.state.world_size = self._manager.num_participants()
+        leader = self.is_leader
+        if leader:
+            steplog = self._step_log()
+            if not self._was_leader and step.number > 1:  # the previous leader may have died
+                steplog.backfill(step.number - 1, self.env.generation, None,
+                                 self.state.samples_seen - step.global_batch)
+            steplog.append(step.number, self.env.generation, loss, self.state.samples_seen)
+            if step.number % self.config.ckpt_every == 0:
+                self._durable.offer(step.number, self._state_dict())
+        self._was_leader = leader
+
+    def _leave(self) -> None:
+        """After the last committed step: make it durable if we lead, then leave."""
+        self.stopped = self.stop_flag.is_set()
+        if self.is_leader and self.state.step > 0:
+            self._durable.wait()
+            self._checkpoints.save(self.state.step, self._state_dict())
+        self._log.info("left", step=self.state.step, reason=self.stop_flag.reason or "done",
+                       discarded=self.discarded)
+
+    # -- teardown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._durable.wait()
+        if self._steplog is not None:
+            self._steplog.close()
+            self._steplog = None
+        if self._manager is not None:
+            self._manager.shutdown(wait=False)
+            self._manager = None
+        self.stop_flag.uninstall()
+
+    def __enter__(self) -> InProcessContext:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+
+def _unflatten_into_grads(flat: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
+    offset = 0
+    for p in params:
+        n = p.numel()
+        chunk = flat[offset:offset + n].view_as(p)
+        if p.grad is None:
+            p.grad = chunk.clone()
+        else:
+            p.grad.copy_(chunk)
+        offset += n
+
+
+
+def _select_device(local_rank: int) -> torch.device:
+    """This node's GPU `local_rank` (torchft uses NCCL then), else the CPU (gloo)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
