@@ -262,3 +262,27 @@ def test_a_restarted_coordd_takes_its_quorum_service_back(tmp_path):
         assert not _pids_with_arg(bind)  # stopped with the job
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_frozen_node_is_dropped_in_place_and_fenced_when_it_wakes(coordd, client, tmp_path):
+    """SIGSTOP (a frozen host, its socket open): heartbeats stop, the survivors go on without
+    it, and when it wakes (SIGCONT) nothing it still runs is accepted."""
+    record = submit(client, tmp_path)
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    frozen = client.get(record.id).node_ids[1]
+    coordd.kill_node(frozen, signal.SIGSTOP)
+    try:
+        wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
+                          if e["cause"] == "node_lost"], 30, what="the frozen node to be dropped")
+        step_then = history(coordd, record.id).lineage[-1].step
+        wait_for(lambda: reached(coordd, record.id, step_then + 10), 30,
+                 what="the survivors to go on")
+    finally:
+        coordd.kill_node(frozen, signal.SIGCONT)
+    wait_for(lambda: not worker_pids(record.id).get(frozen), 60,
+             what="the woken node's stale worker to be stopped")
+    final = client.wait(record.id, timeout=150)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert frozen not in final.node_ids and final.restarts == 0
+    assert_no_committed_step_lost(coordd, record.id)
