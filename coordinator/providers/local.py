@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
@@ -31,6 +32,9 @@ class LocalProvider(Provider):
         self.access = access
         self.stop_grace_s = stop_grace_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
+        # Nodes a previous coordd started whose agents outlived it (it crashed): the registry's
+        # records, so their state is current when coordd stops.
+        self._adopted: dict[str, NodeRecord] = {}
         self._metadata: dict[str, MetadataStandIn] = {}
         self.notice_poll_s = 0.5  # rehearsals should not take AWS's 5 s
 
@@ -81,11 +85,18 @@ class LocalProvider(Provider):
         if metadata := self._metadata.pop(node.id, None):
             await metadata.close()
 
+    async def start(self, known: Mapping[str, NodeRecord]) -> None:
+        self._adopted = {node.id: node for node in known.values()
+                         if node.provider == self.name and node.state.alive
+                         and node.provider_data.get("pid")}
+
     async def close(self) -> None:
         """coordd is stopping: its local nodes are its children in all but name, so they go
-        too (their agents stop their workers gracefully first)."""
+        too (their agents stop their workers gracefully first), adopted ones included."""
         pending = [NodeRecord(id=node_id, provider=self.name, provider_data={"pid": proc.pid})
                    for node_id, proc in self._procs.items() if proc.returncode is None]
+        pending += [node for node in self._adopted.values()
+                    if node.state.alive and node.id not in self._procs]
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
         for metadata in self._metadata.values():
             await metadata.close()

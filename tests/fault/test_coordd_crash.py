@@ -3,6 +3,7 @@ workers never stop, agents reconnect, and the job finishes in its first generati
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import textwrap
@@ -55,3 +56,27 @@ def test_training_survives_a_coordd_crash_without_restarting_workers(tmp_path):
         assert history.ok and history.steps == list(range(1, 251)) and not history.lost
     finally:
         coordd.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_coordd_stops_the_local_nodes_it_inherited(tmp_path):
+    """Local nodes started by a coordd that crashed are taken over by the next one: stopping
+    that one cleanly leaves none of them (nor their workers) running."""
+    listen, state = f"127.0.0.1:{free_port()}", tmp_path / "state"
+    coordd = start_coordd(state, listen=listen)
+    (tmp_path / "job.toml").write_text('name = "sleeper"\nrun = "sleep 600"\n[nodes]\ncount = 2\n')
+    with coordd.client() as client:
+        job = client.submit(tmp_path / "job.toml")
+        wait_for(lambda: len(job_pids(job.id)) >= 2, 60, what="the workers to start")
+        agents = [coordd.node_pid(n) for n in client.get(job.id).node_ids]
+    coordd.process.send_signal(signal.SIGKILL)
+    coordd.process.wait()
+    coordd = start_coordd(state, listen=listen)
+    try:
+        with coordd.client() as client:
+            wait_for(lambda: all(n.state == types_pb2.NODE_STATE_ASSIGNED
+                                 for n in client.nodes(job.id)), 30, what="the agents to return")
+    finally:
+        coordd.stop()
+    assert not job_pids(job.id)
+    assert not [pid for pid in agents if os.path.exists(f"/proc/{pid}")]
