@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -23,12 +24,16 @@ from coordinator.transport import ca_bytes
 
 log = structlog.get_logger("agent")
 app = typer.Typer(add_completion=False)
+OPTIONAL_SOFTWARE = ("torchft",)
 
 
 def detect_resources() -> types_pb2.Resources:
     gpus = len([p for p in Path("/dev").glob("nvidia[0-9]*")])
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return types_pb2.Resources(cpus=os.cpu_count() or 1, gpus=gpus, memory_bytes=memory)
+    # Workers run with this interpreter (see worker_env): what it can import, they can.
+    software = [name for name in OPTIONAL_SOFTWARE if importlib.util.find_spec(name)]
+    return types_pb2.Resources(cpus=os.cpu_count() or 1, gpus=gpus, memory_bytes=memory,
+                               software=software)
 
 
 def default_host(coordinator: str) -> str:

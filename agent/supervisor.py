@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent import control as control_lines
 from agent.fence import write_fence
 from agent.outbox import Outbox
 from agent.warm import WarmPool
@@ -45,7 +47,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task] = set()
         self._snapshot_dirs: set[Path] = set()
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
-        self.warm = WarmPool(MAX_LINE) if WarmPool.enabled() else None
+        self.warm = WarmPool(MAX_LINE, worker_env({})) if WarmPool.enabled() else None
 
     def prewarm(self) -> None:
         """Start a warm worker interpreter while this node is idle (if enabled)."""
@@ -110,6 +112,7 @@ class Supervisor:
         env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)})
         try:
             proc = self.warm and await self.warm.take(msg.command, job_dir, env)
+            warm = proc is not None
             proc = proc or await asyncio.create_subprocess_exec(
                 "bash", "-c", msg.command, cwd=job_dir, env=env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -121,7 +124,7 @@ class Supervisor:
         worker = Worker(msg.job_id, msg.generation, spec.rank, proc)
         self.workers[(msg.job_id, msg.generation, spec.rank)] = worker
         log.info("worker.started", job=msg.job_id, generation=msg.generation, rank=spec.rank,
-                 pid=proc.pid)
+                 pid=proc.pid, warm=warm)
         self._report(msg.job_id, msg.generation, spec.rank, agent_pb2.WORKER_PHASE_RUNNING,
                      pid=proc.pid)
         self.spawn(self._watch(worker))
@@ -152,6 +155,7 @@ class Supervisor:
 
     async def _pump(self, stream: asyncio.StreamReader, job_id: str, generation: int,
                     rank: int, kind: int) -> None:
+        controls = kind == types_pb2.LOG_STREAM_STDOUT and rank >= 0  # workers' stdout only
         while True:
             try:
                 raw = await stream.readline()
@@ -161,6 +165,13 @@ class Supervisor:
             if not raw:
                 return
             text = raw.decode("utf-8", errors="replace").rstrip("\n")
+            control = control_lines.parse(text, rank) if controls else None
+            if control is not None:
+                event, data = control
+                self.outbox.put(agent_pb2.AgentMessage(event=agent_pb2.AgentEvent(
+                    job_id=job_id, generation=generation, kind=event, data_json=json.dumps(data),
+                    message=f"rank {rank}: {event}")))
+                continue
             stamp = Timestamp()
             stamp.GetCurrentTime()
             self.outbox.log(types_pb2.LogLine(job_id=job_id, generation=generation, rank=rank,

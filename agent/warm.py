@@ -1,12 +1,15 @@
-"""A warm worker: a Python interpreter started ahead of time that has already imported torch and
-waits for its assignment, so a replacement node's first worker does not pay interpreter start-up
-and `import torch` (about 1.2 s on a small CPU host) on the critical path.
+"""A warm worker: a Python interpreter started ahead of time that has already imported torch
+(and torch.optim, torch.distributed, torch._dynamo, torchft where installed) and waits for its
+assignment, so a replacement node's first worker does not pay interpreter start-up and those
+imports (about 2.5 s on a small CPU host) on the critical path.
 
-The agent keeps one ready (off by default; COORD_AGENT_WARM_START=1 turns it on: it costs an
-idle interpreter's memory per node). A job's command can take it only when it is exactly
-`python SCRIPT.py [ARGS...]`: the warm process then receives the working directory, the
-environment and argv as one JSON line on stdin and runs the script as `__main__`. Any other
-command starts cold, as before.
+The agent keeps one ready while it is idle (on by default; COORD_AGENT_WARM_START=0 turns it
+off: it costs an idle interpreter's memory per node). A job's command can take it only when it
+is exactly `python SCRIPT.py [ARGS...]` or `python -m MODULE [ARGS...]` and the job sets none of
+the variables an interpreter or torch reads at start-up to other values than the warm one has
+(PYTHON*, OMP_*, MKL_*, KMP_*, TORCH_*, PYTORCH_*, LD_*): the warm process then receives the
+working directory, the environment and argv as one JSON line on stdin and runs the script or
+module as `__main__`. Any other command starts cold, as before.
 """
 
 from __future__ import annotations
@@ -25,41 +28,67 @@ import structlog
 log = structlog.get_logger("agent.warm")
 ENABLE_ENV = "COORD_AGENT_WARM_START"
 _PLAIN = re.compile(r"^[\w./=:,+@%-]+$")  # an argument with nothing bash would expand
+_MODULE = re.compile(r"^[A-Za-z_][\w.]*$")
+# Read by the interpreter or by `import torch`, so they must not differ for a warm start.
+_STARTUP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH_", "PYTORCH_", "LD_")
 _MAIN = """
-import json, os, runpy, sys
-import torch  # the point: paid before the assignment arrives
+import importlib, json, os, runpy, sys
+import torch, torch.optim, torch.distributed  # the point: paid before the assignment arrives
+for name in ("torch._dynamo", "torchft"):  # the first optimizer imports torch._dynamo (~1 s)
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass
 spec = json.loads(sys.stdin.readline())
 os.chdir(spec["cwd"])
 os.environ.clear()
 os.environ.update(spec["env"])
-sys.argv = spec["argv"]
-sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
-runpy.run_path(sys.argv[0], run_name="__main__")
+argv = spec["argv"]
+if argv[0] == "-m":
+    sys.argv, sys.path[0] = [argv[1], *argv[2:]], os.getcwd()
+    importlib.invalidate_caches()
+    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+else:
+    sys.argv, sys.path[0] = argv, os.path.dirname(os.path.abspath(argv[0]))
+    runpy.run_path(argv[0], run_name="__main__")
 """
 
 
 def warm_argv(command: str) -> list[str] | None:
-    """argv for a warm start, or None when the command needs bash (or is not a script)."""
+    """argv for a warm start (`SCRIPT.py ...` or `-m MODULE ...`), or None when the command
+    needs bash or is neither."""
     try:
         argv = shlex.split(command)
     except ValueError:
         return None
-    if len(argv) < 2 or argv[0] not in ("python", "python3") or not argv[1].endswith(".py"):
+    if len(argv) < 2 or argv[0] not in ("python", "python3"):
+        return None
+    script = argv[1].endswith(".py")
+    module = argv[1] == "-m" and len(argv) > 2 and _MODULE.match(argv[2]) is not None
+    if not (script or module):
         return None
     return argv[1:] if all(_PLAIN.match(arg) for arg in argv) else None
+
+
+def startup_differs(env: dict[str, str], warm_env: dict[str, str]) -> list[str]:
+    """Variables read at interpreter or torch start-up that the job sets differently."""
+    keys = {k for k in (*env, *warm_env) if k.startswith(_STARTUP_VARS)}
+    return sorted(k for k in keys if env.get(k) != warm_env.get(k))
 
 
 class WarmPool:
     """At most one pre-started interpreter; `fill` starts it, `take` hands it over."""
 
-    def __init__(self, stream_limit: int) -> None:
-        self.stream_limit = stream_limit
+    def __init__(self, stream_limit: int, env: dict[str, str]) -> None:
+        """`env`: the warm interpreter's environment (a worker's, less the job's variables:
+        never the agent's token, which would stay readable in /proc/PID/environ)."""
+        self.stream_limit, self.env = stream_limit, env
         self._ready: asyncio.subprocess.Process | None = None
         self._filling: asyncio.Task | None = None
 
     @staticmethod
     def enabled() -> bool:
-        return os.environ.get(ENABLE_ENV, "") not in ("", "0")
+        return os.environ.get(ENABLE_ENV, "1") not in ("", "0")
 
     def fill(self) -> None:
         if self._ready is None and (self._filling is None or self._filling.done()):
@@ -70,7 +99,7 @@ class WarmPool:
             self._ready = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _MAIN, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0,
+                env=self.env, process_group=0,
                 limit=self.stream_limit)
         except OSError as exc:
             log.warning("warm.spawn_failed", error=str(exc))
@@ -80,6 +109,9 @@ class WarmPool:
         """The warm process, now running `command`; None if the command must start cold."""
         argv = warm_argv(command)
         if argv is None:
+            return None
+        if differs := startup_differs(env, self.env):
+            log.info("warm.skipped", reason="start-up variables differ", variables=differs)
             return None
         if self._filling is not None:
             await self._filling

@@ -4,12 +4,14 @@ worker events to it, and turns a generation into StartWorkers messages."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from pathlib import Path
 
 import structlog
 
+from agent.control import WORKER_INPROCESS
 from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
@@ -19,7 +21,8 @@ from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.quorum import (QuorumService, QuorumUnavailable, lighthouse_available,
                                  public_host)
-from coordinator.reconciler.runner import Cancel, JobRunner, NodeChanged, WorkerExited
+from coordinator.reconciler.runner import (Cancel, JobRunner, NodeChanged, WorkerExited,
+                                          WorkerInProcess)
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
@@ -97,14 +100,13 @@ class JobManager:
     def _policy(self, spec: JobSpec) -> Policy:
         s = self.settings
         return Policy(target=spec.nodes.count, minimum=spec.nodes.minimum,
-                      max_restarts=spec.max_restarts, wait_for_min_s=spec.nodes.wait_for_min_s,
+                      spares=spec.nodes.spares, max_restarts=spec.max_restarts, wait_for_min_s=spec.nodes.wait_for_min_s,
                       nproc_per_node=spec.nproc_per_node, stop_grace_s=s.stop_grace_s,
                       failure_settle_s=s.reconnect_grace_s + 0.5,
                       peer_failure_settle_s=s.heartbeat_timeout_s + 2.0,
                       scale_up_settle_s=s.scale_up_settle_s,
                       scale_up_min_runtime_s=s.scale_up_min_runtime_s,
-                      initial_full_wait_s=s.initial_full_wait_s,
-                      inprocess=spec.fault_tolerance.mode == "inprocess")
+                      initial_full_wait_s=s.initial_full_wait_s, mode=fault_mode(spec))
 
     def _start_runner(self, record: JobRecord, spec: JobSpec) -> None:
         view = JobView(job_id=record.id, state=record.state, generation=record.generation,
@@ -129,7 +131,7 @@ class JobManager:
             self.metrics.job_added(record.state)
             spec = parse_spec_json(record.spec_json, record.id)
             self._start_runner(record, spec)
-            if record.generation and spec.fault_tolerance.mode == "inprocess":
+            if record.generation and fault_mode(spec) != "restart":
                 try:  # supervised again, on its old port
                     await self.quorum_address(record, spec)
                 except QuorumUnavailable as exc:
@@ -172,8 +174,14 @@ class JobManager:
         node.applied_seq = seq
 
     async def on_agent_event(self, node_id: str, msg: agent_pb2.AgentEvent) -> None:
-        if runner := self.runners.get(msg.job_id):
-            await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
+        if not (runner := self.runners.get(msg.job_id)):
+            return
+        if msg.kind == WORKER_INPROCESS:
+            rank = json.loads(msg.data_json or "{}").get("rank")
+            if isinstance(rank, int):
+                runner.post(WorkerInProcess(msg.generation, node_id, rank))
+            return
+        await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
 
     # the quorum service of in-process jobs ---------------------------------------------
     async def quorum_address(self, record: JobRecord, spec: JobSpec) -> str:
@@ -197,49 +205,67 @@ class JobManager:
             await service.stop()
 
     # launching workers ---------------------------------------------------------------
+    def _has_torchft(self, node_id: str) -> bool:
+        return "torchft" in self.nodes.nodes[node_id].resources.get("software", ())
+
     async def launch(self, record: JobRecord, spec: JobSpec, view: JobView, generation: int,
                      node_ids: tuple[str, ...]) -> None:
         """Start workers of `generation` on `node_ids` (a whole generation, or in in-process
         mode the nodes that join the running replicas)."""
-        inprocess = spec.fault_tolerance.mode == "inprocess"
-        lighthouse = await self.quorum_address(record, spec) if inprocess else ""
+        mode, joining = fault_mode(spec), set(node_ids) != set(view.members)
+        if mode == "auto" and not joining and not all(map(self._has_torchft, node_ids)):
+            mode = "restart"  # a worker without torchft could not join: no choice to offer
+        lighthouse = await self.quorum_address(record, spec) if mode != "restart" else ""
         master = view.nodes[view.members[0]]
         port = self.nodes.free_port(master.id) or master.free_port  # fresh: reported just now
         base = {**spec.env, "COORD_JOB_ID": record.id, "COORD_JOB_NAME": record.name,
                 "COORD_GENERATION": str(generation),
                 "COORD_CHECKPOINT_DIR": self.checkpoint_dir(record, spec)}
-        joining = set(node_ids) != set(view.members)
+        # Joiners of running replicas, and every worker in mode "inprocess", are replicas
+        # only; in auto mode a new generation's workers get both environments and choose.
+        replica_only = mode == "inprocess" or joining
         for node_id in node_ids:
             node = self.nodes.nodes[node_id]
             await self.nodes.set_state(node, NodeState.ASSIGNED, f"generation {record.generation}")
             workers = []
             for rank in view.ranks_of(node_id):
                 local_rank = rank % spec.nproc_per_node
-                env = {**base, "COORD_NODE_ID": node_id, "LOCAL_RANK": str(local_rank),
+                env = {**base, "COORD_NODE_ID": node_id, "COORD_NODE_HOST": node.host,
+                       "LOCAL_RANK": str(local_rank),
                        "LOCAL_WORLD_SIZE": str(spec.nproc_per_node),
-                       "GROUP_RANK": str(rank // spec.nproc_per_node)}
-                if inprocess:
-                    env |= replica_env(node.host, rank, lighthouse, spec, joining)
-                else:
-                    env |= {"MASTER_ADDR": master.host, "MASTER_PORT": str(port),
-                            "WORLD_SIZE": str(view.world_size), "RANK": str(rank)}
+                       "GROUP_RANK": str(rank // spec.nproc_per_node),
+                       "MASTER_ADDR": master.host, "MASTER_PORT": str(port),
+                       "WORLD_SIZE": str(view.world_size), "RANK": str(rank)}
+                if lighthouse:
+                    env |= replica_env(node.host, rank, lighthouse, spec, joining, replica_only)
                 workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=local_rank, env=env))
             self.nodes.send(node_id, agent_pb2.CoordinatorMessage(start=agent_pb2.StartWorkers(
                 job_id=record.id, generation=generation, command=spec.run,
                 setup=spec.setup or "", bundle_digest=record.bundle_digest, workers=workers)))
 
 
-def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec,
-                joining: bool) -> dict[str, str]:
-    """An in-process worker is one torchft replica (a group of one process): RANK/WORLD_SIZE
-    describe that group, REPLICA_GROUP_ID is its unique id in the job."""
-    return {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",
-            "REPLICA_GROUP_ID": str(rank), "TORCHFT_LIGHTHOUSE": lighthouse,
-            # Retry quorum forever: the Lighthouse may be restarted under a running job.
-            "TORCHFT_QUORUM_RETRIES": "1000000", "COORD_FT_MODE": "inprocess",
-            "COORD_FT_JOIN": "1" if joining else "0",
-            "COORD_FT_MIN_REPLICAS": str(spec.nodes.minimum * spec.nproc_per_node),
-            "RUST_LOG": spec.env.get("RUST_LOG", "warn")}  # torchft logs every quorum at info
+def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: bool,
+                replica_only: bool) -> dict[str, str]:
+    """What a torchft replica needs. An in-process worker is one replica (a group of one
+    process): for a replica-only worker RANK/WORLD_SIZE describe that group and
+    REPLICA_GROUP_ID is its unique id in the job; in auto mode the group-wide variables stay
+    for a script that takes the restart path."""
+    env = {"REPLICA_GROUP_ID": str(rank), "TORCHFT_LIGHTHOUSE": lighthouse,
+           # Retry quorum forever: the Lighthouse may be restarted under a running job.
+           "TORCHFT_QUORUM_RETRIES": "1000000",
+           "COORD_FT_MODE": "inprocess" if replica_only else "auto",
+           "COORD_FT_JOIN": "1" if joining else "0",
+           "COORD_FT_MIN_REPLICAS": str(spec.nodes.minimum * spec.nproc_per_node),
+           "RUST_LOG": spec.env.get("RUST_LOG", "warn")}  # torchft logs every quorum at info
+    if replica_only:
+        env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0"}
+    return env
+
+
+def fault_mode(spec: JobSpec) -> str:
+    """The job's [fault_tolerance] mode; auto is restart where coordd has no torchft."""
+    mode = spec.fault_tolerance.mode
+    return "restart" if mode == "auto" and not lighthouse_available() else mode
 
 
 async def _ignore_event(kind: str, message: str, **data) -> None:

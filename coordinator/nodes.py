@@ -174,7 +174,8 @@ class NodeRegistry:
             node.incarnation, node.applied_seq = msg.incarnation, 0
         node.host = msg.host or node.host
         node.resources = {"cpus": msg.resources.cpus, "gpus": msg.resources.gpus,
-                          "memory_bytes": msg.resources.memory_bytes}
+                          "memory_bytes": msg.resources.memory_bytes,
+                          "software": sorted(set(msg.resources.software))}
         node.last_heartbeat = time.time()
         await self.store.save_node(node)
         session = AgentSession(node.id)
@@ -216,6 +217,7 @@ class NodeRegistry:
 
     async def disconnected(self, session: AgentSession) -> None:
         session.closed = True
+        log.info("agent.disconnected", node=session.node_id)
         if self.sessions.get(session.node_id) is not session:
             return  # replaced by a newer stream, or already released
         del self.sessions[session.node_id]
@@ -261,6 +263,8 @@ class NodeRegistry:
         for node_id, since in list(self._suspect_since.items()):
             if now - since > s.reconnect_grace_s:
                 await self._lose(node_id, f"stream down for more than {s.reconnect_grace_s:g} s")
+        for node_id in list(self._reconnecting):
+            await self._lose_if_gone(self.nodes[node_id])
         wall = time.time()
         for node_id, deadline in list(self._join_by.items()):
             node = self.nodes[node_id]
@@ -269,6 +273,14 @@ class NodeRegistry:
             elif wall > deadline:
                 await self._lose(node_id, f"did not register within "
                                           f"{self.join_timeout(node):g} s of its launch")
+
+    async def _lose_if_gone(self, node: NodeRecord) -> None:
+        """A node that died while coordd was down would otherwise hold its place for the
+        whole restart grace: ask its provider, which may know at once."""
+        provider = self.providers.get(node.provider)
+        if provider is not None and await provider.gone(node) and node.id in self._reconnecting:
+            await self._lose(node.id, f"its agent is gone ({node.provider} provider): it "
+                                      "cannot reconnect")
 
     async def _lose(self, node_id: str, cause: str) -> None:
         self._suspect_since.pop(node_id, None)

@@ -184,6 +184,10 @@ def _check_register(register: agent_pb2.Register) -> None:
     if len(register.agent_version) > 64 or len(register.incarnation) > 64:
         raise InvalidSpec("fields 'register.agent_version' and 'register.incarnation': at "
                           "most 64 characters")
+    software = register.resources.software
+    if len(software) > 32 or any(len(name) > 64 for name in software):
+        raise InvalidSpec("field 'register.resources.software': at most 32 names of at most "
+                          "64 characters")
 
 
 def _matches(line, node_id: str, rank: int | None) -> bool:
@@ -216,11 +220,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if reader.done() and (error := reader.result()):
                 raise error
         finally:
+            # When the agent vanishes this handler is cancelled, and an await here could be
+            # cut short by the next cancellation: the node would never be marked suspect, and
+            # its job would not ask for a replacement until the reconnect grace ran out.
+            self.nodes.spawn(self.nodes.disconnected(session))
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            await self.nodes.disconnected(session)
-            log.info("agent.disconnected", node=session.node_id)
 
     async def _read(self, session: AgentSession, request_iterator) -> CoordError | None:
         """Apply the agent's messages until the stream ends; a message that breaks the

@@ -42,6 +42,10 @@ class NodesSpec(_Strict):
                             description="fewest nodes the job may run on (default: count)")
     wait_for_min_s: float = Field(600.0, ge=0, le=7 * 24 * 3600,
                                   description="how long to wait below `min` before failing")
+    spares: int = Field(0, ge=0, le=64,
+                        description="extra nodes kept booted and idle (with a warm interpreter) "
+                                    "so a lost node is replaced at once; they cost as much as "
+                                    "working nodes")
 
     @model_validator(mode="after")
     def _min_not_above_count(self) -> NodesSpec:
@@ -123,14 +127,17 @@ class ResourcesSpec(_Strict):
 class FaultToleranceSpec(_Strict):
     """`[fault_tolerance]`: how the job survives losing a node.
 
+    auto (the default): in-process where it works, else restart. Workers get both
+    environments; once every worker of a generation has joined the job's quorum service
+    (a script using `trainer.elastic.inprocess`, torchft installed), a node loss re-forms the
+    replicas in place. Until then, and for any other script, a node loss restarts the group.
+    inprocess: always in-process (the script must use `trainer.elastic.inprocess`).
     restart: every worker stops and the group restarts at the new size from the newest
     snapshot or checkpoint (works with any script using `trainer.elastic`).
-    inprocess: survivors keep running; the replicas re-form in place through the job's quorum
-    service (torchft) and a replacement heals from a live peer (needs a script using
-    `trainer.elastic.inprocess`, and torchft where coordd and the workers run).
+    In-process and auto need torchft where coordd runs (`pip install 'coord[train]'`).
     """
 
-    mode: Literal["inprocess", "restart"] = "restart"
+    mode: Literal["auto", "inprocess", "restart"] = "auto"
 
 
 class JobSpec(_Strict):

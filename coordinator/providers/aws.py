@@ -64,6 +64,7 @@ class AwsProvider(Provider):
         self._subnets: dict[tuple[str, str], str] = {}  # (configured subnet, zone) -> subnet
         self._tasks: set[asyncio.Task] = set()
         self.join_timeout_s = settings.join_timeout_s  # the registry's wait for a new agent
+        self._live_at_start: set[str] | None = None  # node ids with instances, once listed
 
     # lifecycle -----------------------------------------------------------------------
     async def start(self, known: Mapping[str, NodeRecord]) -> None:
@@ -71,6 +72,11 @@ class AwsProvider(Provider):
         task = asyncio.get_running_loop().create_task(self._reconcile(known))
         self._tasks.add(task)  # in the background: an unreachable AWS must not hold up coordd
         task.add_done_callback(self._tasks.discard)
+
+    async def gone(self, node: NodeRecord) -> bool:
+        """From the start-up listing: a node known before the restart whose instance is no
+        longer running (a reclaimed spot instance) will not reconnect."""
+        return self._live_at_start is not None and node.id not in self._live_at_start
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -303,6 +309,8 @@ class AwsProvider(Provider):
         except (ClientError, BotoCoreError, CoordError) as exc:
             log.error("aws.reconcile_failed", error=str(exc))
             return
+        self._live_at_start = {tag["Value"] for instance in instances
+                               for tag in instance.get("Tags", []) if tag["Key"] == ec2.TAG_NODE}
         orphans = []
         for instance in instances:
             tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}

@@ -57,6 +57,12 @@ class Provider(abc.ABC):
     async def close(self) -> None:
         """coordd is shutting down cleanly."""
 
+    async def gone(self, node: NodeRecord) -> bool:
+        """True when the provider knows that the node's machine or agent no longer exists, so
+        it cannot reconnect (asked while nodes reconnect to a restarted coordd); False when it
+        is alive or the provider cannot tell."""
+        return False
+
     # node verbs (`coord exec / upload / download`): optional, for providers that can reach
     # their machines. Relative paths are inside the node's work directory.
     def exec(self, node: NodeRecord, command: str) -> AsyncIterator[ExecOutput]:

@@ -15,7 +15,7 @@ import structlog
 from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
 from coordinator.providers.localio import download_local, exec_local, upload_local
-from coordinator.providers.procs import session_pids, signal_session
+from coordinator.providers.procs import process_alive, session_pids, signal_session
 from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
 
@@ -100,6 +100,10 @@ class LocalProvider(Provider):
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
         for metadata in self._metadata.values():
             await metadata.close()
+
+    async def gone(self, node: NodeRecord) -> bool:
+        pid = node.provider_data.get("pid")
+        return bool(pid) and not await asyncio.to_thread(process_alive, pid)
 
     # node verbs: the node is a directory on this machine -----------------------------------
     def exec(self, node: NodeRecord, command: str):

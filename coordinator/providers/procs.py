@@ -26,6 +26,15 @@ def _stats() -> dict[int, tuple[int, int]]:
     return stats
 
 
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: it has exited, only its parent has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
 def session_pids(sid: int) -> list[int]:
     return [pid for pid, (_, session) in _stats().items() if session == sid]
 

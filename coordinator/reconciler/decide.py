@@ -8,8 +8,8 @@ the runner records each action's effect in the view (requested, stopping_since, 
 from __future__ import annotations
 
 from coordinator.reconciler.plan import (
-    Acquire, Action, ChargeRestart, MarkBelowMinimum, Reform, Release, StartGeneration,
-    StopGeneration, StopNodes, Transition)
+    Acquire, Action, ChargeRestart, ConfirmInProcess, MarkBelowMinimum, Reform, Release,
+    StartGeneration, StopGeneration, StopNodes, Transition)
 from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, WorkerExit
 from coordinator.states import JobState, NodeState
 
@@ -60,18 +60,21 @@ def _pending(view: JobView, now: float) -> list[Action]:
 
 
 def _replenish(view: JobView) -> list[Action]:
-    """Ask for what is missing toward the target; hand back drained and surplus nodes."""
+    """Ask for what is missing toward the target and spares; hand back drained and surplus
+    nodes."""
     drained = tuple(n.id for n in view.nodes.values()
                     if n.state == NodeState.DRAINING and n.id not in view.members)
     if drained:
         return [Release(drained, reason="drained: the group re-formed without it")]
-    healthy = view.healthy()
-    missing = view.policy.target - len(healthy) - view.coming()
+    healthy, p = view.healthy(), view.policy
+    wanted = p.target + p.spares
+    missing = wanted - len(healthy) - view.coming()
     if missing > 0:
-        return [Acquire(missing, reason=f"{len(healthy)} of {view.policy.target} nodes healthy")]
-    extra = [n for n in healthy[view.policy.target:] if n not in view.members]
+        spares = f" + {p.spares} spare(s)" if p.spares else ""
+        return [Acquire(missing, reason=f"{len(healthy)} of {p.target}{spares} nodes healthy")]
+    extra = [n for n in healthy[wanted:] if n not in view.members]
     if extra and view.state != JobState.PROVISIONING:
-        return [Release(tuple(extra), reason="more nodes than the job's target")]
+        return [Release(tuple(extra), reason="more nodes than the job's target and spares")]
     return []
 
 
@@ -89,7 +92,9 @@ def _provisioning(view: JobView, now: float) -> list[Action]:
 
 
 def _running(view: JobView, now: float) -> list[Action]:
-    if view.policy.inprocess:
+    if view.policy.mode == "auto" and not view.inprocess_confirmed and view.all_joined_quorum():
+        return [ConfirmInProcess()]
+    if view.inprocess:
         return _running_inprocess(view, now)
     failures = sorted((e for e in view.exits.values() if e.code != 0), key=lambda e: e.time)
     lost = [m for m in view.members if view.nodes[m].state in GONE_STATES]
@@ -119,8 +124,8 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     nodes are started straight into the running quorum. Only when no replica is left, or the
     job itself fails, does the job go through the restart path (from the durable checkpoint)."""
     gone = [m for m in view.members if view.nodes[m].state in GONE_STATES]
-    departed = [m for m in view.members
-                if view.nodes[m].state == NodeState.DRAINING and view.all_exited(m)]
+    departed = [m for m in view.members if view.all_exited(m) and (
+        view.nodes[m].state == NodeState.DRAINING or m in view.stopping_nodes)]
     if gone or departed:
         return _drop_members(view, gone, departed) + _replenish(view)
     leaving = tuple(m for m in view.members if view.nodes[m].state == NodeState.DRAINING
@@ -128,23 +133,38 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     if leaving:
         reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
         return [StopNodes(leaving, reason)] + _replenish(view)
-    draining = {m for m in view.members if view.nodes[m].state == NodeState.DRAINING}
+    told_to_stop = view.stopping_nodes | {m for m in view.members
+                                          if view.nodes[m].state == NodeState.DRAINING}
     failures = sorted((e for e in view.exits.values()
-                       if e.code != 0 and e.node_id not in draining), key=lambda e: e.time)
+                       if e.code != 0 and e.node_id not in told_to_stop), key=lambda e: e.time)
     if failures:
         return _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
     newcomers = [n for n in view.healthy() if n not in view.members]
-    # A suspect member does not hold a place (if it comes back the job runs above target),
-    # unless it is only reconnecting to a restarted coordd.
+    # A suspect member does not hold a place (if it comes back after its replacement joined,
+    # `_stop_surplus` trims the job back to its target), unless it is only reconnecting to a
+    # restarted coordd.
     room = view.policy.target - sum(view.nodes[m].state != NodeState.SUSPECT
                                     or view.nodes[m].reconnecting for m in view.members)
     if newcomers and room > 0 and not view.exits:
         added = tuple(newcomers[:room])
         return [Reform(tuple(view.members) + added, added, cause="node_joined",
                        reason=f"{', '.join(added)} joined the running replicas")]
-    return _replenish(view)
+    return _stop_surplus(view) or _replenish(view)
+
+
+def _stop_surplus(view: JobView) -> list[Action]:
+    """A member that came back after its replacement joined leaves the job above its target:
+    the newest replicas beyond the target leave at a step boundary (then are handed back)."""
+    live = [m for m in view.members if view.nodes[m].state in (NodeState.READY, NodeState.ASSIGNED)
+            and m not in view.stopping_nodes]
+    surplus = len(live) - view.policy.target
+    if surplus <= 0 or view.exits:
+        return []
+    newest = tuple(sorted(live, key=lambda m: view.slots.get(m, -1))[-surplus:])
+    return [StopNodes(newest, f"{len(live)} replicas running, the job's target is "
+                              f"{view.policy.target}")]
 
 
 def _drop_members(view: JobView, gone: list[str], departed: list[str]) -> list[Action]:

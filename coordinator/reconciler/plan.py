@@ -37,9 +37,15 @@ class Reform:
 
 @dataclasses.dataclass(frozen=True)
 class StopNodes:
-    """Stop the workers of these nodes only (a leaving node in in-process mode)."""
+    """In-process mode: stop the workers of these nodes only (a leaving node, or one above
+    the job's target); each leaves the quorum at a step boundary."""
     node_ids: tuple[str, ...]
     reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfirmInProcess:
+    """Auto mode: every worker joined the quorum; from now a node loss re-forms in place."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,5 +70,5 @@ class MarkBelowMinimum:
     since: float | None
 
 
-Action = (Transition | StartGeneration | StopGeneration | Reform | StopNodes | Acquire | Release
-          | ChargeRestart | MarkBelowMinimum)
+Action = (Transition | StartGeneration | StopGeneration | Reform | StopNodes | ConfirmInProcess
+          | Acquire | Release | ChargeRestart | MarkBelowMinimum)

@@ -47,11 +47,19 @@ class WorkerExited:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerInProcess:
+    """A worker joined the job's quorum service as an in-process replica (auto mode)."""
+    generation: int
+    node_id: str
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Cancel:
     reason: str
 
 
-Event = NodeChanged | NodesCreated | WorkerExited | Cancel
+Event = NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | Cancel
 
 
 class JobRunner:
@@ -69,14 +77,17 @@ class JobRunner:
         """After a coordd restart: the running workers' generation and each member's worker
         slot, from the newest membership event (in-process re-formations move the job's
         generation on without restarting workers, and joiners take fresh slots)."""
-        latest = None
+        latest, confirmed = None, set()
         for event in await self.m.store.events_after(self.record.id):
             if event.kind in ("generation.started", "generation.reformed"):
                 latest = event
+            elif event.kind == "inprocess.confirmed":
+                confirmed.add(json.loads(event.data_json).get("worker_generation"))
         if latest is None:
             return
         data = json.loads(latest.data_json)
         self.launch_generation = data.get("worker_generation", latest.generation)
+        self.view.inprocess_confirmed = self.launch_generation in confirmed
         slots = data.get("slots") or {n: i for i, n in enumerate(data.get("new_members", []))}
         self.view.slots = {node: slot for node, slot in slots.items()
                            if node in self.view.members}
@@ -109,6 +120,9 @@ class JobRunner:
             case WorkerExited(generation, exit_):
                 if generation == self.launch_generation and exit_.node_id in self.view.members:
                     self.view.exits.setdefault(exit_.rank, exit_)  # first report wins
+            case WorkerInProcess(generation, node_id, rank):
+                if generation == self.launch_generation and node_id in self.view.members:
+                    self.view.inprocess_ranks.add(rank)
             case Cancel(reason):
                 self.view.cancel_reason = reason
 
@@ -130,6 +144,11 @@ class JobRunner:
                 for node_id in node_ids:
                     await self.m.nodes.stop_workers(node_id, self.record.id, self.view.generation,
                                                     reason)
+            case plan.ConfirmInProcess():
+                await self.event("inprocess.confirmed", "every worker joined the quorum "
+                                 "service: a node loss now re-forms the replicas in place",
+                                 worker_generation=self.launch_generation)
+                self.view.inprocess_confirmed = True
             case plan.Acquire(count, reason):
                 self.view.requested += count
                 await self.event("nodes.requested", f"asking the provider for {count} node(s): "
@@ -179,6 +198,7 @@ class JobRunner:
         self.view.members, self.view.generation, self.view.exits = members, gen, {}
         self.view.slots = {node_id: index for index, node_id in enumerate(members)}
         self.view.stopping_nodes = set()
+        self.view.inprocess_ranks, self.view.inprocess_confirmed = set(), False
         self.launch_generation = gen
         self.view.state, self.view.state_since, self.view.stopping_since = (
             JobState.RUNNING, time.time(), None)

@@ -55,8 +55,12 @@ class Policy:
     scale_up_min_runtime_s: float = 30.0
     # How long the first generation waits for all `target` nodes before starting with `minimum`.
     initial_full_wait_s: float = 60.0
-    # [fault_tolerance] mode = "inprocess": a node loss re-forms the replicas in place.
-    inprocess: bool = False
+    # [nodes] spares: idle nodes kept on top of the target, ready to replace a lost one.
+    spares: int = 0
+    # [fault_tolerance] mode: "inprocess" re-forms the replicas in place on a node loss,
+    # "restart" restarts the group, "auto" re-forms in place once every worker of the
+    # generation has joined the job's quorum service (else restarts).
+    mode: str = "restart"
 
 
 @dataclasses.dataclass
@@ -79,6 +83,22 @@ class JobView:
     # runs) and the nodes already told to stop because they are leaving.
     slots: dict[str, int] = dataclasses.field(default_factory=dict)
     stopping_nodes: set[str] = dataclasses.field(default_factory=set)
+    # Auto mode: ranks of the running generation that joined the quorum as in-process
+    # replicas, and whether all of them did (recorded once: then the job runs in-process
+    # until its next restart).
+    inprocess_ranks: set[int] = dataclasses.field(default_factory=set)
+    inprocess_confirmed: bool = False
+
+    @property
+    def inprocess(self) -> bool:
+        """A node loss re-forms the running replicas in place (no worker restarts)."""
+        return self.policy.mode == "inprocess" or (self.policy.mode == "auto"
+                                                   and self.inprocess_confirmed)
+
+    def all_joined_quorum(self) -> bool:
+        """Auto mode: every rank of every member joined the quorum as an in-process replica."""
+        return bool(self.members) and all(rank in self.inprocess_ranks for m in self.members
+                                          for rank in self.ranks_of(m))
 
     @property
     def world_size(self) -> int:
@@ -113,4 +133,4 @@ class JobView:
         return self.requested + sum(
             1 for n in self.nodes.values()
             if n.state == NodeState.JOINING or (n.state == NodeState.SUSPECT and (
-                n.reconnecting or (n.id in self.members and not self.policy.inprocess))))
+                n.reconnecting or (n.id in self.members and not self.inprocess))))

@@ -6,8 +6,10 @@ noise), so every node has the same data without a download and the net really le
     python train.py --steps 300                              # alone
     coord submit job.toml                                    # 3 nodes, survives losing one
 
-With `[fault_tolerance] mode = "inprocess"` in the job file coord sets COORD_FT_MODE and the
-script uses the in-process (torchft) context: survivors of a node loss keep their processes.
+Under coord the script takes the in-process (torchft) path when coord allows it (the default
+`[fault_tolerance] mode = "auto"`, or "inprocess"): survivors of a node loss keep their
+processes. With mode = "restart" it uses the restart path (every worker restarts from the
+newest snapshot).
 
 Flags default from the environment (TRAIN_STEPS, TRAIN_GLOBAL_BATCH, TRAIN_CKPT_EVERY,
 TRAIN_LR, TRAIN_STEP_SLEEP), so a job can tune a run without editing its command.
@@ -29,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer import elastic
+from trainer.elastic import inprocess
 
 NUM_CLASSES = 4
 IMAGE_SIZE = 16
@@ -104,7 +107,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, args: argparse.Namespace) ->
 def train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    if os.environ.get("COORD_FT_MODE") == "inprocess":
+    if inprocess.selected():  # coord's default mode lets the script choose: in-process
         return train_inprocess(args)
     config = elastic.ElasticConfig(ckpt_every=args.ckpt_every, batch_policy=args.batch_policy,
                                    max_micro_batch=args.max_micro_batch, seed=args.seed,
@@ -142,7 +145,6 @@ def run(ctx: elastic.ElasticContext, args: argparse.Namespace) -> None:
 def train_inprocess(args: argparse.Namespace) -> int:
     """The same training with in-process recovery: the context steps the optimizer itself,
     only when every replica of the quorum may commit the step."""
-    from trainer.elastic import inprocess
     config = inprocess.InProcessConfig(ckpt_every=args.ckpt_every, seed=args.seed,
                                        max_micro_batch=args.max_micro_batch)
     images, labels = make_dataset(args.dataset_size, args.seed)

@@ -28,6 +28,8 @@ def test_training_survives_a_coordd_crash_without_restarting_workers(tmp_path):
         run = "python train.py --steps 250 --ckpt-every 25 --step-sleep 0.04"
         [nodes]
         count = 3
+        [fault_tolerance]
+        mode = "restart"  # one group of 3 (the in-process case is in test_inprocess.py)
     """))
     try:
         with coordd.client() as client:

@@ -31,18 +31,18 @@ def coordd(tmp_path):
     server.stop()
 
 
-def submit(client, tmp_path: Path, step_sleep: float = 0.03):
+def submit(client, tmp_path: Path, step_sleep: float = 0.03, mode: str | None = "inprocess"):
+    """The example job on 3 nodes; `mode=None` leaves [fault_tolerance] at its default."""
     work = tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work)
+    fault = f'[fault_tolerance]\nmode = "{mode}"' if mode else ""
     (work / "job.toml").write_text(textwrap.dedent(f"""
         name = "inproc"
         run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
         [nodes]
         count = 3
         min = 2
-        [fault_tolerance]
-        mode = "inprocess"
-    """))
+    """) + fault + "\n")
     return client.submit(work / "job.toml")
 
 
@@ -87,7 +87,10 @@ def log_text(client, job_id: str) -> str:
 @pytest.mark.timeout(180)
 def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
         coordd, client, tmp_path):
-    record = submit(client, tmp_path)
+    """With the default mode ("auto"): the script joins the quorum, so coordd re-forms in place."""
+    record = submit(client, tmp_path, mode=None)
+    wait_for(lambda: events(client, record.id, "inprocess.confirmed"), 90,
+             what="every worker to join the quorum")
     wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
     first = list(client.get(record.id).node_ids)
     victim, survivors = first[1], [first[0], first[2]]
@@ -164,6 +167,33 @@ def _pids_with_arg(needle: str) -> list[int]:
 
 
 @pytest.mark.timeout(180)
+def test_two_of_three_lost_the_survivor_waits_and_the_replacements_heal_from_it(
+        coordd, client, tmp_path):
+    """Machine-loss test (b) in place: below `nodes.min` the last replica keeps its process
+    and its state, waits for replacements, and they take the state from it."""
+    record = submit(client, tmp_path)
+    wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
+    first = list(client.get(record.id).node_ids)
+    survivor = first[2]
+    before = worker_pids(record.id)[survivor]
+    for victim in first[:2]:
+        coordd.kill_node(victim, signal.SIGKILL)
+    wait_for(lambda: len([e for e in events(client, record.id, "generation.reformed")
+                          if e["added"]]) >= 1 and reached(coordd, record.id, 60), 120,
+             what="replacements to join and training to go on")
+    assert worker_pids(record.id).get(survivor) == before, "the survivor was restarted"
+    final = client.wait(record.id, timeout=150)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.restarts == 0
+    assert [e["cause"] for e in events(client, record.id, "generation.started")] == ["start"]
+    assert_no_committed_step_lost(coordd, record.id)
+    newcomers = set(final.node_ids) - set(first)
+    assert newcomers
+    done = [l.text for n in newcomers for l in client.logs(record.id, node=n) if "DONE" in l.text]
+    assert done and all("healed_from_peer=True" in line for line in done), done
+
+
+@pytest.mark.timeout(180)
 def test_a_node_killed_while_a_replacement_heals_still_succeeds(coordd, client, tmp_path):
     record = submit(client, tmp_path)
     wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
@@ -228,9 +258,10 @@ def test_joiners_alone_never_start_a_new_lineage(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_a_restarted_coordd_takes_its_quorum_service_back(tmp_path):
-    """coordd crashes under an in-process job and comes back: it takes the job's Lighthouse
-    back on the same port (one Lighthouse, supervised again), so a replacement that joins
-    after the restart meets the survivors' quorum instead of a second one."""
+    """coordd crashes under an in-process job and a node dies while it is down. coordd comes
+    back: it takes the job's Lighthouse back on the same port (one Lighthouse, supervised
+    again), learns from the provider that the node is gone, and its replacement meets the
+    survivors' quorum instead of a second one."""
     from tests.net import free_port
 
     listen, state = f"127.0.0.1:{free_port()}", tmp_path / "state"
@@ -242,19 +273,21 @@ def test_a_restarted_coordd_takes_its_quorum_service_back(tmp_path):
             started = wait_for(lambda: events(client, record.id, "quorum.started"), 60,
                                what="the quorum service")
             wait_for(lambda: reached(server, record.id, 40), 90, what="step 40")
+            victim = client.get(record.id).node_ids[1]
         bind = f"127.0.0.1:{started[0]['address'].rpartition(':')[2]}"
         [orphan] = _pids_with_arg(bind)
         server.process.send_signal(signal.SIGKILL)
         server.process.wait()
+        server.kill_node(victim, signal.SIGKILL)  # dies while coordd is down
         server = start_coordd(state, *flags, env=env, listen=listen)
         taken_back = wait_for(lambda: [p for p in _pids_with_arg(bind) if p != orphan], 30,
                               what="the Lighthouse to be taken back on its port")
         assert len(taken_back) == 1 and orphan not in _pids_with_arg(bind)
         with server.client() as client:
-            victim = client.get(record.id).node_ids[1]
-            server.kill_node(victim, signal.SIGKILL)
             wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
                               if e["added"]], 90, what="a replacement to join")
+            # Found by asking the provider, not after the 30 s restart grace.
+            assert "its agent is gone (local provider)" in server.log_path.read_text()
             final = client.wait(record.id, timeout=150)
         assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
         assert final.restarts == 0

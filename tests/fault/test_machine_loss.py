@@ -41,6 +41,8 @@ def submit_training(client, tmp_path: Path, count=3, minimum=2, step_sleep=0.03)
         [nodes]
         count = {count}
         min = {minimum}
+        [fault_tolerance]
+        mode = "restart"  # these tests are about the restart path; see test_inprocess.py
     """))
     return client.submit(work / "job.toml")
 

@@ -249,7 +249,8 @@ def test_peer_lost_exits_wait_for_node_loss_detection_before_charging():
 
 
 # in-process mode ([fault_tolerance] mode = "inprocess") ---------------------------------------
-INPROCESS = dataclasses.replace(POLICY, inprocess=True)
+INPROCESS = dataclasses.replace(POLICY, mode="inprocess")
+AUTO = dataclasses.replace(POLICY, mode="auto")
 
 
 def step_inprocess(view: JobView, now: float) -> list:
@@ -268,6 +269,10 @@ def step_inprocess(view: JobView, now: float) -> list:
                 view.members, view.generation = list(members), view.generation + 1
             case plan.StopNodes(node_ids, _):
                 view.stopping_nodes.update(node_ids)
+            case plan.ConfirmInProcess():
+                view.inprocess_confirmed = True
+            case plan.StartGeneration():
+                view.inprocess_ranks, view.inprocess_confirmed = set(), False
     apply(view, [a for a in actions if not isinstance(a, (plan.Reform, plan.StopNodes))], now)
     return actions
 
@@ -357,3 +362,70 @@ def test_after_a_coordd_restart_reconnecting_members_keep_their_places():
         view.nodes["n1"].state = NodeState.LOST  # its grace ran out: now it is replaced
         actions = stepper(view, 40) + stepper(view, 41)
         assert [a.count for a in actions if isinstance(a, plan.Acquire)] == [1]
+
+
+def test_inprocess_member_back_after_its_replacement_joined_trims_the_job_to_its_target():
+    view = running_job(INPROCESS)
+    view.nodes["n1"].state = NodeState.SUSPECT
+    step_inprocess(view, 10)
+    join(view, "n3", 10.5)
+    step_inprocess(view, 10.5)  # n3 joins the running replicas
+    view.nodes["n1"].state = NodeState.READY  # the blip is over: 4 replicas, target 3
+    actions = step_inprocess(view, 11)
+    assert [a.node_ids for a in actions if isinstance(a, plan.StopNodes)] == [("n3",)]
+    assert plan.StopGeneration not in kinds(actions)
+    assert not any(isinstance(a, plan.StopNodes) for a in step_inprocess(view, 11.2))
+    view.exits[3] = WorkerExit("n3", 3, -15, 12)  # stopped hard: not a failure of the job
+    actions = step_inprocess(view, 12)
+    [reform] = [a for a in actions if isinstance(a, plan.Reform)]
+    assert reform.members == ("n0", "n1", "n2")
+    actions = step_inprocess(view, 12.1)
+    assert any(isinstance(a, plan.Release) and a.node_ids == ("n3",) for a in actions)
+    assert view.state == JobState.RUNNING and view.restarts == 0
+
+
+# auto mode (the default): in-process once every worker joined the quorum ---------------------
+def test_auto_mode_restarts_the_group_until_every_worker_joined_the_quorum():
+    view = running_job(AUTO)
+    view.inprocess_ranks = {0, 1}  # rank 2 has not joined (yet), or its script cannot
+    assert not view.inprocess
+    view.nodes["n1"].state = NodeState.LOST
+    actions = step_inprocess(view, 10)
+    assert plan.StopGeneration in kinds(actions) and view.state == JobState.RECONFIGURING
+
+
+def test_auto_mode_re_forms_in_place_once_every_worker_joined_until_the_next_restart():
+    view = running_job(AUTO)
+    view.inprocess_ranks = {0, 1, 2}
+    assert kinds(step_inprocess(view, 5)) == [plan.ConfirmInProcess]
+    assert view.inprocess
+    view.nodes["n1"].state = NodeState.LOST
+    actions = step_inprocess(view, 10)
+    assert plan.StopGeneration not in kinds(actions)
+    assert [a.members for a in actions if isinstance(a, plan.Reform)] == [("n0", "n2")]
+    for node_id in ("n0", "n2"):  # every replica gone: restart from disk, choose again
+        view.nodes[node_id].state = NodeState.LOST
+    step_inprocess(view, 11)
+    for index in range(3, 6):
+        join(view, f"n{index}", 12)
+    step_inprocess(view, 12)
+    assert view.state == JobState.RUNNING and view.members == ["n3", "n4", "n5"]
+    assert not view.inprocess
+
+
+def test_spares_are_kept_ready_and_take_a_lost_nodes_place_at_once():
+    view = JobView("j", JobState.PENDING, 0, 0, dataclasses.replace(INPROCESS, spares=1))
+    assert [a.count for a in step_inprocess(view, 0) if isinstance(a, plan.Acquire)] == [4]
+    for i in range(4):
+        join(view, f"n{i}", 1)
+    step_inprocess(view, 1)
+    assert view.members == ["n0", "n1", "n2"]  # n3 waits, idle
+    assert not any(isinstance(a, (plan.Release, plan.Acquire)) for a in step_inprocess(view, 2))
+    view.nodes["n1"].state = NodeState.LOST
+    actions = step_inprocess(view, 10) + step_inprocess(view, 10.1)
+    assert [a.added for a in actions if isinstance(a, plan.Reform) and a.added] == [("n3",)]
+    assert [a.count for a in actions if isinstance(a, plan.Acquire)] == [1]  # a new spare
+    join(view, "n4", 11)
+    join(view, "n5", 11)  # one more than asked for: handed back
+    actions = step_inprocess(view, 11)
+    assert [a.node_ids for a in actions if isinstance(a, plan.Release)] == [("n5",)]

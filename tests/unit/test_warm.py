@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.warm import WarmPool, warm_argv
+from agent.supervisor import worker_env
+from agent.warm import WarmPool, startup_differs, warm_argv
 
 
 @pytest.mark.parametrize("command, argv", [
@@ -14,7 +15,9 @@ from agent.warm import WarmPool, warm_argv
     ("python train.py --steps $STEPS", None),          # bash would expand it
     ("python train.py && echo done", None),
     ("torchrun train.py", None),
-    ("python -m trainer.train", None),
+    ("python -m trainer.train --config a.toml", ["-m", "trainer.train", "--config", "a.toml"]),
+    ("python -m", None),
+    ("python -m 'bad module'", None),
     ("python 'unterminated", None),
 ])
 def test_only_plain_python_script_commands_start_warm(command, argv):
@@ -27,12 +30,44 @@ async def test_a_warm_interpreter_runs_the_script_with_its_argv_cwd_and_env(tmp_
         "import os, sys\n"
         "print(sys.argv[1:], os.getcwd(), os.environ['ONLY'], 'torch' in sys.modules)\n"
         "sys.exit(3)\n")
-    pool = WarmPool(1 << 16)
+    pool = WarmPool(1 << 16, worker_env({}))
     pool.fill()
-    proc = await pool.take("python job.py --a 1", tmp_path, {"ONLY": "this"})
-    assert proc is not None
-    out = (await proc.stdout.read()).decode()
-    assert await proc.wait() == 3
-    assert out.strip() == f"['--a', '1'] {tmp_path} this True"
-    assert await pool.take("python job.py", tmp_path, {}) is None  # taken: not refilled yet
-    await pool.close()
+    try:
+        proc = await pool.take("python job.py --a 1", tmp_path, worker_env({"ONLY": "this"}))
+        assert proc is not None
+        out = (await proc.stdout.read()).decode()
+        assert await proc.wait() == 3
+        assert out.strip() == f"['--a', '1'] {tmp_path} this True"
+        assert await pool.take("python job.py", tmp_path, worker_env({})) is None  # not refilled
+    finally:
+        await pool.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_warm_interpreter_runs_a_module_and_never_holds_the_agent_token(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setenv("COORD_TOKEN", "agent-secret")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "main.py").write_text(
+        "import os, sys\n"
+        "initial = open('/proc/self/environ', 'rb').read()\n"
+        "print(sys.argv[1:], b'agent-secret' in initial, 'COORD_TOKEN' in os.environ)\n")
+    pool = WarmPool(1 << 16, worker_env({}))
+    pool.fill()
+    try:
+        proc = await pool.take("python -m pkg.main --x 2", tmp_path, worker_env({}))
+        assert proc is not None
+        out = (await proc.stdout.read()).decode()
+        assert await proc.wait() == 0, (await proc.stderr.read()).decode()
+        assert out.strip() == "['--x', '2'] False False"
+    finally:
+        await pool.close()
+
+
+def test_a_job_that_sets_start_up_variables_starts_cold():
+    warm = {"PATH": "/bin", "PYTHONUNBUFFERED": "1"}
+    assert startup_differs({**warm, "PATH": "/usr/bin", "STEPS": "3"}, warm) == []
+    assert startup_differs({**warm, "OMP_NUM_THREADS": "4"}, warm) == ["OMP_NUM_THREADS"]
+    assert startup_differs({**warm, "TORCHFT_LIGHTHOUSE": "http://h:1"}, warm) == []
+    assert startup_differs({"PATH": "/bin"}, warm) == ["PYTHONUNBUFFERED"]

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import EnvironmentConfigError
+
 
 class UniqueQuorumIds:
     """Wraps torchft's ManagerClient; only `_quorum` results change."""
@@ -47,7 +49,12 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
     """A Manager for a replica group of one process, which hosts that group's store itself.
     Returns (manager, store); keep the store alive as long as the manager."""
     from torch.distributed import TCPStore
-    from torchft import Manager, ProcessGroupGloo, ProcessGroupNCCL
+    try:
+        from torchft import Manager, ProcessGroupGloo, ProcessGroupNCCL
+    except ImportError as exc:
+        raise EnvironmentConfigError(
+            f"in-process mode needs torchft on this node ({exc}): pip install 'coord[train]', "
+            "or set [fault_tolerance] mode = \"restart\" in the job file") from exc
 
     timeout = timedelta(seconds=timeout_s)
     store = TCPStore(host, 0, is_master=True, wait_for_workers=False)

@@ -23,6 +23,8 @@ makes this replica leave after the step in flight is committed: nothing is disca
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import os
 import signal
 import time
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from agent import control
 
 from .bound import BoundObjects
 from .checkpoint import CheckpointStore
@@ -91,13 +95,25 @@ class ReplicaEnv:
                        lighthouse=env["TORCHFT_LIGHTHOUSE"],
                        min_replicas=int(env.get("COORD_FT_MIN_REPLICAS", "1")),
                        joining=env.get("COORD_FT_JOIN", "0") == "1",
-                       host=env.get("MASTER_ADDR", "127.0.0.1"),
+                       host=env.get("COORD_NODE_HOST") or env.get("MASTER_ADDR", "127.0.0.1"),
                        generation=int(env.get("COORD_GENERATION", "0")),
                        checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", "checkpoints")),
                        node_id=env.get("COORD_NODE_ID", "local"),
                        job_id=env.get("COORD_JOB_ID", ""))
         except ValueError as exc:
             raise EnvironmentConfigError(f"in-process worker environment: {exc}") from exc
+
+
+def selected(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this worker should take the in-process path: coord asked for it (mode
+    "inprocess"), or left the choice to the script (mode "auto", the default) and torchft is
+    installed here. A script offering both paths branches on this."""
+    env = os.environ if environ is None else environ
+    mode = env.get("COORD_FT_MODE", "")
+    if mode == "inprocess":
+        return True
+    return (mode == "auto" and bool(env.get("TORCHFT_LIGHTHOUSE"))
+            and importlib.util.find_spec("torchft") is not None)
 
 
 def init(config: InProcessConfig | None = None,
@@ -166,6 +182,8 @@ class InProcessContext(BoundObjects):
         self.state.generation = self.env.generation
         self._manager = self._make_manager()
         self._manager.load_state_dict({"step": self.state.step, "batches_committed": 0})
+        if self.env.job_id:  # under coord: a node loss may now re-form this job in place
+            control.emit("inprocess", replica=self.env.replica)
         return self.state
 
     def _make_manager(self):
@@ -289,7 +307,12 @@ class InProcessContext(BoundObjects):
             self._steplog = None
         if self._manager is not None:
             self._manager.shutdown(wait=False)
-            self._manager = None
+            # torchft leaves its gloo group to interpreter teardown, where a worker thread of
+            # a group that once timed out can abort the process after a clean finish (seen
+            # after a quorum-service restart): free it now, while the interpreter is whole.
+            self._manager._pg.shutdown()
+            self._manager = self._store = None
+            gc.collect()
         self.stop_flag.uninstall()
 
     def __enter__(self) -> InProcessContext:

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63oord/v1/types.proto\x12\x08\x63oord.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x05\x12\x0c\n\x04gpus\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"R\n\nWorkerExit\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"\xc5\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.coord.v1.JobState\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08node_ids\x18\t \x03(\t\x12\x10\n\x08restarts\x18\n \x01(\x05\x12,\n\x0e\x66\x61iled_workers\x18\x0b \x03(\x0b\x32\x14.coord.v1.WorkerExit\x12\x18\n\x10\x66\x61ilure_log_tail\x18\x0c \x03(\t\"\xc2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.coord.v1.NodeState\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12&\n\tresources\x18\x06 \x01(\x0b\x32\x13.coord.v1.Resources\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tdata_json\x18\x07 \x01(\t\"\xb6\x01\n\x07LogLine\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12#\n\x06stream\x18\x05 \x01(\x0e\x32\x13.coord.v1.LogStream\x12\x0b\n\x03seq\x18\x06 \x01(\x03\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x08 \x01(\t*\xd4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x1a\n\x16JOB_STATE_PROVISIONING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x1b\n\x17JOB_STATE_RECONFIGURING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07*\xc9\x01\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATE_JOINING\x10\x01\x12\x14\n\x10NODE_STATE_READY\x10\x02\x12\x17\n\x13NODE_STATE_ASSIGNED\x10\x03\x12\x17\n\x13NODE_STATE_DRAINING\x10\x04\x12\x16\n\x12NODE_STATE_SUSPECT\x10\x05\x12\x13\n\x0fNODE_STATE_LOST\x10\x06\x12\x13\n\x0fNODE_STATE_GONE\x10\x07*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63oord/v1/types.proto\x12\x08\x63oord.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x05\x12\x0c\n\x04gpus\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x10\n\x08software\x18\x04 \x03(\t\"R\n\nWorkerExit\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"\xc5\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.coord.v1.JobState\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x11\n\tspec_json\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08node_ids\x18\t \x03(\t\x12\x10\n\x08restarts\x18\n \x01(\x05\x12,\n\x0e\x66\x61iled_workers\x18\x0b \x03(\x0b\x32\x14.coord.v1.WorkerExit\x12\x18\n\x10\x66\x61ilure_log_tail\x18\x0c \x03(\t\"\xc2\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.coord.v1.NodeState\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12&\n\tresources\x18\x06 \x01(\x0b\x32\x13.coord.v1.Resources\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x97\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x12\n\ngeneration\x18\x05 \x01(\x03\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tdata_json\x18\x07 \x01(\t\"\xb6\x01\n\x07LogLine\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12#\n\x06stream\x18\x05 \x01(\x0e\x32\x13.coord.v1.LogStream\x12\x0b\n\x03seq\x18\x06 \x01(\x03\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x08 \x01(\t*\xd4\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x1a\n\x16JOB_STATE_PROVISIONING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x1b\n\x17JOB_STATE_RECONFIGURING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07*\xc9\x01\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12NODE_STATE_JOINING\x10\x01\x12\x14\n\x10NODE_STATE_READY\x10\x02\x12\x17\n\x13NODE_STATE_ASSIGNED\x10\x03\x12\x17\n\x13NODE_STATE_DRAINING\x10\x04\x12\x16\n\x12NODE_STATE_SUSPECT\x10\x05\x12\x13\n\x0fNODE_STATE_LOST\x10\x06\x12\x13\n\x0fNODE_STATE_GONE\x10\x07*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coord.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1079
-  _globals['_JOBSTATE']._serialized_end=1291
-  _globals['_NODESTATE']._serialized_start=1294
-  _globals['_NODESTATE']._serialized_end=1495
-  _globals['_LOGSTREAM']._serialized_start=1497
-  _globals['_LOGSTREAM']._serialized_end=1582
+  _globals['_JOBSTATE']._serialized_start=1097
+  _globals['_JOBSTATE']._serialized_end=1309
+  _globals['_NODESTATE']._serialized_start=1312
+  _globals['_NODESTATE']._serialized_end=1513
+  _globals['_LOGSTREAM']._serialized_start=1515
+  _globals['_LOGSTREAM']._serialized_end=1600
   _globals['_RESOURCES']._serialized_start=67
-  _globals['_RESOURCES']._serialized_end=128
-  _globals['_WORKEREXIT']._serialized_start=130
-  _globals['_WORKEREXIT']._serialized_end=212
-  _globals['_JOB']._serialized_start=215
-  _globals['_JOB']._serialized_end=540
-  _globals['_NODE']._serialized_start=543
-  _globals['_NODE']._serialized_end=737
-  _globals['_JOBEVENT']._serialized_start=740
-  _globals['_JOBEVENT']._serialized_end=891
-  _globals['_LOGLINE']._serialized_start=894
-  _globals['_LOGLINE']._serialized_end=1076
+  _globals['_RESOURCES']._serialized_end=146
+  _globals['_WORKEREXIT']._serialized_start=148
+  _globals['_WORKEREXIT']._serialized_end=230
+  _globals['_JOB']._serialized_start=233
+  _globals['_JOB']._serialized_end=558
+  _globals['_NODE']._serialized_start=561
+  _globals['_NODE']._serialized_end=755
+  _globals['_JOBEVENT']._serialized_start=758
+  _globals['_JOBEVENT']._serialized_end=909
+  _globals['_LOGLINE']._serialized_start=912
+  _globals['_LOGLINE']._serialized_end=1094
 # @@protoc_insertion_point(module_scope)

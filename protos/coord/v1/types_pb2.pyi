@@ -58,14 +58,16 @@ LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
 
 class Resources(_message.Message):
-    __slots__ = ("cpus", "gpus", "memory_bytes")
+    __slots__ = ("cpus", "gpus", "memory_bytes", "software")
     CPUS_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SOFTWARE_FIELD_NUMBER: _ClassVar[int]
     cpus: int
     gpus: int
     memory_bytes: int
-    def __init__(self, cpus: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
+    software: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, cpus: _Optional[int] = ..., gpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., software: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerExit(_message.Message):
     __slots__ = ("node_id", "rank", "exit_code", "generation")

@@ -1,0 +1,37 @@
+"""Control lines: how a worker tells coord something without a channel of its own.
+
+A worker prints one line `::coord::KIND JSON` on its standard output (the idea of GitHub
+Actions' workflow commands); the agent takes it out of the log stream and sends it to coordd as
+an AgentEvent of kind `worker.KIND`, with the worker's rank added to the JSON. Known kinds:
+
+    inprocess   this worker joined the job's quorum service as an in-process replica
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+PREFIX = "::coord::"
+WORKER_INPROCESS = "worker.inprocess"
+_MAX_LINE = 4096  # a control line is short; a longer one is an ordinary log line
+
+
+def emit(kind: str, **data: Any) -> None:
+    """Worker side: say `kind` to coord (a no-op outside coord)."""
+    print(f"{PREFIX}{kind} {json.dumps(data)}", file=sys.stdout, flush=True)
+
+
+def parse(text: str, rank: int) -> tuple[str, dict[str, Any]] | None:
+    """Agent side: (event kind, data) when `text` is a control line, else None."""
+    if not text.startswith(PREFIX) or len(text) > _MAX_LINE:
+        return None
+    kind, _, body = text[len(PREFIX):].partition(" ")
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return None
+    if not kind.isidentifier() or not isinstance(data, dict):
+        return None
+    return f"worker.{kind}", {**data, "rank": rank}
