@@ -57,13 +57,13 @@ def reached(coordd, job_id: str, step: int) -> bool:
 
 
 def worker_pids(job_id: str) -> dict[str, set[int]]:
-    """node id -> pids of the job's worker processes running there."""
+    """node id -> pids of the job's worker processes running there (a local node's workers
+    work in NODE_DIR/jobs/JOB_ID, NODE_DIR being state/nodes/NODE_ID)."""
     by_node: dict[str, set[int]] = {}
     for pid in job_pids(job_id):
         with contextlib.suppress(OSError):
-            env = dict(item.split(b"=", 1) for item in
-                       Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-            by_node.setdefault(env[b"COORD_NODE_ID"].decode(), set()).add(pid)
+            node_id = Path(os.readlink(f"/proc/{pid}/cwd")).parts[-3]
+            by_node.setdefault(node_id, set()).add(pid)
     return by_node
 
 
