@@ -31,7 +31,8 @@ _PLAIN = re.compile(r"^[\w./=:,+@%-]+$")  # an argument with nothing bash would 
 _MODULE = re.compile(r"^[A-Za-z_][\w.]*$")
 # Read by the interpreter or by `import torch`, so they must not differ for a warm start.
 _STARTUP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH_", "PYTORCH_", "LD_")
-_MAIN = """
+# The warm interpreter runs `python -c WARM_MAIN` (how tools and tests can tell one apart).
+WARM_MAIN = """
 import importlib, json, os, runpy, sys
 import torch, torch.optim, torch.distributed  # the point: paid before the assignment arrives
 for name in ("torch._dynamo", "torchft"):  # the first optimizer imports torch._dynamo (~1 s)
@@ -97,7 +98,7 @@ class WarmPool:
     async def _spawn(self) -> None:
         try:
             self._ready = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", _MAIN, stdin=asyncio.subprocess.PIPE,
+                sys.executable, "-c", WARM_MAIN, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=self.env, process_group=0,
                 limit=self.stream_limit)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.warm import ENABLE_ENV
 from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
 from coordinator.providers.localio import download_local, exec_local, upload_local
@@ -42,7 +43,8 @@ class LocalProvider(Provider):
         for node in nodes:
             workdir = self.nodes_dir / node.id
             self._metadata[node.id] = await MetadataStandIn().start()
-            proc = await self._spawn(node.id, workdir, self._metadata[node.id].endpoint)
+            proc = await self._spawn(node.id, workdir, self._metadata[node.id].endpoint,
+                                     warm=spec.nodes.spares > 0)
             self._procs[node.id] = proc
             node.host = "127.0.0.1"
             node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
@@ -52,8 +54,11 @@ class LocalProvider(Provider):
         """Make the node's metadata announce an interruption, as EC2 would."""
         self._metadata[node.id].announce(action or "terminate")
 
-    async def _spawn(self, node_id: str, workdir: Path,
-                     metadata: str) -> asyncio.subprocess.Process:
+    async def _spawn(self, node_id: str, workdir: Path, metadata: str,
+                     warm: bool) -> asyncio.subprocess.Process:
+        """One agent process. Local nodes share this machine's cores with everything else,
+        so they keep a warm interpreter (see agent/warm.py) only for a job with spares, whose
+        idle nodes are there to start at once; a COORD_AGENT_WARM_START set for coordd wins."""
         await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
         agent_log = await asyncio.to_thread(open, workdir / "agent.log", "ab")
         try:
@@ -64,7 +69,7 @@ class LocalProvider(Provider):
                 "--stop-grace", str(self.stop_grace_s),  # within the patience of terminate()
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
-                env={**os.environ, **self.access.agent_env()})
+                env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env()})
         finally:
             agent_log.close()
 

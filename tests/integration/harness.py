@@ -7,6 +7,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from agent.warm import WARM_MAIN
 from coordinator.localcluster import LocalCoordd, start_coordd, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,15 +16,16 @@ __all__ = ["ROOT", "Coordd", "job_pids", "start_coordd", "wait_for"]
 
 
 def job_pids(job_id: str) -> list[int]:
-    """Every process on this machine running the job: its environment names the job, or (a
-    warm-started worker, whose initial environment is the agent's) it works in the job's
+    """Every process on this machine running the job: its environment names the job, or it is
+    a warm-started worker (whose initial environment is the agent's) working in the job's
     directory on a node (`.../jobs/JOB_ID`)."""
     needle = f"COORD_JOB_ID={job_id}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if needle in (entry / "environ").read_bytes().split(b"\0") or \
-                        Path(os.readlink(entry / "cwd")).parts[-2:] == ("jobs", job_id):
+                if needle in (entry / "environ").read_bytes().split(b"\0") or (
+                        WARM_MAIN.encode() in (entry / "cmdline").read_bytes().split(b"\0")
+                        and Path(os.readlink(entry / "cwd")).parts[-2:] == ("jobs", job_id)):
                     pids.append(int(entry.name))
     return pids
