@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export COORDD_STATE_DIR=${COORDD_STATE_DIR:-$(pwd)/.coord-demo}
+rm -f "$COORDD_STATE_DIR/coordd.addr"  # a previous run's address must not be read as this one's
 .venv/bin/coordd serve --listen 127.0.0.1:0 >"$COORDD_STATE_DIR.log" 2>&1 &
 COORDD=$!
 trap 'kill $COORDD 2>/dev/null; wait $COORDD 2>/dev/null || true' EXIT
