@@ -10,7 +10,6 @@ an AgentEvent of kind `worker.KIND`, with the worker's rank added to the JSON. K
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 PREFIX = "::coord::"
@@ -19,8 +18,8 @@ _MAX_LINE = 4096  # a control line is short; a longer one is an ordinary log lin
 
 
 def emit(kind: str, **data: Any) -> None:
-    """Worker side: say `kind` to coord (a no-op outside coord)."""
-    print(f"{PREFIX}{kind} {json.dumps(data)}", file=sys.stdout, flush=True)
+    """Worker side: say `kind` to coord, through the agent that reads this stdout."""
+    print(f"{PREFIX}{kind} {json.dumps(data)}", flush=True)
 
 
 def parse(text: str, rank: int) -> tuple[str, dict[str, Any]] | None:

@@ -309,11 +309,10 @@ class AwsProvider(Provider):
         except (ClientError, BotoCoreError, CoordError) as exc:
             log.error("aws.reconcile_failed", error=str(exc))
             return
-        self._live_at_start = {tag["Value"] for instance in instances
-                               for tag in instance.get("Tags", []) if tag["Key"] == ec2.TAG_NODE}
-        orphans = []
+        orphans, live = [], set()
         for instance in instances:
             tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            live.add(tags.get(ec2.TAG_NODE, ""))
             node = known.get(tags.get(ec2.TAG_NODE, ""))
             if node is None or node.provider != self.name or node.state in (
                     NodeState.LOST, NodeState.GONE):
@@ -322,6 +321,7 @@ class AwsProvider(Provider):
             node.provider_data.setdefault("instance_id", instance["InstanceId"])
             log.info("aws.adopted", node=node.id, instance=instance["InstanceId"],
                      state=str(node.state))
+        self._live_at_start = live
         if orphans:
             log.warning("aws.orphans", instances=orphans)
             try:

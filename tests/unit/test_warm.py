@@ -3,6 +3,9 @@ would (argv, working directory, environment, exit code)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 
 from agent.supervisor import worker_env
@@ -24,23 +27,30 @@ def test_only_plain_python_script_commands_start_warm(command, argv):
     assert warm_argv(command) == argv
 
 
+@contextlib.asynccontextmanager
+async def filled_pool() -> AsyncIterator[WarmPool]:
+    """A pool whose interpreter starts now, as an idle agent's does; closed afterwards."""
+    pool = WarmPool(1 << 16, worker_env({}))
+    pool.fill()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 @pytest.mark.timeout(60)
 async def test_a_warm_interpreter_runs_the_script_with_its_argv_cwd_and_env(tmp_path):
     (tmp_path / "job.py").write_text(
         "import os, sys\n"
         "print(sys.argv[1:], os.getcwd(), os.environ['ONLY'], 'torch' in sys.modules)\n"
         "sys.exit(3)\n")
-    pool = WarmPool(1 << 16, worker_env({}))
-    pool.fill()
-    try:
+    async with filled_pool() as pool:
         proc = await pool.take("python job.py --a 1", tmp_path, worker_env({"ONLY": "this"}))
         assert proc is not None
         out = (await proc.stdout.read()).decode()
         assert await proc.wait() == 3
         assert out.strip() == f"['--a', '1'] {tmp_path} this True"
         assert await pool.take("python job.py", tmp_path, worker_env({})) is None  # not refilled
-    finally:
-        await pool.close()
 
 
 @pytest.mark.timeout(60)
@@ -53,16 +63,12 @@ async def test_a_warm_interpreter_runs_a_module_and_never_holds_the_agent_token(
         "import os, sys\n"
         "initial = open('/proc/self/environ', 'rb').read()\n"
         "print(sys.argv[1:], b'agent-secret' in initial, 'COORD_TOKEN' in os.environ)\n")
-    pool = WarmPool(1 << 16, worker_env({}))
-    pool.fill()
-    try:
+    async with filled_pool() as pool:  # after setenv: the agent's environment has the token
         proc = await pool.take("python -m pkg.main --x 2", tmp_path, worker_env({}))
         assert proc is not None
         out = (await proc.stdout.read()).decode()
         assert await proc.wait() == 0, (await proc.stderr.read()).decode()
         assert out.strip() == "['--x', '2'] False False"
-    finally:
-        await pool.close()
 
 
 def test_a_job_that_sets_start_up_variables_starts_cold():

@@ -7,7 +7,6 @@ the entry point calls `configure`; importing the recipe changes no global loggin
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import structlog
@@ -22,8 +21,10 @@ def configure(level: int = logging.INFO) -> None:
                                         exception_formatter=structlog.dev.plain_traceback),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
+        # sys.stdout as it is when a logger is made, not when this runs: a caller (a test
+        # harness) may swap it, and a logger holding the old one would write to a closed file.
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=False,
     )
 
 
