@@ -16,10 +16,13 @@ torchft rows also give kill -> back at full size (the killed replica restarted a
 healed from a peer) and, after that, kill of the quorum service (Lighthouse) -> training going
 again (coord restarts it; nothing restarts torchft's: "never" within --quorum-window).
 
-`steady` runs the job without failures and without step sleep (--steady-steps steps, no
-checkpoints) under plain DDP (torchrun --standalone, DistributedDataParallel + gloo, no fault
-tolerance), raw torchft and coord in-process, --rounds times in alternating order, and prints
-steps/s after a warm-up (median and spread) and each one's overhead against plain DDP.
+`steady` runs the job without failures (--steady-steps steps, no checkpoints) under plain DDP
+(torchrun --standalone, DistributedDataParallel + gloo, no fault tolerance), raw torchft and
+coord in-process, --rounds times in alternating order, and prints steps/s after a warm-up
+(median and spread) and each one's overhead against plain DDP. It does so twice: without step
+sleep (a ~12 ms step, nearly all of it synchronisation: the harshest case for a per-step
+quorum), and with --step-sleep (the issue's ~17 steps/s; the sleep stands for compute that
+leaves the CPU free, as a GPU step does).
 
     .venv/bin/python bench/recovery.py                 # everything, 7-10 minutes on 2 cores
     .venv/bin/python bench/recovery.py --only torchft  # one row (or steady, coord-inprocess, ...)
@@ -69,6 +72,7 @@ class Result:
 @dataclass
 class Steady:
     name: str
+    step_sleep: float
     rates: list[float] = field(default_factory=list)  # steps/s, one per round
     failures: list[str] = field(default_factory=list)
 
@@ -377,17 +381,21 @@ def _first_full_step(log_dir: Path, after: float, size: int) -> float | None:
 # -- steady speed --------------------------------------------------------------------------
 
 def run_steady(a: argparse.Namespace, work: Path) -> list[Steady]:
+    return [s for sleep in (0.0, a.step_sleep) for s in _run_steady(a, work, sleep)]
+
+
+def _run_steady(a: argparse.Namespace, work: Path, sleep: float) -> list[Steady]:
     """Each mechanism `a.rounds` times, the order reversed every other round (the machine's
-    load drifts), no failures and no step sleep."""
+    load drifts), no failures."""
     runners = {"plain DDP": _steady_ddp, "torchft": _steady_torchft,
                "coord-inprocess": _steady_coord}
-    results = {name: Steady(name) for name in runners}
+    results = {name: Steady(name, sleep) for name in runners}
     for round_ in range(a.rounds):
         for name in list(runners)[::1 if round_ % 2 == 0 else -1]:
-            run_dir = work / f"{name.replace(' ', '-')}-{round_}"
+            run_dir = work / f"{name.replace(' ', '-')}-{sleep:g}-{round_}"
             run_dir.mkdir()
             try:
-                ckpt = runners[name](a, run_dir)
+                ckpt = runners[name](a, run_dir, sleep)
                 rate = _steady_rate(committed_history(ckpt).lineage, first=WARMUP_STEPS)
                 if rate is None:
                     raise RunFailed(f"no steps recorded in {ckpt}")
@@ -396,37 +404,38 @@ def run_steady(a: argparse.Namespace, work: Path) -> list[Steady]:
                 print(f"  round {round_ + 1}: {name} FAILED: {exc}", flush=True)
                 continue
             results[name].rates.append(rate)
-            print(f"  round {round_ + 1}: {name} {rate:.1f} steps/s", flush=True)
+            print(f"  round {round_ + 1}: {name}, step sleep {sleep:g} s: {rate:.1f} steps/s",
+                  flush=True)
     return list(results.values())
 
 
-def steady_args(a: argparse.Namespace, **override: float | None) -> str:
-    return train_args(a, **{"steps": a.steady_steps, "step_sleep": 0,
+def steady_args(a: argparse.Namespace, sleep: float, **override: float | None) -> str:
+    return train_args(a, **{"steps": a.steady_steps, "step_sleep": sleep,
                             "ckpt_every": NO_CHECKPOINTS, **override})
 
 
-def _steady_ddp(a: argparse.Namespace, work: Path) -> Path:
+def _steady_ddp(a: argparse.Namespace, work: Path, sleep: float) -> Path:
     """Plain DDP: train.py under torchrun --standalone takes its restart-mode path
     (DistributedDataParallel + gloo) and nothing watches for failures."""
     copy_example(work)
     env = {**os.environ, "COORD_CHECKPOINT_DIR": str(work / "ckpt")}
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=3", "train.py",
-           *steady_args(a).split()]
+           *steady_args(a, sleep).split()]
     with open(work / "torchrun.log", "wb") as log:
         subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=log, check=True,
                        timeout=a.give_up_s)
     return work / "ckpt"
 
 
-def _steady_torchft(a: argparse.Namespace, work: Path) -> Path:
-    with TorchftJob(work, steady_args(a, ckpt_every=None)) as job:  # it writes none anyway
+def _steady_torchft(a: argparse.Namespace, work: Path, sleep: float) -> Path:
+    with TorchftJob(work, steady_args(a, sleep, ckpt_every=None)) as job:  # it writes none
         if not job.finished(a.give_up_s):
             raise RunFailed(f"exit codes {[p.returncode for p in job.replicas]}")
         return job.log_dir
 
 
-def _steady_coord(a: argparse.Namespace, work: Path) -> Path:
-    with coord_job(a, work, "inprocess", steady_args(a)) as (_, client, job_id, ckpt):
+def _steady_coord(a: argparse.Namespace, work: Path, sleep: float) -> Path:
+    with coord_job(a, work, "inprocess", steady_args(a, sleep)) as (_, client, job_id, ckpt):
         if client.wait(job_id, timeout=a.give_up_s).state != 5:
             raise RunFailed("the job did not succeed")
         return ckpt
@@ -450,11 +459,11 @@ def show(results: list[Result], steady: list[Steady], a: argparse.Namespace) -> 
         print(f"{r.name:<22} {_seconds(r.recovery_s, f'> {a.give_up_s:g}'):>22} "
               f"{r.steps_lost:>11} {str(r.finished):>9} {rate:>8} {full:>17} {quorum:>24}")
     if steady:
-        print(f"\n{'steady, no failure':<22} {'steps/s (median)':>17} {'spread':>15} "
-              f"{'rounds':>7}")
+        print(f"\n{'steady, no failure':<22} {'step sleep':>11} {'steps/s (median)':>17} "
+              f"{'spread':>15} {'rounds':>7}")
         for s in steady:
             if s.rates:
-                print(f"{s.name:<22} {s.median:>17.1f} {min(s.rates):>7.1f}-"
+                print(f"{s.name:<22} {s.step_sleep:>11g} {s.median:>17.1f} {min(s.rates):>7.1f}-"
                       f"{max(s.rates):<7.1f} {len(s.rates):>7}")
             for failure in s.failures:
                 print(f"{s.name:<22} failed: {failure}")
@@ -474,12 +483,11 @@ def show(results: list[Result], steady: list[Steady], a: argparse.Namespace) -> 
             took = f"{seconds:.2f} s" if seconds is not None else never
             print(f"{r.name}: quorum-service kill -> training again {took} "
                   "(target <= 5 s for coord; torchft restarts nothing)")
-    speeds = {s.name: s.median for s in steady if s.rates}
-    for name in ("coord-inprocess", "torchft"):
-        if name in speeds and "plain DDP" in speeds:
-            overhead = 1 - speeds[name] / speeds["plain DDP"]
-            print(f"{name} / plain DDP: steady overhead {overhead:+.1%} of median steps/s "
-                  f"(target <= 3% for coord)")
+    speeds = {(s.name, s.step_sleep): s.median for s in steady if s.rates}
+    for (name, sleep), speed in speeds.items():
+        if name != "plain DDP" and (base := speeds.get(("plain DDP", sleep))):
+            print(f"{name} / plain DDP, step sleep {sleep:g} s: steady overhead "
+                  f"{1 - speed / base:+.1%} of median steps/s (target <= 3% for coord)")
 
 
 def _ratio(what: str, ours: float | None, theirs: float | None, target: float) -> None:

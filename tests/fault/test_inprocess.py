@@ -103,6 +103,9 @@ def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
     final = client.wait(record.id, timeout=120)
     assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
     assert final.restarts == 0
+    # The pair trained on while the replacement booted (the leader prints every 10 steps):
+    # a survivor must not wait in a collective on the other until a newcomer makes a quorum.
+    assert "world=2 " in log_text(client, record.id)
     [lost] = [e for e in events(client, record.id, "generation.reformed")
               if e["cause"] == "node_lost"]
     assert victim in lost["old_members"] and victim not in lost["new_members"]

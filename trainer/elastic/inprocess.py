@@ -60,6 +60,10 @@ class InProcessConfig:
     seed: int = 0  # data order
     timeout_s: float = 10.0  # a collective or heal that takes longer fails the step
     quorum_timeout_s: float = 60.0
+    # A quorum pending this long closes this replica's old group, so peers stuck in a collective
+    # on it fail now (ftglue). A replica that pauses longer between steps (an evaluation in
+    # on_step) costs everyone one redone step: raise it then.
+    stall_s: float = 2.0
     max_micro_batch: int | None = None
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
 
@@ -146,6 +150,9 @@ class InProcessContext(BoundObjects):
         # replica that holds the job's state. Otherwise joiners that meet while the last
         # survivor is busy could start a new lineage from their fresh weights.
         self._floor = 0
+        self._quorum: tuple[int, int | None] | None = None  # (size, rank) of the last quorum
+        self._quorum_started = 0.0
+        self._size = 0  # participants of the last quorum, to note re-formations
         self._manager = None
         self._store = None
         self._log = log.bind(replica=env.replica, generation=env.generation)
@@ -162,8 +169,9 @@ class InProcessContext(BoundObjects):
 
     @property
     def is_leader(self) -> bool:
-        """The replica of quorum rank 0 writes the step log and durable checkpoints."""
-        return self._manager is not None and self.rank == 0
+        """The replica of quorum rank 0 writes the step log and durable checkpoints (one
+        that heals sits its first step out: it has no rank in it)."""
+        return self._manager is not None and self._manager.participating_rank() == 0
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -192,6 +200,7 @@ class InProcessContext(BoundObjects):
             replica_id=f"{self.env.node_id}_{self.env.replica}",
             min_replicas=self.env.min_replicas, device=self.device,
             timeout_s=self.config.timeout_s, quorum_timeout_s=self.config.quorum_timeout_s,
+            stall_s=self.config.stall_s,
             load_state=self._load_state, state=self._state_dict)
         return manager
 
@@ -219,29 +228,53 @@ class InProcessContext(BoundObjects):
             raise RuntimeError("call ctx.restore(model, optimizer, scheduler) before ctx.loop()")
         sampler = GlobalSampler(dataset_size, self.state.data_seed)
         while self.state.step < total_steps and not self.stop_flag.is_set():
-            size = self._start_quorum()
-            if self.state.step >= total_steps:  # healed straight to the end
+            # The quorum forms while the step computes on the share the previous quorum gave
+            # this replica; in the rare step whose quorum differs, the share is computed again
+            # (before any collective, so the others only wait for it).
+            self._quorum_started = time.monotonic()
+            self._manager.start_quorum()
+            guess = self._quorum or self._settle()
+            while True:
+                if self.state.step >= total_steps:  # healed straight to the end
+                    break
+                step = self._plan(sampler, guess, global_batch)
+                if step.micro_batches:  # a replica healing this step sits it out
+                    yield step
+                quorum = self._settle()
+                if quorum == guess and step.number == self.state.step + 1:  # (not healed)
+                    break
+                self._zero_grads()
+                guess = quorum
+            if self.state.step >= total_steps:
                 break
-            micro = plan_micro_batches(sampler, self.state.samples_seen, global_batch, size,
-                                       self._manager.participating_rank() or 0,
-                                       self.config.max_micro_batch)
-            step = Step(self.state.step + 1, micro, global_batch)
-            yield step
             if self._finish_step(step) and on_step is not None:
                 on_step(self.state)
         self._leave()
 
-    def _start_quorum(self) -> int:
-        """Join this step's quorum (healing first if behind) and note re-formations."""
-        before, started = self._manager.num_participants(), time.monotonic()
-        self._manager.start_quorum()
+    def _plan(self, sampler: GlobalSampler, quorum: tuple[int, int | None],
+              global_batch: int) -> Step:
+        size, rank = quorum
+        micro = [] if rank is None else plan_micro_batches(
+            sampler, self.state.samples_seen, global_batch, size, rank,
+            self.config.max_micro_batch)
+        return Step(self.state.step + 1, micro, global_batch)
+
+    def _settle(self) -> tuple[int, int | None]:
+        """Wait for this step's quorum, take a peer's state if torchft fetched one (this
+        replica was behind), note a re-formation; returns (size, rank) to plan by."""
+        self._manager.wait_quorum()
+        if self._manager._healing:  # torchft's async mode applies it at commit: too late
+            self._manager._apply_pending_state_dict()  # for this step's plan and the floor
+            self._manager._healing = False
         size = self._manager.num_participants()
-        if size != before and before:
-            took = time.monotonic() - started
+        if self._size and size != self._size:
+            took = time.monotonic() - self._quorum_started
             self.reformations.append((self.state.step, size, took))
-            self._log.info("reformed", step=self.state.step, old_size=before, new_size=size,
-                           took_s=round(took, 3))
-        return size
+            self._log.info("reformed", step=self.state.step, old_size=self._size,
+                           new_size=size, took_s=round(took, 3))
+        self._size = size
+        self._quorum = (size, self._manager.participating_rank())
+        return self._quorum
 
     def _finish_step(self, step: Step) -> bool:
         """All-reduce, agree, and apply the update only if every replica may. True if done."""
@@ -252,6 +285,13 @@ class InProcessContext(BoundObjects):
                           for p in params]
                          + [torch.tensor([step.loss_contribution * size], device=self.device)])
         self._manager.allreduce(flat).wait()
+        if self._manager.errored() is not None:
+            # Gloo's ring can leave a live peer waiting on this replica rather than on the
+            # dead one (seen: a survivor blocked 2.5 s, until a replacement made a quorum
+            # without it). Closing this replica's group now fails the peer's all-reduce too;
+            # the failed commit makes the Lighthouse give the next quorum a new id, and with
+            # it a new group.
+            self._manager._pg.abort()
         if self.state.step < self._floor:
             self._manager.report_error(RuntimeError(
                 f"joined at step {self.state.step}, below the durable step {self._floor}: "
@@ -266,12 +306,14 @@ class InProcessContext(BoundObjects):
             self._advance(step, float(flat[-1]))
         else:
             self.discarded += 1
+            self._quorum = None  # a peer likely left: plan the redo by the next quorum
             self._log.warning("step_discarded", step=step.number)
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            model.zero_grad(set_to_none=True)
+        self._zero_grads()
         return committed
+
+    def _zero_grads(self) -> None:
+        model, optimizer, _ = self._require_bound()
+        (optimizer or model).zero_grad(set_to_none=True)
 
     def _advance(self, step: Step, loss: float) -> None:
         self.state.step = step.number
