@@ -188,6 +188,9 @@ class InProcessContext(BoundObjects):
                 self.state = apply_payload(found.payload, model, optimizer, scheduler)
                 self._log.info("restored", source="checkpoint", step=self.state.step)
         self.state.generation = self.env.generation
+        # The first optimizer step imports torch._dynamo (about 1 s here). A joiner doing
+        # that after it joined would hold up the quorum it is in; do it before joining.
+        importlib.import_module("torch._dynamo")
         self._manager = self._make_manager()
         self._manager.load_state_dict({"step": self.state.step, "batches_committed": 0})
         if self.env.job_id:  # under coord: a node loss may now re-form this job in place
