@@ -44,14 +44,21 @@ class ReplicaClient:
         self._on_stall, self._stall_s = on_stall, stall_s
         self._last: tuple | None = None
         self._id = -1
+        # Held while the watchdog closes the group: torchft configures the next group only
+        # after `_quorum` returns, which waits for it, so a late watchdog never closes that.
+        self._stall_lock = threading.Lock()
+        self._pending = False
 
     def _quorum(self, *args: Any, **kwargs: Any) -> Any:
-        watchdog = threading.Timer(self._stall_s, self._on_stall)
+        self._pending = True
+        watchdog = threading.Timer(self._stall_s, self._stalled)
         watchdog.daemon = True
         watchdog.start()
         try:
             result = self._client._quorum(*args, **kwargs)
         finally:
+            with self._stall_lock:
+                self._pending = False
             watchdog.cancel()
         key = (result.quorum_id, tuple(sorted(result.replica_ids)))
         behind = result.max_step > kwargs.get("step", result.max_step)
@@ -61,6 +68,11 @@ class ReplicaClient:
             self._id = int.from_bytes(digest[:7], "big")
         result.quorum_id = self._id
         return result
+
+    def _stalled(self) -> None:
+        with self._stall_lock:
+            if self._pending:
+                self._on_stall()
 
     def should_commit(self, group_rank: int, step: int, should_commit: bool,
                       timeout: Any = None) -> bool:

@@ -62,8 +62,9 @@ class InProcessConfig:
     quorum_timeout_s: float = 60.0
     # A quorum pending this long closes this replica's old group, so peers stuck in a collective
     # on it fail now (ftglue). A replica that pauses longer between steps (an evaluation in
-    # on_step) costs everyone one redone step: raise it then.
-    stall_s: float = 2.0
+    # on_step, the leader's copy of a model of many GB for its durable checkpoint) costs
+    # everyone one redone step: raise it then.
+    stall_s: float = 3.0
     max_micro_batch: int | None = None
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
 
@@ -158,20 +159,29 @@ class InProcessContext(BoundObjects):
         self._log = log.bind(replica=env.replica, generation=env.generation)
 
     @property
-    def rank(self) -> int:
-        """This replica's rank in the current quorum."""
-        return (self._manager.participating_rank() or 0) if self._manager else 0
+    def rank(self) -> int | None:
+        """This replica's rank among the replicas that train the current step (the step's
+        share was planned by it); None in a step it sits out while it heals from a peer."""
+        return self._planned()[1]
 
     @property
     def world_size(self) -> int:
-        """Replicas in the current quorum (0 before the first)."""
-        return self._manager.num_participants() if self._manager else 0
+        """Replicas that train the current step (0 before the first quorum)."""
+        return self._planned()[0]
 
     @property
     def is_leader(self) -> bool:
-        """The replica of quorum rank 0 writes the step log and durable checkpoints (one
-        that heals sits its first step out: it has no rank in it)."""
-        return self._manager is not None and self._manager.participating_rank() == 0
+        """The replica of rank 0 writes the step log and durable checkpoints."""
+        return self.rank == 0
+
+    def _planned(self) -> tuple[int, int | None]:
+        """(size, rank) the current step was planned by; read without waiting for a quorum
+        that is still forming (it would undo the overlap of quorum and compute)."""
+        if self._quorum is not None:
+            return self._quorum
+        if self._manager is None:
+            return 0, None
+        return self._manager.num_participants(), self._manager.participating_rank()
 
     # -- setup ---------------------------------------------------------------------------
 

@@ -1,0 +1,100 @@
+"""ReplicaClient, coord's wrapper of torchft's ManagerClient: quorum ids every member computes
+alike, a local commit vote, and the watchdog that closes the old group of a stalled quorum."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("torchft")
+
+from trainer.elastic.ftglue import ReplicaClient  # noqa: E402
+
+
+class Lighthouse:
+    """Stands in for torchft's native client: answers `_quorum` with the next scripted
+    quorum, after `delay` seconds."""
+
+    def __init__(self, *quorums: tuple[int, list[str], int], delay: float = 0.0) -> None:
+        self.quorums, self.delay, self.commits = list(quorums), delay, 0
+
+    def _quorum(self, **kwargs):
+        time.sleep(self.delay)
+        quorum_id, members, max_step = self.quorums.pop(0)
+        return SimpleNamespace(quorum_id=quorum_id, replica_ids=members, max_step=max_step)
+
+    def should_commit(self, *args, **kwargs):
+        self.commits += 1
+        return False
+
+
+def client(inner: Lighthouse, stall_s: float = 5.0) -> tuple[ReplicaClient, list[float]]:
+    stalls: list[float] = []
+    return ReplicaClient(inner, lambda: stalls.append(time.monotonic()), stall_s), stalls
+
+
+def test_members_agree_on_new_ids_and_keep_them_while_nothing_changes():
+    script = [(1, ["a", "b"], 5), (1, ["a", "b"], 6), (1, ["a", "c"], 7), (1, ["a", "c"], 8)]
+    ids = []
+    for _member in ("a", "b"):  # two members given the same answers
+        wrapped, _ = client(Lighthouse(*script))
+        ids.append([wrapped._quorum(step=s[2]).quorum_id for s in script])
+    assert ids[0] == ids[1]
+    first, same, changed, again = ids[0]
+    assert first == same and changed != first and again == changed
+
+
+def test_a_replica_behind_the_quorum_gets_a_new_group_id():
+    wrapped, _ = client(Lighthouse((3, ["a", "b"], 10), (3, ["a", "b"], 12)))
+    before = wrapped._quorum(step=10).quorum_id
+    assert wrapped._quorum(step=11).quorum_id != before  # steps were committed without it
+
+
+def test_the_commit_vote_of_a_group_of_one_is_its_own():
+    inner = Lighthouse()
+    wrapped, _ = client(inner)
+    assert wrapped.should_commit(0, 7, True) is True
+    assert wrapped.should_commit(0, 7, False) is False
+    assert inner.commits == 0
+
+
+def test_a_quorum_pending_past_stall_s_closes_the_old_group_once():
+    wrapped, stalls = client(Lighthouse((1, ["a"], 0), delay=0.4), stall_s=0.1)
+    started = time.monotonic()
+    wrapped._quorum(step=0)
+    assert len(stalls) == 1 and 0.1 <= stalls[0] - started < 0.4
+
+
+def test_a_quorum_in_time_closes_nothing_even_later():
+    wrapped, stalls = client(Lighthouse((1, ["a"], 0), delay=0.0), stall_s=0.1)
+    wrapped._quorum(step=0)
+    time.sleep(0.3)
+    assert stalls == []
+
+
+def test_a_late_watchdog_waits_for_nothing_and_closes_nothing_once_the_quorum_is_in():
+    """The watchdog fires while `_quorum` returns: it must not close the group torchft is
+    about to configure for the new quorum."""
+    entered, release = threading.Event(), threading.Event()
+    stalls: list[float] = []
+
+    def slow_close() -> None:
+        entered.set()
+        release.wait(2)
+        stalls.append(time.monotonic())
+
+    wrapped = ReplicaClient(Lighthouse((1, ["a"], 0), (1, ["a"], 1), delay=0.15),
+                            slow_close, stall_s=0.05)
+    worker = threading.Thread(target=wrapped._quorum, kwargs={"step": 0})
+    worker.start()
+    assert entered.wait(2)
+    time.sleep(0.2)  # the native call has returned: `_quorum` waits for the close to finish
+    assert worker.is_alive()
+    release.set()
+    worker.join(2)
+    assert len(stalls) == 1
+    wrapped._stalled()  # a timer firing after the quorum came back does nothing
+    assert len(stalls) == 1
