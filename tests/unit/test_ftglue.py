@@ -14,7 +14,7 @@ pytest.importorskip("torchft")
 from trainer.elastic.ftglue import ReplicaClient  # noqa: E402
 
 
-class Lighthouse:
+class ScriptedClient:
     """Stands in for torchft's native client: answers `_quorum` with the next scripted
     quorum, after `delay` seconds."""
 
@@ -31,7 +31,7 @@ class Lighthouse:
         return False
 
 
-def client(inner: Lighthouse, stall_s: float = 5.0) -> tuple[ReplicaClient, list[float]]:
+def client(inner: ScriptedClient, stall_s: float = 5.0) -> tuple[ReplicaClient, list[float]]:
     stalls: list[float] = []
     return ReplicaClient(inner, lambda: stalls.append(time.monotonic()), stall_s), stalls
 
@@ -40,7 +40,7 @@ def test_members_agree_on_new_ids_and_keep_them_while_nothing_changes():
     script = [(1, ["a", "b"], 5), (1, ["a", "b"], 6), (1, ["a", "c"], 7), (1, ["a", "c"], 8)]
     ids = []
     for _member in ("a", "b"):  # two members given the same answers
-        wrapped, _ = client(Lighthouse(*script))
+        wrapped, _ = client(ScriptedClient(*script))
         ids.append([wrapped._quorum(step=s[2]).quorum_id for s in script])
     assert ids[0] == ids[1]
     first, same, changed, again = ids[0]
@@ -48,13 +48,13 @@ def test_members_agree_on_new_ids_and_keep_them_while_nothing_changes():
 
 
 def test_a_replica_behind_the_quorum_gets_a_new_group_id():
-    wrapped, _ = client(Lighthouse((3, ["a", "b"], 10), (3, ["a", "b"], 12)))
+    wrapped, _ = client(ScriptedClient((3, ["a", "b"], 10), (3, ["a", "b"], 12)))
     before = wrapped._quorum(step=10).quorum_id
     assert wrapped._quorum(step=11).quorum_id != before  # steps were committed without it
 
 
 def test_the_commit_vote_of_a_group_of_one_is_its_own():
-    inner = Lighthouse()
+    inner = ScriptedClient()
     wrapped, _ = client(inner)
     assert wrapped.should_commit(0, 7, True) is True
     assert wrapped.should_commit(0, 7, False) is False
@@ -62,14 +62,14 @@ def test_the_commit_vote_of_a_group_of_one_is_its_own():
 
 
 def test_a_quorum_pending_past_stall_s_closes_the_old_group_once():
-    wrapped, stalls = client(Lighthouse((1, ["a"], 0), delay=0.4), stall_s=0.1)
+    wrapped, stalls = client(ScriptedClient((1, ["a"], 0), delay=0.4), stall_s=0.1)
     started = time.monotonic()
     wrapped._quorum(step=0)
     assert len(stalls) == 1 and 0.1 <= stalls[0] - started < 0.4
 
 
 def test_a_quorum_in_time_closes_nothing_even_later():
-    wrapped, stalls = client(Lighthouse((1, ["a"], 0), delay=0.0), stall_s=0.1)
+    wrapped, stalls = client(ScriptedClient((1, ["a"], 0), delay=0.0), stall_s=0.1)
     wrapped._quorum(step=0)
     time.sleep(0.3)
     assert stalls == []
@@ -86,7 +86,7 @@ def test_a_late_watchdog_waits_for_nothing_and_closes_nothing_once_the_quorum_is
         release.wait(2)
         stalls.append(time.monotonic())
 
-    wrapped = ReplicaClient(Lighthouse((1, ["a"], 0), (1, ["a"], 1), delay=0.15),
+    wrapped = ReplicaClient(ScriptedClient((1, ["a"], 0), (1, ["a"], 1), delay=0.15),
                             slow_close, stall_s=0.05)
     worker = threading.Thread(target=wrapped._quorum, kwargs={"step": 0})
     worker.start()

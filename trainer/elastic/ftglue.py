@@ -109,7 +109,6 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
     return manager, store
 
 
-
 def _close_group(pg: Any, stall_s: float) -> None:
     if pg._pg is not None:  # a group from an earlier quorum, which peers may be waiting in
         log.warning("quorum.stalled", pending_s=stall_s,

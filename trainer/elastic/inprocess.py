@@ -152,8 +152,8 @@ class InProcessContext(BoundObjects):
         # survivor is busy could start a new lineage from their fresh weights.
         self._floor = 0
         self._quorum: tuple[int, int | None] | None = None  # (size, rank) of the last quorum
+        self._stale = False  # a step was discarded: plan the next by its own quorum
         self._quorum_started = 0.0
-        self._size = 0  # participants of the last quorum, to note re-formations
         self._manager = None
         self._store = None
         self._log = log.bind(replica=env.replica, generation=env.generation)
@@ -177,11 +177,7 @@ class InProcessContext(BoundObjects):
     def _planned(self) -> tuple[int, int | None]:
         """(size, rank) the current step was planned by; read without waiting for a quorum
         that is still forming (it would undo the overlap of quorum and compute)."""
-        if self._quorum is not None:
-            return self._quorum
-        if self._manager is None:
-            return 0, None
-        return self._manager.num_participants(), self._manager.participating_rank()
+        return self._quorum or (0, None)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -246,7 +242,7 @@ class InProcessContext(BoundObjects):
             # (before any collective, so the others only wait for it).
             self._quorum_started = time.monotonic()
             self._manager.start_quorum()
-            guess = self._quorum or self._settle()
+            guess = self._quorum if self._quorum and not self._stale else self._settle()
             while True:
                 if self.state.step >= total_steps:  # healed straight to the end
                     break
@@ -280,13 +276,12 @@ class InProcessContext(BoundObjects):
             self._manager._apply_pending_state_dict()  # for this step's plan and the floor
             self._manager._healing = False
         size = self._manager.num_participants()
-        if self._size and size != self._size:
+        if self._quorum and size != self._quorum[0]:
             took = time.monotonic() - self._quorum_started
             self.reformations.append((self.state.step, size, took))
-            self._log.info("reformed", step=self.state.step, old_size=self._size,
+            self._log.info("reformed", step=self.state.step, old_size=self._quorum[0],
                            new_size=size, took_s=round(took, 3))
-        self._size = size
-        self._quorum = (size, self._manager.participating_rank())
+        self._quorum, self._stale = (size, self._manager.participating_rank()), False
         return self._quorum
 
     def _finish_step(self, step: Step) -> bool:
@@ -319,7 +314,7 @@ class InProcessContext(BoundObjects):
             self._advance(step, float(flat[-1]))
         else:
             self.discarded += 1
-            self._quorum = None  # a peer likely left: plan the redo by the next quorum
+            self._stale = True  # a peer likely left: plan the redo by the next quorum
             self._log.warning("step_discarded", step=step.number)
         self._zero_grads()
         return committed
