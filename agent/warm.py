@@ -1,5 +1,5 @@
 """A warm worker: a Python interpreter started ahead of time that has already imported torch
-(and torch.optim, torch.distributed, torch._dynamo, torchft where installed) and waits for its
+(and torch.optim, torch.distributed, torch._dynamo) and waits for its
 assignment, so a replacement node's first worker does not pay interpreter start-up and those
 imports (about 2.5 s on a small CPU host) on the critical path.
 
@@ -35,11 +35,8 @@ _STARTUP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH_", "PYTORCH_", "LD_")
 WARM_MAIN = """
 import importlib, json, os, runpy, sys
 import torch, torch.optim, torch.distributed  # the point: paid before the assignment arrives
-for name in ("torch._dynamo", "torchft"):  # the first optimizer imports torch._dynamo (~1 s)
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        pass
+import torch._dynamo  # what the first optimizer step imports (~1 s)
+# Not torchft: its native logger reads RUST_LOG once, at import, before the job's is set.
 spec = json.loads(sys.stdin.readline())
 os.chdir(spec["cwd"])
 os.environ.clear()

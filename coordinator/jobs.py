@@ -177,8 +177,7 @@ class JobManager:
         if not (runner := self.runners.get(msg.job_id)):
             return
         if msg.kind == WORKER_INPROCESS:
-            rank = json.loads(msg.data_json or "{}").get("rank")
-            if isinstance(rank, int):
+            if isinstance(rank := _json_object(msg.data_json).get("rank"), int):
                 runner.post(WorkerInProcess(msg.generation, node_id, rank))
             return
         await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
@@ -270,3 +269,13 @@ def fault_mode(spec: JobSpec) -> str:
 
 async def _ignore_event(kind: str, message: str, **data) -> None:
     return None
+
+
+def _json_object(text: str) -> dict:
+    """An agent event's data; {} for anything but a JSON object (an agent of another
+    version, or a bad one, must not end its node's stream)."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -367,3 +367,22 @@ def test_a_sequence_number_past_sqlite_integers_is_refused_and_harms_nothing(clu
         wait_for(lambda: any(n.id == "seq-probe" and n.state == types_pb2.NODE_STATE_LOST
                              for n in client.nodes(include_gone=True)), 30,
                  what="the probe node to be marked lost")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("data_json", ["{not json", "[1, 2]", "\"text\"", "{\"rank\": \"0\"}"])
+def test_an_agent_event_with_bad_data_is_ignored_and_keeps_the_stream(cluster, data_json):
+    """A control line's event (worker.inprocess) whose data is no JSON object, for a running
+    job: coordd drops it and goes on reading the node's stream; the job is untouched (checked
+    at the end of the module)."""
+    server, job_id = cluster
+    connect = AGENT_SERVICE.methods_by_name["Connect"]
+    stream = [agent_pb2.AgentMessage(register=agent_pb2.Register(node_id="event-probe")),
+              agent_pb2.AgentMessage(seq=1, event=agent_pb2.AgentEvent(
+                  job_id=job_id, generation=1, kind="worker.inprocess", data_json=data_json)),
+              agent_pb2.AgentMessage(seq=2, heartbeat=agent_pb2.Heartbeat())]
+    replies = call(server.channel(), AGENT_SERVICE, connect, server.agent_token,
+                   [m.SerializeToString() for m in stream], timeout=20)
+    acked = [agent_pb2.CoordinatorMessage.FromString(r).ack.upto for r in replies]
+    assert 2 in acked  # the heartbeat after the bad event was still applied
+    still_answers(server)

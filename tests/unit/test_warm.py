@@ -77,3 +77,22 @@ def test_a_job_that_sets_start_up_variables_starts_cold():
     assert startup_differs({**warm, "OMP_NUM_THREADS": "4"}, warm) == ["OMP_NUM_THREADS"]
     assert startup_differs({**warm, "TORCHFT_LIGHTHOUSE": "http://h:1"}, warm) == []
     assert startup_differs({"PATH": "/bin"}, warm) == ["PYTHONUNBUFFERED"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_warm_worker_logs_at_the_jobs_rust_log_level(tmp_path):
+    """torchft's native logger reads RUST_LOG once, when torchft is first imported; coord gives
+    in-process workers RUST_LOG=warn (torchft logs every quorum at info). A warm worker must
+    honour the job's value, not the one the interpreter had before its assignment."""
+    (tmp_path / "job.py").write_text(
+        "import time\n"
+        "from torchft._torchft import LighthouseServer\n"
+        "server = LighthouseServer(bind='127.0.0.1:0', min_replicas=1)\n"
+        "time.sleep(0.5)  # it logs from its own thread\n"
+        "server.shutdown()\n")
+    async with filled_pool() as pool:
+        proc = await pool.take("python job.py", tmp_path, worker_env({"RUST_LOG": "warn"}))
+        assert proc is not None
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert "[INFO]" not in err.decode()  # "Lighthouse listening on ..." is at info
