@@ -31,8 +31,9 @@ def coordd(tmp_path):
     server.stop()
 
 
-def submit(client, tmp_path: Path, step_sleep: float = 0.03, mode: str | None = "inprocess"):
-    """The example job on 3 nodes; `mode=None` leaves [fault_tolerance] at its default."""
+def submit(client, tmp_path: Path, step_sleep: float = 0.03, mode: str | None = "inprocess",
+           count: int = 3, spares: int = 0):
+    """The example job on `count` nodes; `mode=None` leaves [fault_tolerance] at its default."""
     work = tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work)
     fault = f'[fault_tolerance]\nmode = "{mode}"' if mode else ""
@@ -40,8 +41,9 @@ def submit(client, tmp_path: Path, step_sleep: float = 0.03, mode: str | None = 
         name = "inproc"
         run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
         [nodes]
-        count = 3
-        min = 2
+        count = {count}
+        min = {count - 1}
+        spares = {spares}
     """) + fault + "\n")
     return client.submit(work / "job.toml")
 
@@ -114,6 +116,38 @@ def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
     newcomer = joined[0]["added"][0]
     assert newcomer in final.node_ids
     healed = [l.text for l in client.logs(record.id, node=newcomer) if "DONE" in l.text]
+    assert healed and "healed_from_peer=True" in healed[0], healed
+
+
+@pytest.mark.timeout(180)
+def test_a_spare_takes_a_lost_nodes_place_warm_and_a_new_spare_is_asked_for(
+        coordd, client, tmp_path):
+    """`[nodes] spares = 1`: the idle node (its interpreter already warm) joins the survivor at
+    once, heals from it, and coordd asks for a spare to replace the one it used."""
+    record = submit(client, tmp_path, count=2, spares=1)
+    wait_for(lambda: len(client.nodes(job=record.id)) == 3 and reached(coordd, record.id, 40),
+             90, what="two nodes training, a spare idle, step 40")
+    members = list(client.get(record.id).node_ids)
+    [spare] = {n.id for n in client.nodes(job=record.id)} - set(members)
+    victim, survivor = members
+    before = worker_pids(record.id)[survivor]
+    asked = len(events(client, record.id, "nodes.requested"))
+    coordd.kill_node(victim, signal.SIGKILL)
+    joined = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
+                               if e["added"]], 60, what="the spare to join")
+    assert joined[0]["added"] == [spare]
+    wait_for(lambda: len(events(client, record.id, "nodes.requested")) > asked, 30,
+             what="a new spare to be asked for")
+    assert worker_pids(record.id).get(survivor) == before, "the survivor was restarted"
+    final = client.wait(record.id, timeout=120)
+    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.restarts == 0
+    assert_no_committed_step_lost(coordd, record.id)
+    started = [json.loads(line) for line in
+               (coordd.state_dir / "nodes" / spare / "agent.log").read_text().splitlines()
+               if '"worker.started"' in line]
+    assert [s["warm"] for s in started] == [True]  # no interpreter start on the critical path
+    healed = [l.text for l in client.logs(record.id, node=spare) if "DONE" in l.text]
     assert healed and "healed_from_peer=True" in healed[0], healed
 
 
