@@ -60,6 +60,7 @@ class Cancel:
 
 
 Event = NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | Cancel
+INPROCESS_JOINED = "inprocess.joined"
 
 
 class JobRunner:
@@ -77,17 +78,23 @@ class JobRunner:
         """After a coordd restart: the running workers' generation and each member's worker
         slot, from the newest membership event (in-process re-formations move the job's
         generation on without restarting workers, and joiners take fresh slots)."""
-        latest, confirmed = None, set()
+        latest, confirmed, joined = None, set(), []
         for event in await self.m.store.events_after(self.record.id):
             if event.kind in ("generation.started", "generation.reformed"):
                 latest = event
             elif event.kind == "inprocess.confirmed":
                 confirmed.add(json.loads(event.data_json).get("worker_generation"))
+            elif event.kind == INPROCESS_JOINED:
+                data = json.loads(event.data_json)
+                joined.append(WorkerInProcess(data.get("worker_generation"), data.get("node"),
+                                              data.get("rank")))
         if latest is None:
             return
         data = json.loads(latest.data_json)
         self.launch_generation = data.get("worker_generation", latest.generation)
         self.view.inprocess_confirmed = self.launch_generation in confirmed
+        # Each worker says once that it joined: those said before the restart still count.
+        self.view.inprocess_ranks = {j.rank for j in joined if self._counts(j)}
         slots = data.get("slots") or {n: i for i, n in enumerate(data.get("new_members", []))}
         self.view.slots = {node: slot for node, slot in slots.items()
                            if node in self.view.members}
@@ -100,6 +107,7 @@ class JobRunner:
         while not self.view.state.terminal:
             try:
                 event = await asyncio.wait_for(self.queue.get(), TICK_S)
+                await self._record(event)
                 self._apply(event)
             except TimeoutError:
                 pass
@@ -109,6 +117,19 @@ class JobRunner:
         self.m.bus.close("logs", self.record.id)
 
     # events --------------------------------------------------------------------------
+    def _counts(self, report: WorkerInProcess) -> bool:
+        return (report.generation == self.launch_generation
+                and report.node_id in self.view.members)
+
+    async def _record(self, event: Event) -> None:
+        """Persist, before it counts, an input a restarted coordd would not hear again: a
+        worker says only once that it joined the quorum service."""
+        if (isinstance(event, WorkerInProcess) and self._counts(event)
+                and event.rank not in self.view.inprocess_ranks):
+            await self.event(INPROCESS_JOINED, f"{event.node_id}: worker {event.rank} joined "
+                             "the quorum service", worker_generation=event.generation,
+                             node=event.node_id, rank=event.rank)
+
     def _apply(self, event: Event) -> None:
         match event:
             case NodeChanged(node):
@@ -120,9 +141,9 @@ class JobRunner:
             case WorkerExited(generation, exit_):
                 if generation == self.launch_generation and exit_.node_id in self.view.members:
                     self.view.exits.setdefault(exit_.rank, exit_)  # first report wins
-            case WorkerInProcess(generation, node_id, rank):
-                if generation == self.launch_generation and node_id in self.view.members:
-                    self.view.inprocess_ranks.add(rank)
+            case WorkerInProcess():
+                if self._counts(event):
+                    self.view.inprocess_ranks.add(event.rank)
             case Cancel(reason):
                 self.view.cancel_reason = reason
 

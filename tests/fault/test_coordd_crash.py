@@ -82,3 +82,53 @@ def test_a_restarted_coordd_stops_the_local_nodes_it_inherited(tmp_path):
         coordd.stop()
     assert not job_pids(job.id)
     assert not [pid for pid in agents if os.path.exists(f"/proc/{pid}")]
+
+
+REPORTER = """import os, pathlib, time
+from agent import control
+# Rank 1 says it joined the quorum service only once the test lets it (after coordd restarted).
+while os.environ["RANK"] == "1" and not pathlib.Path(os.environ["GO"]).exists():
+    time.sleep(0.1)
+control.emit("inprocess", replica=int(os.environ["RANK"]))
+time.sleep(600)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_restarted_coordd_remembers_which_workers_joined_the_quorum_service(tmp_path):
+    """Auto mode confirms in-process recovery once every worker has said it joined the quorum
+    service, and each says so once: a report made before a coordd crash must still count."""
+    pytest.importorskip("torchft")  # auto mode is restart where coordd has no torchft
+    listen, state = f"127.0.0.1:{free_port()}", tmp_path / "state"
+    go = tmp_path / "go"
+    (tmp_path / "reporter.py").write_text(REPORTER)
+    (tmp_path / "job.toml").write_text(textwrap.dedent(f"""
+        name = "reporter"
+        run = "python reporter.py"
+        [nodes]
+        count = 2
+        [env]
+        GO = "{go}"
+    """))
+    coordd = start_coordd(state, listen=listen)
+    try:
+        with coordd.client() as client:
+            job = client.submit(tmp_path / "job.toml")
+            wait_for(lambda: kinds(client, job.id).count("inprocess.joined") == 1, 60,
+                     what="rank 0's report")
+        coordd.process.send_signal(signal.SIGKILL)
+        coordd.process.wait()
+        coordd = start_coordd(state, listen=listen)
+        with coordd.client() as client:
+            wait_for(lambda: all(n.state == types_pb2.NODE_STATE_ASSIGNED
+                                 for n in client.nodes(job.id)), 30, what="the agents to return")
+            go.touch()
+            wait_for(lambda: "inprocess.confirmed" in kinds(client, job.id), 30,
+                     what="every worker's report to count")
+            client.cancel(job.id)
+    finally:
+        coordd.stop()
+
+
+def kinds(client, job_id: str) -> list[str]:
+    return [e.kind for e in client.watch(job_id, follow=False)]
