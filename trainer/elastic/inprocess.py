@@ -14,6 +14,13 @@ a peer vanished during the step every survivor's all-reduce fails, the step is d
 everywhere and redone in the quorum re-formed without the peer: the survivors keep their
 processes, and no committed step is lost.
 
+A quorum is not asked for every step. The flat buffer carries one more number, the replicas
+that want a quorum before the next step: one that leaves (SIGTERM), or one whose last quorum
+is `quorum_interval_s` old (a joiner waits in the quorum service at most that long). Every
+replica that commits the step reads the same sum, so all agree which steps begin with a
+quorum; a replica whose step was discarded always asks for one, and the group it closed fails
+its peers into asking too. A lost peer needs no quorum to be noticed: the all-reduce fails.
+
 A replica that joins a running job takes model, optimizer and position from a live peer over
 torchft's HTTP checkpoint transport (not from disk). The replica with quorum rank 0 writes
 durable fenced checkpoints every `ckpt_every` steps on a background thread; they are what a
@@ -65,12 +72,18 @@ class InProcessConfig:
     # on_step, the leader's copy of a model of many GB for its durable checkpoint) costs
     # everyone one redone step: raise it then.
     stall_s: float = 3.0
+    # Longest time between two quorums while nothing fails: the most a joiner waits for the
+    # running replicas to let it in. 0 asks for a quorum every step (torchft's way: on a
+    # 10 ms step its round trips cost several per cent).
+    quorum_interval_s: float = 0.1
     max_micro_batch: int | None = None
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
 
     def __post_init__(self) -> None:
         if self.ckpt_every < 1:
             raise ValueError("ckpt_every must be >= 1")
+        if self.quorum_interval_s < 0:
+            raise ValueError("quorum_interval_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,8 @@ class InProcessContext(BoundObjects):
         self._quorum: tuple[int, int | None] | None = None  # (size, rank) of the last quorum
         self._stale = False  # a step was discarded: plan the next by its own quorum
         self._quorum_started = 0.0
+        self._quorum_next = True  # agreed in the last step's all-reduce (or none yet)
+        self._leaving = False  # this replica said so in the last step's all-reduce
         self._manager = None
         self._store = None
         self._log = log.bind(replica=env.replica, generation=env.generation)
@@ -236,29 +251,40 @@ class InProcessContext(BoundObjects):
         if self._manager is None:
             raise RuntimeError("call ctx.restore(model, optimizer, scheduler) before ctx.loop()")
         sampler = GlobalSampler(dataset_size, self.state.data_seed)
-        while self.state.step < total_steps and not self.stop_flag.is_set():
-            # The quorum forms while the step computes on the share the previous quorum gave
-            # this replica; in the rare step whose quorum differs, the share is computed again
-            # (before any collective, so the others only wait for it).
-            self._quorum_started = time.monotonic()
-            self._manager.start_quorum()
-            guess = self._quorum if self._quorum and not self._stale else self._settle()
-            while True:
-                if self.state.step >= total_steps:  # healed straight to the end
-                    break
-                step = self._plan(sampler, guess, global_batch)
-                if step.micro_batches:  # a replica healing this step sits it out
-                    yield step
-                quorum = self._settle()
-                if quorum == guess and step.number == self.state.step + 1:  # (not healed)
-                    break
-                self._zero_grads()
-                guess = quorum
-            if self.state.step >= total_steps:
+        self._leaving = self.stop_flag.is_set()
+        while self.state.step < total_steps and not self._leaving:
+            step = yield from self._run_step(sampler, global_batch, total_steps)
+            if step is None:  # healed straight to the end
                 break
             if self._finish_step(step) and on_step is not None:
                 on_step(self.state)
         self._leave()
+
+    def _run_step(self, sampler: GlobalSampler, global_batch: int,
+                  total_steps: int) -> Iterator[Step]:
+        """Yield this replica's share of the next step; returns the step to finish.
+
+        On a quorum step the quorum forms while the step computes on the share the previous
+        quorum gave this replica; in the rare step whose quorum differs, the share is computed
+        again (before any collective, so the others only wait for it)."""
+        if not (self._quorum_next or self._stale):
+            step = self._plan(sampler, self._quorum, global_batch)
+            if step.micro_batches:
+                yield step
+            return step
+        self._quorum_started = time.monotonic()
+        self._manager.start_quorum()
+        guess = self._quorum if self._quorum and not self._stale else self._settle()
+        while self.state.step < total_steps:
+            step = self._plan(sampler, guess, global_batch)
+            if step.micro_batches:  # a replica healing this step sits it out
+                yield step
+            quorum = self._settle()
+            if quorum == guess and step.number == self.state.step + 1:  # (not healed)
+                return step
+            self._zero_grads()
+            guess = quorum
+        return None
 
     def _plan(self, sampler: GlobalSampler, quorum: tuple[int, int | None],
               global_batch: int) -> Step:
@@ -289,9 +315,12 @@ class InProcessContext(BoundObjects):
         model, optimizer, scheduler = self._require_bound()
         params = [p for p in model.parameters() if p.requires_grad]
         size = self._manager.num_participants()
+        leaving = self.stop_flag.is_set()  # sampled once: what the peers learn is what we do
+        due = time.monotonic() - self._quorum_started >= self.config.quorum_interval_s
+        tail = torch.tensor([step.loss_contribution * size, float(leaving or due) * size],
+                            device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                          for p in params]
-                         + [torch.tensor([step.loss_contribution * size], device=self.device)])
+                          for p in params] + [tail])
         self._manager.allreduce(flat).wait()
         if self._manager.errored() is not None:
             # Gloo's ring can leave a live peer waiting on this replica rather than on the
@@ -311,11 +340,14 @@ class InProcessContext(BoundObjects):
                 optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            self._advance(step, float(flat[-1]))
+            loss, wanted = flat[-2:].tolist()
+            self._quorum_next = wanted > 0
+            self._advance(step, loss)
         else:
             self.discarded += 1
             self._stale = True  # a peer likely left: plan the redo by the next quorum
             self._log.warning("step_discarded", step=step.number)
+        self._leaving = leaving
         self._zero_grads()
         return committed
 
