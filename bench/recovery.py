@@ -13,15 +13,16 @@ SIGKILLs one node that does not host the rendezvous (its launcher or agent, and 
 at the same step, and prints for each: seconds from the kill to the next completed step,
 steps lost (done, then done again after the resume), and the ratios. The in-process and
 torchft rows also give kill -> back at full size (the killed replica restarted at once and
-healed from a peer) and, after that, kill of the quorum service (Lighthouse) -> training going
+healed from a peer; coord boots a replacement node first, so its rows also give the time from
+that node's agent registering, the point where torchft's row starts) and, after that, kill of the quorum service (Lighthouse) -> training going
 again (coord restarts it; nothing restarts torchft's: "never" within --quorum-window).
 
 `steady` runs the job without failures (--steady-steps steps, no checkpoints) under plain DDP
 (torchrun --standalone, DistributedDataParallel + gloo, no fault tolerance), raw torchft and
 coord in-process, --rounds times in alternating order, and prints steps/s after a warm-up
 (median and spread) and each one's overhead against plain DDP. It does so twice: without step
-sleep (a ~12 ms step, nearly all of it synchronisation: the harshest case for a per-step
-quorum), and with --step-sleep (the issue's ~17 steps/s; the sleep stands for compute that
+sleep (a ~12 ms step, nearly all of it synchronisation: the harshest case for a quorum
+service), and with --step-sleep (the issue's ~17 steps/s; the sleep stands for compute that
 leaves the CPU free, as a GPU step does).
 
     .venv/bin/python bench/recovery.py                 # everything, 7-10 minutes on 2 cores
@@ -289,10 +290,16 @@ def _inprocess_extras(a: argparse.Namespace, client, job_id: str, ckpt: Path,
         return min(times) if times else None
     rejoined = wait_for(full_again, 60, interval=0.2, what="the replacement to join")
     rejoined += wait_for(lambda: steps_after(ckpt, rejoined), 30, what="a step at full size")
-    address = next(json.loads(e.data_json)["address"] for e in client.watch(job_id, follow=False)
+    events = list(client.watch(job_id, follow=False))
+    address = next(json.loads(e.data_json)["address"] for e in events
                    if e.kind == "quorum.started")
+    # The replacement node's agent registered: where torchft's row starts (its replica is
+    # restarted on the spot, with no node to boot).
+    node_up = min((t for e in events if "node_joined" in e.message
+                   and (t := e.time.seconds + e.time.nanos / 1e9) > killed_at), default=None)
     [pid] = _pids_with_arg(f"127.0.0.1:{address.rpartition(':')[2]}")
     return {"full_size_s": rejoined - killed_at,
+            "node_up_full_s": None if node_up is None else rejoined - node_up,
             "quorum_kill_s": kill_quorum_service(ckpt, lambda: os.kill(pid, signal.SIGKILL),
                                                  a.quorum_window)}
 
@@ -477,6 +484,9 @@ def show(results: list[Result], steady: list[Steady], a: argparse.Namespace) -> 
                torchft.recovery_s, 1)
         _ratio(f"{coord.name} / torchft: kill -> full size",
                coord.extra.get("full_size_s"), torchft.extra.get("full_size_s"), 1)
+        _ratio(f"{coord.name} / torchft: replacement up (coord: node registered; torchft: "
+               "replica restarted at the kill) -> full size",
+               coord.extra.get("node_up_full_s"), torchft.extra.get("full_size_s"), 1)
     for r in [*coords, torchft]:
         if r is not None and "quorum_kill_s" in r.extra:
             seconds = r.extra["quorum_kill_s"]

@@ -16,15 +16,17 @@ from trainer.elastic.ftglue import ReplicaClient  # noqa: E402
 
 class ScriptedClient:
     """Stands in for torchft's native client: answers `_quorum` with the next scripted
-    quorum, after `delay` seconds."""
+    quorum (id, members, max step[, members up to date]), after `delay` seconds."""
 
-    def __init__(self, *quorums: tuple[int, list[str], int], delay: float = 0.0) -> None:
+    def __init__(self, *quorums: tuple, delay: float = 0.0) -> None:
         self.quorums, self.delay, self.commits = list(quorums), delay, 0
 
     def _quorum(self, **kwargs):
         time.sleep(self.delay)
-        quorum_id, members, max_step = self.quorums.pop(0)
-        return SimpleNamespace(quorum_id=quorum_id, replica_ids=members, max_step=max_step)
+        quorum_id, members, max_step, *up_to_date = self.quorums.pop(0)
+        return SimpleNamespace(quorum_id=quorum_id, replica_ids=members, max_step=max_step,
+                               replica_world_size=len(members),
+                               max_world_size=up_to_date[0] if up_to_date else len(members))
 
     def should_commit(self, *args, **kwargs):
         self.commits += 1
@@ -51,6 +53,16 @@ def test_a_replica_behind_the_quorum_gets_a_new_group_id():
     wrapped, _ = client(ScriptedClient((3, ["a", "b"], 10), (3, ["a", "b"], 12)))
     before = wrapped._quorum(step=10).quorum_id
     assert wrapped._quorum(step=11).quorum_id != before  # steps were committed without it
+
+
+def test_a_quorum_that_lets_in_a_healing_joiner_says_so_until_the_next():
+    wrapped, _ = client(ScriptedClient((3, ["a", "b"], 10), (3, ["a", "b", "c"], 11, 2),
+                                       (3, ["a", "b", "c"], 12)))
+    seen = []
+    for step in (10, 11, 12):
+        wrapped._quorum(step=step)
+        seen.append(wrapped.healing)
+    assert seen == [False, True, False]  # "c" sat out the second quorum's first step
 
 
 def test_the_commit_vote_of_a_group_of_one_is_its_own():

@@ -45,6 +45,9 @@ class ReplicaClient:
         self._watchdog = Watchdog(stall_s, on_stall)
         self._last: tuple | None = None
         self._id = -1
+        # Some replicas of the last quorum were behind and sit its first step out to heal:
+        # they take part only from the next quorum, which should therefore come at once.
+        self.healing = False
 
     def _quorum(self, *args: Any, **kwargs: Any) -> Any:
         self._watchdog.arm()
@@ -52,6 +55,7 @@ class ReplicaClient:
             result = self._client._quorum(*args, **kwargs)
         finally:
             self._watchdog.disarm()
+        self.healing = result.replica_world_size > result.max_world_size
         key = (result.quorum_id, tuple(sorted(result.replica_ids)))
         behind = result.max_step > kwargs.get("step", result.max_step)
         if key != self._last or behind:

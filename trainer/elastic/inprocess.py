@@ -15,8 +15,9 @@ everywhere and redone in the quorum re-formed without the peer: the survivors ke
 processes, and no committed step is lost.
 
 A quorum is not asked for every step. The flat buffer carries one more number, the replicas
-that want a quorum before the next step: one that leaves (SIGTERM), or one whose last quorum
-is `quorum_interval_s` old (a joiner waits in the quorum service at most that long). Every
+that want a quorum before the next step: one that leaves (SIGTERM), one whose last quorum
+is `quorum_interval_s` old (a joiner waits in the quorum service at most that long), or one
+whose last quorum let in a joiner that heals (it takes part from the next quorum). Every
 replica that commits the step reads the same sum, so all agree which steps begin with a
 quorum; a replica whose step was discarded always asks for one, and the group it closed fails
 its peers into asking too. A lost peer needs no quorum to be noticed: the all-reduce fails.
@@ -316,7 +317,8 @@ class InProcessContext(BoundObjects):
         params = [p for p in model.parameters() if p.requires_grad]
         size = self._manager.num_participants()
         leaving = self.stop_flag.is_set()  # sampled once: what the peers learn is what we do
-        due = time.monotonic() - self._quorum_started >= self.config.quorum_interval_s
+        due = (time.monotonic() - self._quorum_started >= self.config.quorum_interval_s
+               or self._manager._client.healing)  # a healed joiner takes part from the next
         tail = torch.tensor([step.loss_contribution * size, float(leaving or due) * size],
                             device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
