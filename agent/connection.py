@@ -10,6 +10,8 @@ import socket
 
 import grpc
 import structlog
+from tenacity import (AsyncRetrying, retry_if_exception, stop_after_delay,
+                      wait_exponential_jitter)
 
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
@@ -19,6 +21,9 @@ from coordinator.transport import open_channel
 
 log = structlog.get_logger("agent.connection")
 MAX_MESSAGE = 80 * 2**20
+# A bundle fetch cut by a coordd restart is tried again for this long: a restarted coordd
+# takes its running jobs back, and a rank that failed to start would restart them all.
+BUNDLE_PATIENCE_S = 120.0
 
 
 class Drained(Exception):
@@ -43,6 +48,19 @@ class Connection:
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_time_ms", 10_000)])
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def fetch_bundle(self, job_id: str, digest: str) -> bytes:
+        """The job's bundle from coordd, tried again while coordd cannot be reached."""
+        async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_unreachable), reraise=True,
+                stop=stop_after_delay(BUNDLE_PATIENCE_S),
+                wait=wait_exponential_jitter(multiplier=0.2, max=5.0)):
+            with attempt:
+                chunks = self.stub.FetchBundle(
+                    agent_pb2.FetchBundleRequest(job_id=job_id, digest=digest),
+                    metadata=call_metadata(self.token))
+                return b"".join([chunk.data async for chunk in chunks])
+        raise AssertionError("unreachable")  # reraise=True: the loop returns or raises
 
     async def run_forever(self) -> None:
         """Connect, serve, and reconnect with exponential backoff and full jitter."""
@@ -115,3 +133,7 @@ class Connection:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE

@@ -52,9 +52,7 @@ async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Pa
     conn: Connection
 
     async def fetch_bundle(job_id: str, digest: str) -> bytes:
-        chunks = conn.stub.FetchBundle(agent_pb2.FetchBundleRequest(job_id=job_id, digest=digest),
-                                       metadata=(("authorization", f"Bearer {token}"),))
-        return b"".join([chunk.data async for chunk in chunks])
+        return await conn.fetch_bundle(job_id, digest)
 
     supervisor = Supervisor(workdir, outbox, fetch_bundle)
     supervisor.prewarm()  # before connecting: the interpreter warms while the node registers

@@ -47,6 +47,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task] = set()
         self._snapshot_dirs: set[Path] = set()
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
+        self._stopped: dict[str, int] = {}  # job id -> newest generation told to stop
         self.warm = WarmPool(MAX_LINE, worker_env({})) if WarmPool.enabled() else None
 
     def prewarm(self) -> None:
@@ -76,6 +77,16 @@ class Supervisor:
             for spec in msg.workers:
                 self._report(msg.job_id, msg.generation, spec.rank,
                              agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
+            return
+        if msg.generation <= self._stopped.get(msg.job_id, -1):
+            # Stopped while its bundle was fetched (across a coordd restart, say): starting
+            # it now would run two generations of the job on this node.
+            log.info("job.start_skipped", job=msg.job_id, generation=msg.generation,
+                     reason="the generation was stopped before its workers started")
+            for spec in msg.workers:
+                self._report(msg.job_id, msg.generation, spec.rank,
+                             agent_pb2.WORKER_PHASE_FAILED_TO_START,
+                             detail="stopped before it started")
             return
         for spec in msg.workers:
             await self._start_one(msg, spec, job_dir)
@@ -191,6 +202,8 @@ class Supervisor:
     # stop ----------------------------------------------------------------------------
     async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:
         """Stop the workers of `job_id` (every job when None) of `generation` or older."""
+        if job_id is not None:
+            self._stopped[job_id] = max(generation, self._stopped.get(job_id, -1))
         targets = [w for w in self.workers.values()
                    if (job_id is None or w.job_id == job_id) and w.generation <= generation]
         await asyncio.gather(*(self._stop_one(w, grace_s) for w in targets))
