@@ -38,6 +38,14 @@ class Worker:
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
+@dataclasses.dataclass(eq=False)
+class Preparing:
+    """A start whose job directory is being prepared; a stop meanwhile cancels it."""
+    job_id: str
+    generation: int
+    stopped: bool = False
+
+
 class Supervisor:
     def __init__(self, workdir: Path, outbox: Outbox,
                  fetch_bundle: Callable[[str, str], Awaitable[bytes]]):
@@ -47,7 +55,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task] = set()
         self._snapshot_dirs: set[Path] = set()
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
-        self._stopped: dict[str, int] = {}  # job id -> newest generation told to stop
+        self._preparing: set[Preparing] = set()  # starts still fetching or setting up
         self.warm = WarmPool(MAX_LINE, worker_env({})) if WarmPool.enabled() else None
 
     def prewarm(self) -> None:
@@ -70,26 +78,30 @@ class Supervisor:
 
     # start ---------------------------------------------------------------------------
     async def start(self, msg: agent_pb2.StartWorkers) -> None:
+        preparing = Preparing(msg.job_id, msg.generation)
+        self._preparing.add(preparing)
         try:
             job_dir = await self._prepare(msg)
         except Exception as exc:  # setup or bundle failure: every rank failed to start
             log.warning("job.prepare_failed", job=msg.job_id, error=str(exc))
-            for spec in msg.workers:
-                self._report(msg.job_id, msg.generation, spec.rank,
-                             agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
+            self._report_not_started(msg, str(exc))
             return
-        if msg.generation <= self._stopped.get(msg.job_id, -1):
+        finally:
+            self._preparing.discard(preparing)
+        if preparing.stopped:
             # Stopped while its bundle was fetched (across a coordd restart, say): starting
             # it now would run two generations of the job on this node.
             log.info("job.start_skipped", job=msg.job_id, generation=msg.generation,
                      reason="the generation was stopped before its workers started")
-            for spec in msg.workers:
-                self._report(msg.job_id, msg.generation, spec.rank,
-                             agent_pb2.WORKER_PHASE_FAILED_TO_START,
-                             detail="stopped before it started")
+            self._report_not_started(msg, "stopped before it started")
             return
         for spec in msg.workers:
             await self._start_one(msg, spec, job_dir)
+
+    def _report_not_started(self, msg: agent_pb2.StartWorkers, detail: str) -> None:
+        for spec in msg.workers:
+            self._report(msg.job_id, msg.generation, spec.rank,
+                         agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=detail)
 
     async def _prepare(self, msg: agent_pb2.StartWorkers) -> Path:
         from coordinator import bundle
@@ -202,8 +214,9 @@ class Supervisor:
     # stop ----------------------------------------------------------------------------
     async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:
         """Stop the workers of `job_id` (every job when None) of `generation` or older."""
-        if job_id is not None:
-            self._stopped[job_id] = max(generation, self._stopped.get(job_id, -1))
+        for preparing in self._preparing:
+            if (job_id is None or preparing.job_id == job_id) and preparing.generation <= generation:
+                preparing.stopped = True
         targets = [w for w in self.workers.values()
                    if (job_id is None or w.job_id == job_id) and w.generation <= generation]
         await asyncio.gather(*(self._stop_one(w, grace_s) for w in targets))

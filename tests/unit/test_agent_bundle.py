@@ -84,10 +84,11 @@ async def test_a_missing_bundle_is_an_error_at_once(tmp_path):
 
 
 @pytest.mark.timeout(30)
-async def test_a_generation_stopped_while_its_bundle_is_fetched_never_starts(tmp_path):
-    data, released = job_bundle(tmp_path), asyncio.Event()
+async def test_a_generation_stopped_while_its_bundle_is_fetched_is_not_started(tmp_path):
+    data, fetching, released = job_bundle(tmp_path), asyncio.Event(), asyncio.Event()
 
     async def slow_fetch(job_id: str, digest: str) -> bytes:
+        fetching.set()
         await released.wait()  # coordd is restarting
         return data
 
@@ -99,6 +100,7 @@ async def test_a_generation_stopped_while_its_bundle_is_fetched_never_starts(tmp
         workers=[agent_pb2.WorkerSpec(rank=0, env={"COORD_JOB_ID": "job",
                                                    "COORD_NODE_ID": "node-a"})])
     starting = asyncio.create_task(supervisor.start(start))
+    await asyncio.wait_for(fetching.wait(), 5)
     await supervisor.stop("job", 1, grace_s=1.0)  # the restarted coordd stops generation 1
     released.set()
     await asyncio.wait_for(starting, 10)
@@ -107,6 +109,8 @@ async def test_a_generation_stopped_while_its_bundle_is_fetched_never_starts(tmp
         [change] = [m.worker_state for m in drain(outbox) if m.HasField("worker_state")]
         assert change.phase == agent_pb2.WORKER_PHASE_FAILED_TO_START
         assert change.generation == 1 and "stopped before it started" in change.detail
+        await supervisor.start(start)  # a later start is not held against the old stop
+        assert [w.generation for w in supervisor.running()] == [1]
     finally:
         await supervisor.close(1.0)
 
