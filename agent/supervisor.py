@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -40,10 +40,11 @@ class Worker:
 
 @dataclasses.dataclass(eq=False)
 class Preparing:
-    """A start whose job directory is being prepared; a stop meanwhile cancels it."""
+    """A start still under way (job directory, then each rank): a stop meanwhile cancels
+    the ranks not yet started and stops those that were."""
     job_id: str
     generation: int
-    stopped: bool = False
+    stop_grace_s: float | None = None  # set by a stop that arrived meanwhile
 
 
 class Supervisor:
@@ -81,25 +82,32 @@ class Supervisor:
         preparing = Preparing(msg.job_id, msg.generation)
         self._preparing.add(preparing)
         try:
+            await self._start(msg, preparing)
+        finally:
+            self._preparing.discard(preparing)
+
+    async def _start(self, msg: agent_pb2.StartWorkers, preparing: Preparing) -> None:
+        try:
             job_dir = await self._prepare(msg)
         except Exception as exc:  # setup or bundle failure: every rank failed to start
             log.warning("job.prepare_failed", job=msg.job_id, error=str(exc))
-            self._report_not_started(msg, str(exc))
+            self._report_not_started(msg, msg.workers, str(exc))
             return
-        finally:
-            self._preparing.discard(preparing)
-        if preparing.stopped:
-            # Stopped while its bundle was fetched (across a coordd restart, say): starting
-            # it now would run two generations of the job on this node.
-            log.info("job.start_skipped", job=msg.job_id, generation=msg.generation,
-                     reason="the generation was stopped before its workers started")
-            self._report_not_started(msg, "stopped before it started")
-            return
-        for spec in msg.workers:
+        for i, spec in enumerate(msg.workers):
+            if preparing.stop_grace_s is not None:
+                # Stopped while its bundle was fetched (across a coordd restart, say):
+                # starting it now would run two generations of the job on this node.
+                log.info("job.start_skipped", job=msg.job_id, generation=msg.generation,
+                         reason="the generation was stopped before its workers started")
+                self._report_not_started(msg, msg.workers[i:], "stopped before it started")
+                break
             await self._start_one(msg, spec, job_dir)
+        if preparing.stop_grace_s is not None:  # the stop may have missed ranks mid-start
+            await self.stop(msg.job_id, msg.generation, preparing.stop_grace_s)
 
-    def _report_not_started(self, msg: agent_pb2.StartWorkers, detail: str) -> None:
-        for spec in msg.workers:
+    def _report_not_started(self, msg: agent_pb2.StartWorkers,
+                            specs: Iterable[agent_pb2.WorkerSpec], detail: str) -> None:
+        for spec in specs:
             self._report(msg.job_id, msg.generation, spec.rank,
                          agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=detail)
 
@@ -216,7 +224,7 @@ class Supervisor:
         """Stop the workers of `job_id` (every job when None) of `generation` or older."""
         for preparing in self._preparing:
             if (job_id is None or preparing.job_id == job_id) and preparing.generation <= generation:
-                preparing.stopped = True
+                preparing.stop_grace_s = grace_s
         targets = [w for w in self.workers.values()
                    if (job_id is None or w.job_id == job_id) and w.generation <= generation]
         await asyncio.gather(*(self._stop_one(w, grace_s) for w in targets))

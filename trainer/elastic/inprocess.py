@@ -71,12 +71,14 @@ class InProcessConfig:
     # A quorum pending this long closes this replica's old group, so peers stuck in a collective
     # on it fail now (ftglue). A replica that pauses longer between steps (an evaluation in
     # on_step, the leader's copy of a model of many GB for its durable checkpoint) costs
-    # everyone one redone step: raise it then.
+    # everyone one redone step (on a step without a quorum, once the pause passes timeout_s):
+    # raise both then.
     stall_s: float = 3.0
-    # Longest time between two quorums while nothing fails: the most a joiner waits for the
-    # running replicas to let it in. 0 asks for a quorum every step (torchft's way: on a
-    # 10 ms step its round trips cost several per cent).
-    quorum_interval_s: float = 0.1
+    # Longest time between two quorums while nothing fails: about the most a joiner waits for
+    # the running replicas to let it in (plus a step). Keep it under the Lighthouse's join
+    # timeout (100 ms): joiners waiting longer could be given a quorum of their own. 0 asks
+    # for a quorum every step (torchft's way: on a 10 ms step its round trips cost ~10 %).
+    quorum_interval_s: float = 0.05
     max_micro_batch: int | None = None
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
 
@@ -324,13 +326,6 @@ class InProcessContext(BoundObjects):
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                           for p in params] + [tail])
         self._manager.allreduce(flat).wait()
-        if self._manager.errored() is not None:
-            # Gloo's ring can leave a live peer waiting on this replica rather than on the
-            # dead one (seen: a survivor blocked 2.5 s, until a replacement made a quorum
-            # without it). Closing this replica's group now fails the peer's all-reduce too;
-            # the failed commit makes the Lighthouse give the next quorum a new id, and with
-            # it a new group.
-            self._manager._pg.abort()
         if self.state.step < self._floor:
             self._manager.report_error(RuntimeError(
                 f"joined at step {self.state.step}, below the durable step {self._floor}: "
@@ -346,8 +341,14 @@ class InProcessContext(BoundObjects):
             self._quorum_next = wanted > 0
             self._advance(step, loss)
         else:
+            # Close this replica's group: a peer may be waiting on it rather than on a dead
+            # one (gloo's ring: a survivor blocked 2.5 s, until a replacement made a quorum
+            # without it), or may have committed this step and go on without a quorum. Its
+            # next all-reduce fails now, so it asks for one too; the failed commit makes the
+            # Lighthouse give that quorum a new id, and with it a new group.
+            self._manager._pg.abort()
             self.discarded += 1
-            self._stale = True  # a peer likely left: plan the redo by the next quorum
+            self._stale = True  # plan the redo by the next quorum
             self._log.warning("step_discarded", step=step.number)
         self._leaving = leaving
         self._zero_grads()
