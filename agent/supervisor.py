@@ -222,11 +222,12 @@ class Supervisor:
     # stop ----------------------------------------------------------------------------
     async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:
         """Stop the workers of `job_id` (every job when None) of `generation` or older."""
-        for preparing in self._preparing:
-            if (job_id is None or preparing.job_id == job_id) and preparing.generation <= generation:
-                preparing.stop_grace_s = grace_s
-        targets = [w for w in self.workers.values()
-                   if (job_id is None or w.job_id == job_id) and w.generation <= generation]
+        def stopped(x: Worker | Preparing) -> bool:
+            return (job_id is None or x.job_id == job_id) and x.generation <= generation
+
+        for preparing in filter(stopped, self._preparing):
+            preparing.stop_grace_s = grace_s
+        targets = list(filter(stopped, self.workers.values()))
         await asyncio.gather(*(self._stop_one(w, grace_s) for w in targets))
 
     async def _stop_one(self, worker: Worker, grace_s: float) -> None:

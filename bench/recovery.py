@@ -14,8 +14,9 @@ at the same step, and prints for each: seconds from the kill to the next complet
 steps lost (done, then done again after the resume), and the ratios. The in-process and
 torchft rows also give kill -> back at full size (the killed replica restarted at once and
 healed from a peer; coord boots a replacement node first, so its rows also give the time from
-that node's agent registering, the point where torchft's row starts) and, after that, kill of the quorum service (Lighthouse) -> training going
-again (coord restarts it; nothing restarts torchft's: "never" within --quorum-window).
+that node's agent registering, the point where torchft's row starts) and, after that, kill of
+the quorum service (Lighthouse) -> training going again (coord restarts it; nothing restarts
+torchft's: "never" within --quorum-window).
 
 `steady` runs the job without failures (--steady-steps steps, no checkpoints) under plain DDP
 (torchrun --standalone, DistributedDataParallel + gloo, no fault tolerance), raw torchft and

@@ -16,7 +16,7 @@ processes, and no committed step is lost.
 
 A quorum is not asked for every step. The flat buffer carries one more number, the replicas
 that want a quorum before the next step: one that leaves (SIGTERM), one whose last quorum
-is `quorum_interval_s` old (a joiner waits in the quorum service at most that long), or one
+is `quorum_interval_s` old (a joiner waits in the quorum service about that long), or one
 whose last quorum let in a joiner that heals (it takes part from the next quorum). Every
 replica that commits the step reads the same sum, so all agree which steps begin with a
 quorum; a replica whose step was discarded always asks for one, and the group it closed fails
@@ -270,18 +270,17 @@ class InProcessContext(BoundObjects):
         On a quorum step the quorum forms while the step computes on the share the previous
         quorum gave this replica; in the rare step whose quorum differs, the share is computed
         again (before any collective, so the others only wait for it)."""
-        if not (self._quorum_next or self._stale):
-            step = self._plan(sampler, self._quorum, global_batch)
-            if step.micro_batches:
-                yield step
-            return step
-        self._quorum_started = time.monotonic()
-        self._manager.start_quorum()
+        due = self._quorum_next or self._stale
+        if due:
+            self._quorum_started = time.monotonic()
+            self._manager.start_quorum()
         guess = self._quorum if self._quorum and not self._stale else self._settle()
         while self.state.step < total_steps:
             step = self._plan(sampler, guess, global_batch)
             if step.micro_batches:  # a replica healing this step sits it out
                 yield step
+            if not due:
+                return step
             quorum = self._settle()
             if quorum == guess and step.number == self.state.step + 1:  # (not healed)
                 return step
