@@ -64,6 +64,13 @@ class Supervisor:
         if self.warm is not None and not self.running():
             self.warm.fill()
 
+    def _rewarm(self) -> None:
+        """An in-process worker joined its quorum, so its start-up no longer competes for the
+        CPU: start a warm interpreter beside it, and if it fails it restarts in place warm
+        (coordd restarts a failed replica on its node while the others keep training)."""
+        if self.warm is not None:
+            self.warm.fill()
+
     def recent_exits(self) -> list[agent_pb2.WorkerStateChange]:
         return list(self._exits.values())
 
@@ -199,6 +206,8 @@ class Supervisor:
             control = control_lines.parse(text, rank) if controls else None
             if control is not None:
                 event, data = control
+                if event == control_lines.WORKER_INPROCESS:
+                    self._rewarm()
                 self.outbox.put(agent_pb2.AgentMessage(event=agent_pb2.AgentEvent(
                     job_id=job_id, generation=generation, kind=event, data_json=json.dumps(data),
                     message=f"rank {rank}: {event}")))

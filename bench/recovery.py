@@ -7,14 +7,18 @@ Runs examples/elastic/train.py's job on 3 single-process "nodes" on loopback:
   * coord in in-process mode (`[fault_tolerance] mode = "inprocess"`, torchft underneath),
     and the same with `[nodes] spares = 1` (an idle node with a warm interpreter replaces the
     lost one at once);
+  * coord in in-process mode where only the worker process is killed and its node stays
+    (what the torchft row kills): coordd restarts it in place, from the warm interpreter the
+    agents keep beside running replicas (on by default on real machines; here set for this
+    row, --cold turns it off);
   * raw torchft 0.2.0 (bench/torchft_job.py: a `torchft_lighthouse`, three replica processes
     each with a Manager and ProcessGroupGloo), restarted by hand the way a torchft user would;
 SIGKILLs one node that does not host the rendezvous (its launcher or agent, and its worker)
 at the same step, and prints for each: seconds from the kill to the next completed step,
 steps lost (done, then done again after the resume), and the ratios. The in-process and
 torchft rows also give kill -> back at full size (the killed replica restarted at once and
-healed from a peer; coord boots a replacement node first, so its rows also give the time from
-that node's agent registering, the point where torchft's row starts) and, after that, kill of
+healed from a peer; where a node was killed coord boots a replacement node first, so those rows
+also give the time from that node's agent registering, the point where torchft's row starts) and, after that, kill of
 the quorum service (Lighthouse) -> training going again (coord restarts it; nothing restarts
 torchft's: "never" within --quorum-window).
 
@@ -26,7 +30,7 @@ sleep (a ~12 ms step, nearly all of it synchronisation: the harshest case for a 
 service), and with --step-sleep (the issue's ~17 steps/s; the sleep stands for compute that
 leaves the CPU free, as a GPU step does).
 
-    .venv/bin/python bench/recovery.py                 # everything, 7-10 minutes on 2 cores
+    .venv/bin/python bench/recovery.py                 # everything, about 12 minutes on 2 cores
     .venv/bin/python bench/recovery.py --only torchft  # one row (or steady, coord-inprocess, ...)
 """
 
@@ -50,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.localcluster import start_coordd, wait_for
-from coordinator.providers.procs import signal_tree
+from coordinator.providers.procs import session_pids, signal_tree
 from trainer.elastic import committed_history
 from trainer.elastic.steplog import STEPLOG_FILE
 
@@ -225,15 +229,18 @@ def _wait_all(procs: list[subprocess.Popen], timeout: float) -> bool:
 # -- coord ---------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def coord_job(a: argparse.Namespace, work: Path, mode: str, args: str,
-              spares: int = 0) -> Iterator[tuple]:
+def coord_job(a: argparse.Namespace, work: Path, mode: str, args: str, spares: int = 0,
+              warm: bool = False) -> Iterator[tuple]:
     """coordd with three local nodes (and `spares` idle ones) running the example job in
-    `mode`; yields (cluster, client, job id, checkpoint directory)."""
+    `mode`; yields (cluster, client, job id, checkpoint directory). `warm`: every agent keeps
+    a warm interpreter, as agents on their own machines do by default (the local provider
+    turns it on only for jobs with spares: its nodes share this machine's cores)."""
     job_dir = work / "job"
     shutil.copytree(EXAMPLE, job_dir, ignore=shutil.ignore_patterns("checkpoints"))
     (job_dir / "job.toml").write_text(textwrap.dedent(f"""
         name = "bench-recovery"
         run = "python train.py {args}"
+        max_restarts = 1
         [nodes]
         count = 3
         min = 2
@@ -241,8 +248,9 @@ def coord_job(a: argparse.Namespace, work: Path, mode: str, args: str,
         [fault_tolerance]
         mode = "{mode}"
     """))
-    cold = {"COORD_AGENT_WARM_START": "0"} if a.cold else {}
-    cluster = start_coordd(work / "state", env=cold)
+    env = {"COORD_AGENT_WARM_START": "0"} if a.cold else \
+        {"COORD_AGENT_WARM_START": "1"} if warm else {}
+    cluster = start_coordd(work / "state", env=env)
     try:
         with cluster.client() as client:
             job = client.submit(job_dir / "job.toml")
@@ -273,6 +281,35 @@ def run_coord(a: argparse.Namespace, work: Path, mode: str = "restart",
 
 def run_coord_inprocess(a: argparse.Namespace, work: Path) -> Result:
     return run_coord(a, work, mode="inprocess")
+
+
+def run_coord_inprocess_worker(a: argparse.Namespace, work: Path) -> Result:
+    """Only the worker process dies (its node stays), like the torchft row's kill: coordd
+    restarts it in place from the warm interpreter its agent keeps beside a running replica
+    (unless --cold), and it heals from a peer."""
+    with coord_job(a, work, "inprocess", train_args(a), warm=True) as (
+            cluster, client, job_id, ckpt):
+        wait_step(ckpt, a.kill_at, 120)
+        victim = client.get(job_id).node_ids[-1]
+        [worker] = _worker_pids(cluster.node_pid(victim), job_id)
+        killed_at = time.time()
+        os.kill(worker, signal.SIGKILL)
+        extra = _inprocess_extras(a, client, job_id, ckpt, killed_at)
+        final = client.wait(job_id, timeout=a.give_up_s)
+        return measure_in_place("coord-inprocess-worker", ckpt, killed_at, final.state == 5,
+                                extra)
+
+
+def _worker_pids(agent_pid: int, job_id: str) -> list[int]:
+    """The job's workers on a local node: processes of its agent's session working in the
+    job's directory (an idle warm interpreter works in the agent's)."""
+    found = []
+    for pid in session_pids(agent_pid):
+        with contextlib.suppress(OSError):
+            if pid != agent_pid and Path(os.readlink(f"/proc/{pid}/cwd")).parts[-2:] == (
+                    "jobs", job_id):
+                found.append(pid)
+    return found
 
 
 def run_coord_inprocess_spare(a: argparse.Namespace, work: Path) -> Result:
@@ -485,9 +522,10 @@ def show(results: list[Result], steady: list[Steady], a: argparse.Namespace) -> 
                torchft.recovery_s, 1)
         _ratio(f"{coord.name} / torchft: kill -> full size",
                coord.extra.get("full_size_s"), torchft.extra.get("full_size_s"), 1)
-        _ratio(f"{coord.name} / torchft: replacement up (coord: node registered; torchft: "
-               "replica restarted at the kill) -> full size",
-               coord.extra.get("node_up_full_s"), torchft.extra.get("full_size_s"), 1)
+        if coord.extra.get("node_up_full_s") is not None:  # a new node was booted
+            _ratio(f"{coord.name} / torchft: replacement up (coord: node registered; torchft: "
+                   "replica restarted at the kill) -> full size",
+                   coord.extra["node_up_full_s"], torchft.extra.get("full_size_s"), 1)
     for r in [*coords, torchft]:
         if r is not None and "quorum_kill_s" in r.extra:
             seconds = r.extra["quorum_kill_s"]
@@ -562,7 +600,8 @@ def main() -> None:
 RUNNERS: dict[str, Callable[[argparse.Namespace, Path], Result]] = {
     "torchrun": run_torchrun_default, "torchrun-tuned": run_torchrun_tuned,
     "coord": run_coord, "coord-inprocess": run_coord_inprocess,
-    "coord-inprocess+spare": run_coord_inprocess_spare, "torchft": run_torchft}
+    "coord-inprocess+spare": run_coord_inprocess_spare,
+    "coord-inprocess-worker": run_coord_inprocess_worker, "torchft": run_torchft}
 
 
 if __name__ == "__main__":

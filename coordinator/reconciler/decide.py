@@ -138,7 +138,7 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     failures = sorted((e for e in view.exits.values()
                        if e.code != 0 and e.node_id not in told_to_stop), key=lambda e: e.time)
     if failures:
-        return _on_failure(view, now, failures[0])
+        return _restart_in_place(view, failures) or _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
     newcomers = [n for n in view.healthy() if n not in view.members]
@@ -152,6 +152,26 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
         return [Reform(tuple(view.members) + added, added, cause="node_joined",
                        reason=f"{', '.join(added)} joined the running replicas")]
     return _stop_surplus(view) or _replenish(view)
+
+
+def _restart_in_place(view: JobView, failures: list[WorkerExit]) -> list[Action]:
+    """In-process mode: the workers that failed on nodes that stay healthy start again there
+    (under fresh slots), join the running quorum and heal from a live peer, the way torchft
+    restarts a replica in place; charged to max_restarts. [] (the restart path decides) when
+    no other replica runs to heal from, a failed node's other ranks still run, a failed
+    node is not healthy (its loss is handled as such), or the budget is spent."""
+    failed = sorted({e.node_id for e in failures})
+    healthy = set(view.healthy())
+    if view.restarts >= view.policy.max_restarts or not all(
+            n in healthy and view.all_exited(n) for n in failed):
+        return []
+    if not any(m in healthy and not view.all_exited(m) for m in view.members):
+        return []
+    first = failures[0]
+    reason = (f"rank {first.rank} on node {first.node_id} exited with code {first.code}: "
+              f"restarting {', '.join(failed)} in place")
+    return [ChargeRestart(), Reform(tuple(view.members), tuple(failed), cause="worker_failed",
+                                    reason=reason)]
 
 
 def _stop_surplus(view: JobView) -> list[Action]:

@@ -27,8 +27,9 @@ class StopGeneration:
 
 @dataclasses.dataclass(frozen=True)
 class Reform:
-    """In-process mode: the running replicas re-form in place as `members`; nobody is
-    restarted. Workers are started only on `added` nodes, which join the running quorum."""
+    """In-process mode: the running replicas re-form in place as `members`; no running
+    worker is restarted. Workers are started only on `added` nodes (new members, or members
+    whose workers failed and restart in place), which join the running quorum."""
     members: tuple[str, ...]
     added: tuple[str, ...]
     cause: str

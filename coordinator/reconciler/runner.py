@@ -139,7 +139,9 @@ class JobRunner:
                 for node in nodes:
                     self.view.nodes.setdefault(node.id, node)
             case WorkerExited(generation, exit_):
-                if generation == self.launch_generation and exit_.node_id in self.view.members:
+                # Only a current rank of a member counts (not one a restarted replica left).
+                if (generation == self.launch_generation and exit_.node_id in self.view.members
+                        and exit_.rank in self.view.ranks_of(exit_.node_id)):
                     self.view.exits.setdefault(exit_.rank, exit_)  # first report wins
             case WorkerInProcess():
                 if self._counts(event):
@@ -239,20 +241,23 @@ class JobRunner:
 
     async def _reform(self, action: plan.Reform) -> None:
         """Record an in-process re-formation as a generation of its own, then start workers
-        only on the added nodes: they join the running quorum and heal from a peer."""
+        only on the added nodes (new ones, or members whose workers restart in place): they
+        join the running quorum and heal from a peer."""
         old_members = self.view.members
         members = list(action.members)
         self.record.generation += 1
         self.record.node_ids = members
         await self.m.store.save_job(self.record)
         next_slot = max(self.view.slots.values(), default=-1) + 1
-        for offset, node_id in enumerate(action.added):
-            self.view.slots[node_id] = next_slot + offset
-        for node_id in set(old_members) - set(members):
+        # Dropped members, and members whose workers restart in place: their old ranks'
+        # exits and slots go (a restarted replica never reuses a rank).
+        for node_id in set(old_members) - (set(members) - set(action.added)):
             for rank in self.view.ranks_of(node_id):
                 self.view.exits.pop(rank, None)
             self.view.slots.pop(node_id, None)
             self.view.stopping_nodes.discard(node_id)
+        for offset, node_id in enumerate(action.added):
+            self.view.slots[node_id] = next_slot + offset
         self.view.members, self.view.generation = members, self.record.generation
         await self.event(
             "generation.reformed",

@@ -32,7 +32,7 @@ def coordd(tmp_path):
 
 
 def submit(client, tmp_path: Path, step_sleep: float = 0.03, mode: str | None = "inprocess",
-           count: int = 3, spares: int = 0):
+           count: int = 3, spares: int = 0, max_restarts: int = 0):
     """The example job on `count` nodes; `mode=None` leaves [fault_tolerance] at its default."""
     work = tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work)
@@ -40,6 +40,7 @@ def submit(client, tmp_path: Path, step_sleep: float = 0.03, mode: str | None = 
     (work / "job.toml").write_text(textwrap.dedent(f"""
         name = "inproc"
         run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
+        max_restarts = {max_restarts}
         [nodes]
         count = {count}
         min = {count - 1}
@@ -149,6 +150,46 @@ def test_a_spare_takes_a_lost_nodes_place_warm_and_a_new_spare_is_asked_for(
     assert [s["warm"] for s in started] == [True]  # no interpreter start on the critical path
     healed = [l.text for l in client.logs(record.id, node=spare) if "DONE" in l.text]
     assert healed and "healed_from_peer=True" in healed[0], healed
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_worker_restarts_in_place_warm_and_heals_while_the_others_train(tmp_path):
+    """Only the worker process dies (OOM, segfault); its node stays. Like torchft restarting
+    a replica, coordd starts it again on the same node, from the warm interpreter its agent
+    started beside it, and it heals from a live peer: nobody else restarts, no replacement
+    node is asked for, one restart is charged."""
+    server = start_coordd(tmp_path / "state", env={"COORD_AGENT_WARM_START": "1"})
+    try:
+        with server.client() as client:
+            record = submit(client, tmp_path, max_restarts=1)
+            wait_for(lambda: reached(server, record.id, 40), 90, what="step 40")
+            members = list(client.get(record.id).node_ids)
+            victim = members[1]
+            before = worker_pids(record.id)
+            agents = {n: server.node_pid(n) for n in members}
+            asked = len(events(client, record.id, "nodes.requested"))
+            [worker] = before[victim]
+            os.kill(worker, signal.SIGKILL)
+            [restart] = wait_for(lambda: events(client, record.id, "generation.reformed"), 30,
+                                 what="the worker to be restarted in place")
+            assert restart["cause"] == "worker_failed" and restart["added"] == [victim]
+            assert restart["new_members"] == members
+            final = client.wait(record.id, timeout=120)
+            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            assert final.restarts == 1 and list(final.node_ids) == members
+            assert all(worker_pids(record.id).get(n) in (None, before[n])
+                       for n in members if n != victim)  # (they may have exited already)
+            assert {n: server.node_pid(n) for n in members} == agents  # no node replaced
+            assert len(events(client, record.id, "nodes.requested")) == asked
+            assert_no_committed_step_lost(server, record.id)
+            done = [l.text for l in client.logs(record.id, node=victim) if "DONE" in l.text]
+            assert len(done) == 1 and "healed_from_peer=True" in done[0], done
+            starts = [json.loads(line) for line in
+                      (server.state_dir / "nodes" / victim / "agent.log").read_text().splitlines()
+                      if '"worker.started"' in line]
+            assert len(starts) == 2 and starts[1]["warm"], starts  # the second: in place, warm
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(180)

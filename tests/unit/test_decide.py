@@ -260,11 +260,12 @@ def step_inprocess(view: JobView, now: float) -> list:
         match a:
             case plan.Reform(members, added, _, _):
                 slots = {m: view.ranks_of(m).start for m in view.members}
-                for node_id in added:
-                    slots[node_id] = max(slots.values(), default=-1) + 1
+                next_slot = max(slots.values(), default=-1) + 1
+                for node_id in set(view.members) - (set(members) - set(added)):
+                    view.exits.pop(slots.pop(node_id), None)
+                for offset, node_id in enumerate(added):
+                    slots[node_id] = next_slot + offset
                     view.nodes[node_id].state = NodeState.ASSIGNED
-                for gone in set(view.members) - set(members):
-                    view.exits.pop(slots[gone], None)
                 view.slots = {m: slots[m] for m in members}
                 view.members, view.generation = list(members), view.generation + 1
             case plan.StopNodes(node_ids, _):
@@ -333,6 +334,43 @@ def test_inprocess_losing_every_replica_falls_back_to_a_restart_from_disk():
     actions = step_inprocess(view, 12)
     assert any(isinstance(a, plan.StartGeneration) for a in actions)
     assert view.state == JobState.RUNNING and view.members == ["n3", "n4"]
+
+
+def test_inprocess_a_failed_worker_restarts_in_place_under_a_fresh_rank_and_is_charged():
+    view = running_job(INPROCESS)
+    view.exits[1] = WorkerExit("n1", 1, -9, 10)  # OOM-killed, say; its node stays healthy
+    actions = step_inprocess(view, 10)  # at once: no settle, nobody else stops
+    assert kinds(actions) == [plan.ChargeRestart, plan.Reform]
+    reform = actions[1]
+    assert reform.cause == "worker_failed" and reform.added == ("n1",)
+    assert reform.members == ("n0", "n1", "n2") and "exited with code -9" in reform.reason
+    assert view.state == JobState.RUNNING and view.restarts == 1
+    assert list(view.ranks_of("n1")) == [3] and view.exits == {}
+    assert step_inprocess(view, 10.5) == []
+    view.exits[0] = WorkerExit("n0", 0, 1, 20)  # another failure: the budget (1) is spent
+    assert step_inprocess(view, 20) == []  # settling: a node loss may be the cause
+    [failed] = [a for a in step_inprocess(view, 21) if isinstance(a, plan.Transition)]
+    assert failed.to == JobState.FAILED and "max_restarts=1 used up" in failed.reason
+
+
+def test_inprocess_failed_workers_with_no_replica_left_take_the_restart_path():
+    view = running_job(INPROCESS)
+    for rank, node_id in enumerate(view.members):
+        view.exits[rank] = WorkerExit(node_id, rank, 1, 10)  # the script fails everywhere
+    step_inprocess(view, 10)
+    actions = step_inprocess(view, 11)
+    assert not any(isinstance(a, plan.Reform) for a in actions)
+    assert view.state == JobState.RECONFIGURING and view.restarts == 1
+
+
+def test_inprocess_a_failed_worker_on_a_suspect_node_is_not_restarted_there():
+    view = running_job(INPROCESS)
+    view.nodes["n1"].state = NodeState.SUSPECT
+    view.exits[1] = WorkerExit("n1", 1, -9, 10)
+    assert not any(isinstance(a, plan.Reform) for a in step_inprocess(view, 10))
+    view.nodes["n1"].state = NodeState.LOST  # it was the machine: dropped, not charged
+    [reform] = [a for a in step_inprocess(view, 10.5) if isinstance(a, plan.Reform)]
+    assert reform.cause == "node_lost" and view.restarts == 0
 
 
 def test_inprocess_replacement_is_asked_for_and_joins_while_the_lost_node_is_only_suspect():
