@@ -4,7 +4,8 @@ A worker prints one line `::coord::KIND JSON` on its standard output (the idea o
 Actions' workflow commands); the agent takes it out of the log stream and sends it to coordd as
 an AgentEvent of kind `worker.KIND`, with the worker's rank added to the JSON. Known kinds:
 
-    inprocess   this worker joined the job's quorum service as an in-process replica
+    inprocess   this worker joined the job's quorum service as an in-process replica and
+                committed its first step
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class Worker:
     generation: int
     rank: int
     process: asyncio.subprocess.Process
+    keep_warm: bool = False  # see StartWorkers.keep_warm
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
@@ -64,11 +65,12 @@ class Supervisor:
         if self.warm is not None and not self.running():
             self.warm.fill()
 
-    def _rewarm(self) -> None:
-        """An in-process worker joined its quorum, so its start-up no longer competes for the
-        CPU: start a warm interpreter beside it, and if it fails it restarts in place warm
-        (coordd restarts a failed replica on its node while the others keep training)."""
-        if self.warm is not None:
+    def _warm_beside(self, job_id: str, generation: int, rank: int) -> None:
+        """An in-process replica committed its first step, so its start (quorum, heal) no
+        longer competes for the CPU: if coordd would restart it in place should it fail, keep
+        a warm interpreter beside it for that restart."""
+        worker = self.workers.get((job_id, generation, rank))
+        if self.warm is not None and worker is not None and worker.keep_warm:
             self.warm.fill()
 
     def recent_exits(self) -> list[agent_pb2.WorkerStateChange]:
@@ -159,7 +161,7 @@ class Supervisor:
             self._report(msg.job_id, msg.generation, spec.rank,
                          agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
             return
-        worker = Worker(msg.job_id, msg.generation, spec.rank, proc)
+        worker = Worker(msg.job_id, msg.generation, spec.rank, proc, msg.keep_warm)
         self.workers[(msg.job_id, msg.generation, spec.rank)] = worker
         log.info("worker.started", job=msg.job_id, generation=msg.generation, rank=spec.rank,
                  pid=proc.pid, warm=warm)
@@ -207,7 +209,7 @@ class Supervisor:
             if control is not None:
                 event, data = control
                 if event == control_lines.WORKER_INPROCESS:
-                    self._rewarm()
+                    self._warm_beside(job_id, generation, rank)
                 self.outbox.put(agent_pb2.AgentMessage(event=agent_pb2.AgentEvent(
                     job_id=job_id, generation=generation, kind=event, data_json=json.dumps(data),
                     message=f"rank {rank}: {event}")))

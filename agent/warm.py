@@ -3,9 +3,10 @@
 assignment, so a replacement node's first worker does not pay interpreter start-up and those
 imports (about 2.5 s on a small CPU host) on the critical path.
 
-The agent keeps one ready while it is idle, and beside a worker once that worker has joined
-its job's quorum as an in-process replica, for a restart in place (on by default;
-COORD_AGENT_WARM_START=0 turns it off: it costs an idle interpreter's memory per node). A job's command can take it only when it
+The agent keeps one ready while it is idle, and beside an in-process replica that coordd
+would restart in place (StartWorkers.keep_warm) once it committed its first step (on by
+default; COORD_AGENT_WARM_START=0 turns it off: it costs an idle interpreter's memory).
+A job's command can take it only when it
 is exactly `python SCRIPT.py [ARGS...]` or `python -m MODULE [ARGS...]` and the job sets none of
 the variables an interpreter or torch reads at start-up to other values than the warm one has
 (PYTHON*, OMP_*, MKL_*, KMP_*, TORCH_*, PYTORCH_*, LD_*): the warm process then receives the

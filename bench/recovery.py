@@ -17,9 +17,9 @@ SIGKILLs one node that does not host the rendezvous (its launcher or agent, and 
 at the same step, and prints for each: seconds from the kill to the next completed step,
 steps lost (done, then done again after the resume), and the ratios. The in-process and
 torchft rows also give kill -> back at full size (the killed replica restarted at once and
-healed from a peer; where a node was killed coord boots a replacement node first, so those rows
-also give the time from that node's agent registering, the point where torchft's row starts) and, after that, kill of
-the quorum service (Lighthouse) -> training going again (coord restarts it; nothing restarts
+healed from a peer; where a node was killed coord boots a replacement node first, so those
+rows also give the time from that node's agent registering, the point where torchft's row
+starts) and, after that, kill of the quorum service (Lighthouse) -> training going again (coord restarts it; nothing restarts
 torchft's: "never" within --quorum-window).
 
 `steady` runs the job without failures (--steady-steps steps, no checkpoints) under plain DDP
@@ -237,6 +237,7 @@ def coord_job(a: argparse.Namespace, work: Path, mode: str, args: str, spares: i
     turns it on only for jobs with spares: its nodes share this machine's cores)."""
     job_dir = work / "job"
     shutil.copytree(EXAMPLE, job_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    # max_restarts: the worker row's in-place restart is charged to it (a node loss is not).
     (job_dir / "job.toml").write_text(textwrap.dedent(f"""
         name = "bench-recovery"
         run = "python train.py {args}"

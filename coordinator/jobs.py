@@ -240,7 +240,8 @@ class JobManager:
                 workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=local_rank, env=env))
             self.nodes.send(node_id, agent_pb2.CoordinatorMessage(start=agent_pb2.StartWorkers(
                 job_id=record.id, generation=generation, command=spec.run,
-                setup=spec.setup or "", bundle_digest=record.bundle_digest, workers=workers)))
+                setup=spec.setup or "", bundle_digest=record.bundle_digest, workers=workers,
+                keep_warm=bool(lighthouse) and record.restarts < spec.max_restarts)))
 
 
 def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: bool,

@@ -135,12 +135,18 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
         return [StopNodes(leaving, reason)] + _replenish(view)
     told_to_stop = view.stopping_nodes | {m for m in view.members
                                           if view.nodes[m].state == NodeState.DRAINING}
-    failures = sorted((e for e in view.exits.values()
-                       if e.code != 0 and e.node_id not in told_to_stop), key=lambda e: e.time)
+    unasked = sorted((e for e in view.exits.values() if e.node_id not in told_to_stop),
+                     key=lambda e: e.time)
+    failures = [e for e in unasked if e.code != 0]
+    # A replica that exits 0 unasked has trained to the end (all commit the same steps).
+    finished = [e for e in unasked if e.code == 0]
     if failures:
-        return _restart_in_place(view, failures) or _on_failure(view, now, failures[0])
+        restart = [] if finished else _restart_in_place(view, failures)
+        return restart or _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
+    if finished:
+        return _stop_stragglers(view, now, finished[0])
     newcomers = [n for n in view.healthy() if n not in view.members]
     # A suspect member does not hold a place (if it comes back after its replacement joined,
     # `_stop_surplus` trims the job back to its target), unless it is only reconnecting to a
@@ -172,6 +178,20 @@ def _restart_in_place(view: JobView, failures: list[WorkerExit]) -> list[Action]
               f"restarting {', '.join(failed)} in place")
     return [ChargeRestart(), Reform(tuple(view.members), tuple(failed), cause="worker_failed",
                                     reason=reason)]
+
+
+def _stop_stragglers(view: JobView, now: float, first: WorkerExit) -> list[Action]:
+    """Training is over: workers still running `finish_grace_s` after the first replica
+    finished are stopped (a replica started to join after its last peer finished would wait
+    for a quorum forever); the job then succeeds on their exits."""
+    if now - first.time < view.policy.finish_grace_s:
+        return []
+    running = tuple(m for m in view.members
+                    if not view.all_exited(m) and m not in view.stopping_nodes)
+    if not running:
+        return []
+    return [StopNodes(running, f"rank {first.rank} finished training "
+                               f"{view.policy.finish_grace_s:g} s ago and these have not exited")]
 
 
 def _stop_surplus(view: JobView) -> list[Action]:

@@ -182,7 +182,7 @@ class JobRunner:
                     self.view.nodes[node_id].state = NodeState.GONE
                     await self.m.nodes.release(node_id, reason)
             case plan.ChargeRestart():
-                self.record.restarts += 1  # persisted with the transition that follows
+                self.record.restarts += 1  # persisted with the transition or re-formation after it
                 self.view.restarts = self.record.restarts
             case plan.MarkBelowMinimum(since):
                 self.view.below_min_since = since

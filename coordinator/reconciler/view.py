@@ -48,6 +48,9 @@ class Policy:
     # Workers that exit with PEER_LOST_EXIT say a peer vanished: give node-loss detection
     # (heartbeats included) time to confirm before the job is charged.
     peer_failure_settle_s: float = 7.0
+    # In-process mode: workers still running this long after a replica finished training are
+    # stopped (generous: the leader may still be writing the final durable checkpoint).
+    finish_grace_s: float = 120.0
     # Joins that arrive within this window are taken in one reconfiguration.
     scale_up_settle_s: float = 2.0
     # A generation runs at least this long before a scale-up restarts it: growing back must

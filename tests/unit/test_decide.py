@@ -353,6 +353,28 @@ def test_inprocess_a_failed_worker_restarts_in_place_under_a_fresh_rank_and_is_c
     assert failed.to == JobState.FAILED and "max_restarts=1 used up" in failed.reason
 
 
+def test_inprocess_a_failure_after_a_replica_finished_is_not_restarted_in_place():
+    """Training is over: a joiner started now could find no peer left to heal from."""
+    view = running_job(INPROCESS)
+    view.exits[0] = WorkerExit("n0", 0, 0, 10)
+    view.exits[1] = WorkerExit("n1", 1, -11, 10.1)  # a crash in teardown, say
+    assert not any(isinstance(a, plan.Reform) for a in step_inprocess(view, 10.2))
+
+
+def test_inprocess_workers_still_running_long_after_training_finished_are_stopped():
+    view = running_job(INPROCESS)
+    view.exits[0] = WorkerExit("n0", 0, 0, 10)
+    view.exits[1] = WorkerExit("n1", 1, 0, 10)  # n2's worker waits for a quorum forever
+    assert step_inprocess(view, 10 + INPROCESS.finish_grace_s - 1) == []
+    [stop] = step_inprocess(view, 10 + INPROCESS.finish_grace_s)
+    assert isinstance(stop, plan.StopNodes) and stop.node_ids == ("n2",)
+    assert step_inprocess(view, 131) == []
+    view.exits[2] = WorkerExit("n2", 2, -9, 140)  # killed at the end of its stop grace
+    step_inprocess(view, 140)
+    step_inprocess(view, 140.1)
+    assert view.state == JobState.SUCCEEDED and view.restarts == 0
+
+
 def test_inprocess_failed_workers_with_no_replica_left_take_the_restart_path():
     view = running_job(INPROCESS)
     for rank, node_id in enumerate(view.members):

@@ -163,6 +163,7 @@ class InProcessContext(BoundObjects):
                                       job_id=env.job_id)
         self._steplog: StepLog | None = None
         self._was_leader = False
+        self._was_replica = False  # has committed a step (and told coord so)
         # A joiner commits nothing below the newest durable step: it must first heal from a
         # replica that holds the job's state. Otherwise joiners that meet while the last
         # survivor is busy could start a new lineage from their fresh weights.
@@ -217,8 +218,6 @@ class InProcessContext(BoundObjects):
         importlib.import_module("torch._dynamo")
         self._manager = self._make_manager()
         self._manager.load_state_dict({"step": self.state.step, "batches_committed": 0})
-        if self.env.job_id:  # under coord: a node loss may now re-form this job in place
-            control.emit("inprocess", replica=self.env.replica)
         return self.state
 
     def _make_manager(self):
@@ -371,7 +370,11 @@ class InProcessContext(BoundObjects):
             steplog.append(step.number, self.env.generation, loss, self.state.samples_seen)
             if step.number % self.config.ckpt_every == 0:
                 self._durable.offer(step.number, self._state_dict())
-        self._was_leader = leader
+        if not self._was_replica and self.env.job_id:
+            # Under coord: a node loss may now re-form this job in place, and this replica's
+            # start (quorum, heal) is over, so its agent may warm an interpreter beside it.
+            control.emit("inprocess", replica=self.env.replica)
+        self._was_leader, self._was_replica = leader, True
 
     def _leave(self) -> None:
         """After the last committed step: make it durable if we lead, then leave."""

@@ -171,20 +171,22 @@ class WorkerSpec(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., local_rank: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StartWorkers(_message.Message):
-    __slots__ = ("job_id", "generation", "command", "setup", "bundle_digest", "workers")
+    __slots__ = ("job_id", "generation", "command", "setup", "bundle_digest", "workers", "keep_warm")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     SETUP_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_WARM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     generation: int
     command: str
     setup: str
     bundle_digest: str
     workers: _containers.RepeatedCompositeFieldContainer[WorkerSpec]
-    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., command: _Optional[str] = ..., setup: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerSpec, _Mapping]]] = ...) -> None: ...
+    keep_warm: bool
+    def __init__(self, job_id: _Optional[str] = ..., generation: _Optional[int] = ..., command: _Optional[str] = ..., setup: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., workers: _Optional[_Iterable[_Union[WorkerSpec, _Mapping]]] = ..., keep_warm: _Optional[bool] = ...) -> None: ...
 
 class StopWorkers(_message.Message):
     __slots__ = ("job_id", "generation", "grace_s", "reason")
