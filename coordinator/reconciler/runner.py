@@ -78,10 +78,12 @@ class JobRunner:
         """After a coordd restart: the running workers' generation and each member's worker
         slot, from the newest membership event (in-process re-formations move the job's
         generation on without restarting workers, and joiners take fresh slots)."""
-        latest, confirmed, joined = None, set(), []
+        latest, confirmed, joined, highest = None, set(), [], -1
         for event in await self.m.store.events_after(self.record.id):
             if event.kind in ("generation.started", "generation.reformed"):
                 latest = event
+                floor = -1 if event.kind == "generation.started" else highest  # numbered anew
+                highest = max([floor, *_slots(json.loads(event.data_json)).values()])
             elif event.kind == "inprocess.confirmed":
                 confirmed.add(json.loads(event.data_json).get("worker_generation"))
             elif event.kind == INPROCESS_JOINED:
@@ -95,9 +97,9 @@ class JobRunner:
         self.view.inprocess_confirmed = self.launch_generation in confirmed
         # Each worker says once that it joined: those said before the restart still count.
         self.view.inprocess_ranks = {j.rank for j in joined if self._counts(j)}
-        slots = data.get("slots") or {n: i for i, n in enumerate(data.get("new_members", []))}
-        self.view.slots = {node: slot for node, slot in slots.items()
+        self.view.slots = {node: slot for node, slot in _slots(data).items()
                            if node in self.view.members}
+        self.view.next_slot = highest + 1
 
     def post(self, event: Event) -> None:
         self.queue.put_nowait(event)
@@ -220,6 +222,7 @@ class JobRunner:
         master_port = self.m.nodes.free_port(master.id) or master.free_port
         self.view.members, self.view.generation, self.view.exits = members, gen, {}
         self.view.slots = {node_id: index for index, node_id in enumerate(members)}
+        self.view.next_slot = len(members)
         self.view.stopping_nodes = set()
         self.view.inprocess_ranks, self.view.inprocess_confirmed = set(), False
         self.launch_generation = gen
@@ -248,7 +251,7 @@ class JobRunner:
         self.record.generation += 1
         self.record.node_ids = members
         await self.m.store.save_job(self.record)
-        next_slot = max(self.view.slots.values(), default=-1) + 1
+        next_slot = max(self.view.next_slot, max(self.view.slots.values(), default=-1) + 1)
         # Dropped members, and members whose workers restart in place: their old ranks'
         # exits and slots go (a restarted replica never reuses a rank).
         for node_id in set(old_members) - (set(members) - set(action.added)):
@@ -258,6 +261,7 @@ class JobRunner:
             self.view.stopping_nodes.discard(node_id)
         for offset, node_id in enumerate(action.added):
             self.view.slots[node_id] = next_slot + offset
+        self.view.next_slot = next_slot + len(action.added)
         self.view.members, self.view.generation = members, self.record.generation
         await self.event(
             "generation.reformed",
@@ -312,3 +316,8 @@ class JobRunner:
                                                  message, data)
         self.m.bus.publish("events", self.record.id, record)
         self.log.info(kind, message=message, generation=self.record.generation, **data)
+
+
+def _slots(data: dict[str, Any]) -> dict[str, int]:
+    """A membership event's node -> replica slot (a generation's start: its rank order)."""
+    return data.get("slots") or {n: i for i, n in enumerate(data.get("new_members", []))}

@@ -85,6 +85,7 @@ class JobView:
     # In-process mode: each member's replica slot (its workers' ranks never change while it
     # runs) and the nodes already told to stop because they are leaving.
     slots: dict[str, int] = dataclasses.field(default_factory=dict)
+    next_slot: int = 0  # slots are never reused, not even those of members since dropped
     stopping_nodes: set[str] = dataclasses.field(default_factory=set)
     # Auto mode: ranks of the running generation that joined the quorum as in-process
     # replicas, and whether all of them did (recorded once: then the job runs in-process

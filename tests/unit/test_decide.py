@@ -260,7 +260,8 @@ def step_inprocess(view: JobView, now: float) -> list:
         match a:
             case plan.Reform(members, added, _, _):
                 slots = {m: view.ranks_of(m).start for m in view.members}
-                next_slot = max(slots.values(), default=-1) + 1
+                next_slot = max(view.next_slot, max(slots.values(), default=-1) + 1)
+                view.next_slot = next_slot + len(added)
                 for node_id in set(view.members) - (set(members) - set(added)):
                     view.exits.pop(slots.pop(node_id), None)
                 for offset, node_id in enumerate(added):
@@ -272,8 +273,9 @@ def step_inprocess(view: JobView, now: float) -> list:
                 view.stopping_nodes.update(node_ids)
             case plan.ConfirmInProcess():
                 view.inprocess_confirmed = True
-            case plan.StartGeneration():
+            case plan.StartGeneration(node_ids, _):
                 view.inprocess_ranks, view.inprocess_confirmed = set(), False
+                view.slots, view.next_slot = {}, len(node_ids)
     apply(view, [a for a in actions if not isinstance(a, (plan.Reform, plan.StopNodes))], now)
     return actions
 
@@ -489,3 +491,47 @@ def test_spares_are_kept_ready_and_take_a_lost_nodes_place_at_once():
     join(view, "n5", 11)  # one more than asked for: handed back
     actions = step_inprocess(view, 11)
     assert [a.node_ids for a in actions if isinstance(a, plan.Release)] == [("n5",)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_inprocess_invariants_hold_under_random_events(sequence):
+    """Random losses, joins and exits in in-process mode: restarts stay within the budget,
+    a member's rank is never reused, and a second look at the same view asks for nothing."""
+    view = running_job(dataclasses.replace(INPROCESS, max_restarts=2))
+    now, joined, used = 1.0, 3, {0, 1, 2}
+    for kind, index, dt in sequence:
+        now += dt
+        ids = sorted(view.nodes)
+        node = view.nodes[ids[index % len(ids)]]
+        if kind == "lose" and node.state != NodeState.GONE:
+            node.state = NodeState.LOST
+        elif kind == "suspect" and node.state in (NodeState.READY, NodeState.ASSIGNED):
+            node.state = NodeState.SUSPECT
+        elif kind == "recover" and node.state == NodeState.SUSPECT:
+            node.state = NodeState.ASSIGNED
+        elif kind == "join" and view.requested:
+            join(view, f"n{joined}", now)
+            joined += 1
+        elif kind.startswith("exit") and view.members:
+            member = view.members[index % len(view.members)]
+            rank = view.ranks_of(member).start
+            view.exits.setdefault(rank, WorkerExit(member, rank, int(kind[-1]), now))
+        actions = step_inprocess(view, now)
+        for a in actions:
+            if isinstance(a, plan.Reform):
+                fresh = {view.slots[n] for n in a.added}
+                assert not fresh & used, "a rank was reused"
+                used |= fresh
+            elif isinstance(a, plan.StartGeneration):  # a new generation numbers from 0
+                used = set(range(len(a.node_ids)))
+        assert view.restarts <= 2
+        assert view.requested >= 0
+        if view.state.terminal:
+            assert decide(view, now + 1000) == []
+            break
+        # A step that changed the state or the membership may lead to a next one.
+        if not any(isinstance(a, (plan.Transition, plan.Reform, plan.StartGeneration))
+                   for a in actions):
+            again = [a for a in decide(view, now) if not isinstance(a, plan.MarkBelowMinimum)]
+            assert again == [], again
