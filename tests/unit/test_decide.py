@@ -188,6 +188,27 @@ events = st.lists(st.tuples(
     st.integers(0, 5), st.floats(0.01, 20)), max_size=60)
 
 
+def happen(view: JobView, kind: str, index: int, now: float, joined: int) -> int:
+    """One random event from `events` (index picks the node or member); returns how many
+    nodes have joined so far (the next one's number)."""
+    ids = sorted(view.nodes)
+    node = view.nodes[ids[index % len(ids)]]
+    if kind == "lose" and node.state != NodeState.GONE:
+        node.state = NodeState.LOST
+    elif kind == "suspect" and node.state in (NodeState.READY, NodeState.ASSIGNED):
+        node.state = NodeState.SUSPECT
+    elif kind == "recover" and node.state == NodeState.SUSPECT:
+        node.state = NodeState.ASSIGNED
+    elif kind == "join" and view.requested:
+        join(view, f"n{joined}", now)
+        return joined + 1
+    elif kind.startswith("exit") and view.members:
+        member = view.members[index % len(view.members)]
+        rank = view.ranks_of(member).start
+        view.exits.setdefault(rank, WorkerExit(member, rank, int(kind[-1]), now))
+    return joined
+
+
 @settings(max_examples=300, deadline=None)
 @given(events)
 def test_invariants_hold_under_random_events(sequence):
@@ -195,20 +216,7 @@ def test_invariants_hold_under_random_events(sequence):
     now, joined = 1.0, 3
     for kind, index, dt in sequence:
         now += dt
-        ids = sorted(view.nodes)
-        node = view.nodes[ids[index % len(ids)]]
-        if kind == "lose" and node.state != NodeState.GONE:
-            node.state = NodeState.LOST
-        elif kind == "suspect" and node.state in (NodeState.READY, NodeState.ASSIGNED):
-            node.state = NodeState.SUSPECT
-        elif kind == "recover" and node.state == NodeState.SUSPECT:
-            node.state = NodeState.ASSIGNED
-        elif kind == "join" and view.requested:
-            join(view, f"n{joined}", now)
-            joined += 1
-        elif kind.startswith("exit") and view.members:
-            rank = index % len(view.members)
-            view.exits.setdefault(rank, WorkerExit(view.members[rank], rank, int(kind[-1]), now))
+        joined = happen(view, kind, index, now, joined)
         before_state, before_gen = view.state, view.generation
         actions = step(view, now)
         for a in actions:
@@ -502,21 +510,7 @@ def test_inprocess_invariants_hold_under_random_events(sequence):
     now, joined, used = 1.0, 3, {0, 1, 2}
     for kind, index, dt in sequence:
         now += dt
-        ids = sorted(view.nodes)
-        node = view.nodes[ids[index % len(ids)]]
-        if kind == "lose" and node.state != NodeState.GONE:
-            node.state = NodeState.LOST
-        elif kind == "suspect" and node.state in (NodeState.READY, NodeState.ASSIGNED):
-            node.state = NodeState.SUSPECT
-        elif kind == "recover" and node.state == NodeState.SUSPECT:
-            node.state = NodeState.ASSIGNED
-        elif kind == "join" and view.requested:
-            join(view, f"n{joined}", now)
-            joined += 1
-        elif kind.startswith("exit") and view.members:
-            member = view.members[index % len(view.members)]
-            rank = view.ranks_of(member).start
-            view.exits.setdefault(rank, WorkerExit(member, rank, int(kind[-1]), now))
+        joined = happen(view, kind, index, now, joined)
         actions = step_inprocess(view, now)
         for a in actions:
             if isinstance(a, plan.Reform):
