@@ -267,11 +267,13 @@ def step_inprocess(view: JobView, now: float) -> list:
     for a in actions:
         match a:
             case plan.Reform(members, added, _, _):
-                slots = {m: view.ranks_of(m).start for m in view.members}
+                slots = {m: view.slots.get(m, i) for i, m in enumerate(view.members)}
                 next_slot = max(view.next_slot, max(slots.values(), default=-1) + 1)
                 view.next_slot = next_slot + len(added)
                 for node_id in set(view.members) - (set(members) - set(added)):
-                    view.exits.pop(slots.pop(node_id), None)
+                    for rank in view.ranks_of(node_id):
+                        view.exits.pop(rank, None)
+                    del slots[node_id]
                 for offset, node_id in enumerate(added):
                     slots[node_id] = next_slot + offset
                     view.nodes[node_id].state = NodeState.ASSIGNED
@@ -361,6 +363,16 @@ def test_inprocess_a_failed_worker_restarts_in_place_under_a_fresh_rank_and_is_c
     assert step_inprocess(view, 20) == []  # settling: a node loss may be the cause
     [failed] = [a for a in step_inprocess(view, 21) if isinstance(a, plan.Transition)]
     assert failed.to == JobState.FAILED and "max_restarts=1 used up" in failed.reason
+
+
+def test_inprocess_a_node_of_several_replicas_restarts_in_place_only_when_all_failed():
+    view = running_job(dataclasses.replace(INPROCESS, nproc_per_node=2, max_restarts=2))
+    view.exits[2] = WorkerExit("n1", 2, -9, 10)  # n1's rank 3 still trains
+    assert not any(isinstance(a, plan.Reform) for a in step_inprocess(view, 10))
+    view.exits[3] = WorkerExit("n1", 3, -9, 10.2)
+    [reform] = [a for a in step_inprocess(view, 10.3) if isinstance(a, plan.Reform)]
+    assert reform.added == ("n1",) and list(view.ranks_of("n1")) == [6, 7]
+    assert view.exits == {} and view.restarts == 1
 
 
 def test_inprocess_a_failure_after_a_replica_finished_is_not_restarted_in_place():
