@@ -6,6 +6,7 @@ an AgentEvent of kind `worker.KIND`, with the worker's rank added to the JSON. K
 
     inprocess   this worker joined the job's quorum service as an in-process replica and
                 committed its first step
+    finished    this in-process replica trained to the last step (the job's training is done)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 PREFIX = "::coord::"
 WORKER_INPROCESS = "worker.inprocess"
+WORKER_FINISHED = "worker.finished"
 _MAX_LINE = 4096  # a control line is short; a longer one is an ordinary log line
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.control import WORKER_INPROCESS
+from agent.control import WORKER_FINISHED, WORKER_INPROCESS
 from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
@@ -22,7 +22,7 @@ from coordinator.nodes import NodeRegistry
 from coordinator.quorum import (QuorumService, QuorumUnavailable, lighthouse_available,
                                  public_host)
 from coordinator.reconciler.runner import (Cancel, JobRunner, NodeChanged, WorkerExited,
-                                          WorkerInProcess)
+                                          WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
@@ -30,6 +30,8 @@ from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
 
 log = structlog.get_logger("coordinator.jobs")
+# What a worker's control lines tell the job's reconciler (see agent/control.py).
+_WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
 
 
 class JobManager:
@@ -176,9 +178,9 @@ class JobManager:
     async def on_agent_event(self, node_id: str, msg: agent_pb2.AgentEvent) -> None:
         if not (runner := self.runners.get(msg.job_id)):
             return
-        if msg.kind == WORKER_INPROCESS:
+        if msg.kind in _WORKER_REPORTS:
             if isinstance(rank := _json_object(msg.data_json).get("rank"), int):
-                runner.post(WorkerInProcess(msg.generation, node_id, rank))
+                runner.post(_WORKER_REPORTS[msg.kind](msg.generation, node_id, rank))
             return
         await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
 

@@ -123,6 +123,8 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     leaving members are stopped alone (each leaves its quorum at a step boundary), and new
     nodes are started straight into the running quorum. Only when no replica is left, or the
     job itself fails, does the job go through the restart path (from the durable checkpoint)."""
+    if view.finished_at is not None:
+        return _finishing(view, now)
     gone = [m for m in view.members if view.nodes[m].state in GONE_STATES]
     departed = [m for m in view.members if view.all_exited(m) and (
         view.nodes[m].state == NodeState.DRAINING or m in view.stopping_nodes)]
@@ -133,20 +135,10 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     if leaving:
         reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
         return [StopNodes(leaving, reason)] + _replenish(view)
-    told_to_stop = view.stopping_nodes | {m for m in view.members
-                                          if view.nodes[m].state == NodeState.DRAINING}
-    unasked = sorted((e for e in view.exits.values() if e.node_id not in told_to_stop),
-                     key=lambda e: e.time)
-    failures = [e for e in unasked if e.code != 0]
-    # A replica that exits 0 unasked has trained to the end (all commit the same steps).
-    finished = [e for e in unasked if e.code == 0]
-    if failures:
-        restart = [] if finished else _restart_in_place(view, failures)
-        return restart or _on_failure(view, now, failures[0])
+    if failures := _unasked_failures(view):
+        return _restart_in_place(view, failures) or _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
-    if finished:
-        return _stop_stragglers(view, now, finished[0])
     newcomers = [n for n in view.healthy() if n not in view.members]
     # A suspect member does not hold a place (if it comes back after its replacement joined,
     # `_stop_surplus` trims the job back to its target), unless it is only reconnecting to a
@@ -158,6 +150,14 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
         return [Reform(tuple(view.members) + added, added, cause="node_joined",
                        reason=f"{', '.join(added)} joined the running replicas")]
     return _stop_surplus(view) or _replenish(view)
+
+
+def _unasked_failures(view: JobView) -> list[WorkerExit]:
+    """Non-zero exits of workers coordd did not ask to stop, oldest first."""
+    told_to_stop = view.stopping_nodes | {m for m in view.members
+                                          if view.nodes[m].state == NodeState.DRAINING}
+    return sorted((e for e in view.exits.values()
+                   if e.code != 0 and e.node_id not in told_to_stop), key=lambda e: e.time)
 
 
 def _restart_in_place(view: JobView, failures: list[WorkerExit]) -> list[Action]:
@@ -180,18 +180,26 @@ def _restart_in_place(view: JobView, failures: list[WorkerExit]) -> list[Action]
                                     reason=reason)]
 
 
-def _stop_stragglers(view: JobView, now: float, first: WorkerExit) -> list[Action]:
-    """Training is over: workers still running `finish_grace_s` after the first replica
-    finished are stopped (a replica started to join after its last peer finished would wait
-    for a quorum forever); the job then succeeds on their exits."""
-    if now - first.time < view.policy.finish_grace_s:
+def _finishing(view: JobView, now: float) -> list[Action]:
+    """A replica trained to the last step, and every replica commits the same steps: nothing
+    restarts in place, joins or is replaced now. The job succeeds once each member's workers
+    exited (or its node is gone). Members that never committed a step are stopped after
+    `finish_grace_s`: one started to join after its last peer finished would wait for a quorum
+    forever. The others are left to finish (the leader may be writing the last checkpoint)."""
+    if failures := _unasked_failures(view):
+        return _on_failure(view, now, failures[0])
+    if all(view.all_exited(m) or view.nodes[m].state in GONE_STATES for m in view.members):
+        clean = all(e.code == 0 for e in view.exits.values())
+        return finish(view, JobState.SUCCEEDED, "every worker exited 0" if clean else
+                      "training finished; every worker exited")
+    if now - view.finished_at < view.policy.finish_grace_s:
         return []
-    running = tuple(m for m in view.members
-                    if not view.all_exited(m) and m not in view.stopping_nodes)
-    if not running:
+    waiting = tuple(m for m in view.members if m not in view.stopping_nodes
+                    and not view.all_exited(m) and not set(view.ranks_of(m)) <= view.inprocess_ranks)
+    if not waiting:
         return []
-    return [StopNodes(running, f"rank {first.rank} finished training "
-                               f"{view.policy.finish_grace_s:g} s ago and these have not exited")]
+    return [StopNodes(waiting, f"training finished {view.policy.finish_grace_s:g} s ago and "
+                               "these never took part in a step")]
 
 
 def _stop_surplus(view: JobView) -> list[Action]:

@@ -46,7 +46,8 @@ class StopNodes:
 
 @dataclasses.dataclass(frozen=True)
 class ConfirmInProcess:
-    """Auto mode: every worker joined the quorum; from now a node loss re-forms in place."""
+    """Auto mode: every worker took part in a step as an in-process replica; from now a node
+    loss re-forms in place."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,7 +48,15 @@ class WorkerExited:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerInProcess:
-    """A worker joined the job's quorum service as an in-process replica (auto mode)."""
+    """A worker took part in its first step as an in-process replica."""
+    generation: int
+    node_id: str
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFinished:
+    """An in-process replica trained to the last step: the job's training is done."""
     generation: int
     node_id: str
     rank: int
@@ -59,8 +67,9 @@ class Cancel:
     reason: str
 
 
-Event = NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | Cancel
+Event = NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | WorkerFinished | Cancel
 INPROCESS_JOINED = "inprocess.joined"
+TRAINING_FINISHED = "training.finished"
 
 
 class JobRunner:
@@ -78,7 +87,7 @@ class JobRunner:
         """After a coordd restart: the running workers' generation and each member's worker
         slot, from the newest membership event (in-process re-formations move the job's
         generation on without restarting workers, and joiners take fresh slots)."""
-        latest, confirmed, joined, highest = None, set(), [], -1
+        latest, confirmed, joined, finished, highest = None, set(), [], [], -1
         for event in await self.m.store.events_after(self.record.id):
             if event.kind in ("generation.started", "generation.reformed"):
                 latest = event
@@ -90,6 +99,9 @@ class JobRunner:
                 data = json.loads(event.data_json)
                 joined.append(WorkerInProcess(data.get("worker_generation"), data.get("node"),
                                               data.get("rank")))
+            elif event.kind == TRAINING_FINISHED:
+                finished.append((json.loads(event.data_json).get("worker_generation"),
+                                 event.time))
         if latest is None:
             return
         data = json.loads(latest.data_json)
@@ -97,6 +109,8 @@ class JobRunner:
         self.view.inprocess_confirmed = self.launch_generation in confirmed
         # Each worker says once that it joined: those said before the restart still count.
         self.view.inprocess_ranks = {j.rank for j in joined if self._counts(j)}
+        self.view.finished_at = min((t for g, t in finished if g == self.launch_generation),
+                                    default=None)
         self.view.slots = {node: slot for node, slot in _slots(data).items()
                            if node in self.view.members}
         self.view.next_slot = highest + 1
@@ -119,18 +133,22 @@ class JobRunner:
         self.m.bus.close("logs", self.record.id)
 
     # events --------------------------------------------------------------------------
-    def _counts(self, report: WorkerInProcess) -> bool:
+    def _counts(self, report: WorkerInProcess | WorkerFinished) -> bool:
         return (report.generation == self.launch_generation
                 and report.node_id in self.view.members)
 
     async def _record(self, event: Event) -> None:
         """Persist, before it counts, an input a restarted coordd would not hear again: a
-        worker says only once that it joined the quorum service."""
-        if (isinstance(event, WorkerInProcess) and self._counts(event)
-                and event.rank not in self.view.inprocess_ranks):
-            await self.event(INPROCESS_JOINED, f"{event.node_id}: worker {event.rank} joined "
-                             "the quorum service", worker_generation=event.generation,
-                             node=event.node_id, rank=event.rank)
+        worker says only once that it took part in a step, and that it trained to the end."""
+        if not isinstance(event, (WorkerInProcess, WorkerFinished)) or not self._counts(event):
+            return
+        where = dict(worker_generation=event.generation, node=event.node_id, rank=event.rank)
+        if isinstance(event, WorkerInProcess) and event.rank not in self.view.inprocess_ranks:
+            await self.event(INPROCESS_JOINED, f"{event.node_id}: worker {event.rank} took "
+                             "part in a step as an in-process replica", **where)
+        elif isinstance(event, WorkerFinished) and self.view.finished_at is None:
+            await self.event(TRAINING_FINISHED, f"{event.node_id}: worker {event.rank} "
+                             "trained to the last step", **where)
 
     def _apply(self, event: Event) -> None:
         match event:
@@ -148,6 +166,9 @@ class JobRunner:
             case WorkerInProcess():
                 if self._counts(event):
                     self.view.inprocess_ranks.add(event.rank)
+            case WorkerFinished():
+                if self._counts(event) and self.view.finished_at is None:
+                    self.view.finished_at = time.time()
             case Cancel(reason):
                 self.view.cancel_reason = reason
 
@@ -170,8 +191,8 @@ class JobRunner:
                     await self.m.nodes.stop_workers(node_id, self.record.id, self.view.generation,
                                                     reason)
             case plan.ConfirmInProcess():
-                await self.event("inprocess.confirmed", "every worker joined the quorum "
-                                 "service: a node loss now re-forms the replicas in place",
+                await self.event("inprocess.confirmed", "every worker took part in a step as "
+                                 "an in-process replica: a node loss now re-forms them in place",
                                  worker_generation=self.launch_generation)
                 self.view.inprocess_confirmed = True
             case plan.Acquire(count, reason):
@@ -225,6 +246,7 @@ class JobRunner:
         self.view.next_slot = len(members)
         self.view.stopping_nodes = set()
         self.view.inprocess_ranks, self.view.inprocess_confirmed = set(), False
+        self.view.finished_at = None
         self.launch_generation = gen
         self.view.state, self.view.state_since, self.view.stopping_since = (
             JobState.RUNNING, time.time(), None)

@@ -48,9 +48,9 @@ class Policy:
     # Workers that exit with PEER_LOST_EXIT say a peer vanished: give node-loss detection
     # (heartbeats included) time to confirm before the job is charged.
     peer_failure_settle_s: float = 7.0
-    # In-process mode: workers still running this long after a replica finished training are
-    # stopped (generous: the leader may still be writing the final durable checkpoint).
-    finish_grace_s: float = 120.0
+    # In-process mode: members that never took part in a step are stopped this long after a
+    # replica reported the last step (they would wait for a quorum forever).
+    finish_grace_s: float = 60.0
     # Joins that arrive within this window are taken in one reconfiguration.
     scale_up_settle_s: float = 2.0
     # A generation runs at least this long before a scale-up restarts it: growing back must
@@ -62,7 +62,7 @@ class Policy:
     spares: int = 0
     # [fault_tolerance] mode: "inprocess" re-forms the replicas in place on a node loss,
     # "restart" restarts the group, "auto" re-forms in place once every worker of the
-    # generation has joined the job's quorum service (else restarts).
+    # generation has taken part in a step as an in-process replica (else restarts).
     mode: str = "restart"
 
 
@@ -87,11 +87,13 @@ class JobView:
     slots: dict[str, int] = dataclasses.field(default_factory=dict)
     next_slot: int = 0  # slots are never reused, not even those of members since dropped
     stopping_nodes: set[str] = dataclasses.field(default_factory=set)
-    # Auto mode: ranks of the running generation that joined the quorum as in-process
-    # replicas, and whether all of them did (recorded once: then the job runs in-process
-    # until its next restart).
+    # Ranks of the running generation that took part in a step as in-process replicas, and
+    # (auto mode) whether all of them did (recorded once: then the job runs in-process until
+    # its next restart).
     inprocess_ranks: set[int] = dataclasses.field(default_factory=set)
     inprocess_confirmed: bool = False
+    # In-process mode: when a replica of the running generation reported its last step.
+    finished_at: float | None = None
 
     @property
     def inprocess(self) -> bool:
@@ -100,7 +102,7 @@ class JobView:
                                                    and self.inprocess_confirmed)
 
     def all_joined_quorum(self) -> bool:
-        """Auto mode: every rank of every member joined the quorum as an in-process replica."""
+        """Auto mode: every rank of every member took part in a step as an in-process replica."""
         return bool(self.members) and all(rank in self.inprocess_ranks for m in self.members
                                           for rank in self.ranks_of(m))
 

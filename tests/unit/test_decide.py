@@ -184,7 +184,7 @@ def test_cancel_stops_and_releases_everything():
 
 
 events = st.lists(st.tuples(
-    st.sampled_from(["lose", "suspect", "recover", "join", "exit0", "exit1", "tick"]),
+    st.sampled_from(["lose", "suspect", "recover", "join", "exit0", "exit1", "tick", "finish"]),
     st.integers(0, 5), st.floats(0.01, 20)), max_size=60)
 
 
@@ -202,6 +202,8 @@ def happen(view: JobView, kind: str, index: int, now: float, joined: int) -> int
     elif kind == "join" and view.requested:
         join(view, f"n{joined}", now)
         return joined + 1
+    elif kind == "finish" and view.finished_at is None:  # a replica's last step
+        view.finished_at = now
     elif kind.startswith("exit") and view.members:
         member = view.members[index % len(view.members)]
         rank = view.ranks_of(member).start
@@ -285,7 +287,7 @@ def step_inprocess(view: JobView, now: float) -> list:
                 view.inprocess_confirmed = True
             case plan.StartGeneration(node_ids, _):
                 view.inprocess_ranks, view.inprocess_confirmed = set(), False
-                view.slots, view.next_slot = {}, len(node_ids)
+                view.slots, view.next_slot, view.finished_at = {}, len(node_ids), None
     apply(view, [a for a in actions if not isinstance(a, (plan.Reform, plan.StopNodes))], now)
     return actions
 
@@ -375,26 +377,41 @@ def test_inprocess_a_node_of_several_replicas_restarts_in_place_only_when_all_fa
     assert view.exits == {} and view.restarts == 1
 
 
-def test_inprocess_a_failure_after_a_replica_finished_is_not_restarted_in_place():
+def test_inprocess_a_failure_after_training_finished_is_not_restarted_in_place():
     """Training is over: a joiner started now could find no peer left to heal from."""
     view = running_job(INPROCESS)
-    view.exits[0] = WorkerExit("n0", 0, 0, 10)
+    view.finished_at = 10  # a replica reported the last step
     view.exits[1] = WorkerExit("n1", 1, -11, 10.1)  # a crash in teardown, say
-    assert not any(isinstance(a, plan.Reform) for a in step_inprocess(view, 10.2))
+    assert step_inprocess(view, 10.2) == []  # no restart in place: settling first
+    step_inprocess(view, 12)
+    assert view.state == JobState.RECONFIGURING  # the restart path (it resumes at the end)
 
 
-def test_inprocess_workers_still_running_long_after_training_finished_are_stopped():
+def test_inprocess_after_training_finished_only_members_that_never_took_part_are_stopped():
     view = running_job(INPROCESS)
-    view.exits[0] = WorkerExit("n0", 0, 0, 10)
-    view.exits[1] = WorkerExit("n1", 1, 0, 10)  # n2's worker waits for a quorum forever
+    view.inprocess_ranks = {0, 1}  # n2's replica never committed a step: it waits to join
+    view.finished_at = 10
+    view.exits[0] = WorkerExit("n0", 0, 0, 10)  # n1 (the leader, say) still saves its last
     assert step_inprocess(view, 10 + INPROCESS.finish_grace_s - 1) == []
     [stop] = step_inprocess(view, 10 + INPROCESS.finish_grace_s)
     assert isinstance(stop, plan.StopNodes) and stop.node_ids == ("n2",)
-    assert step_inprocess(view, 131) == []
-    view.exits[2] = WorkerExit("n2", 2, -9, 140)  # killed at the end of its stop grace
-    step_inprocess(view, 140)
-    step_inprocess(view, 140.1)
+    assert step_inprocess(view, 200) == []  # n1 is left to finish, however long it takes
+    view.exits[2] = WorkerExit("n2", 2, -9, 201)  # killed at the end of its stop grace
+    view.exits[1] = WorkerExit("n1", 1, 0, 300)
+    actions = step_inprocess(view, 300)
     assert view.state == JobState.SUCCEEDED and view.restarts == 0
+    assert not any(isinstance(a, (plan.Reform, plan.Acquire)) for a in actions)
+
+
+def test_inprocess_a_node_lost_after_training_finished_is_not_replaced():
+    view = running_job(INPROCESS)
+    view.finished_at = 10
+    view.exits[0] = WorkerExit("n0", 0, 0, 10)
+    view.exits[1] = WorkerExit("n1", 1, 0, 10)
+    view.nodes["n2"].state = NodeState.LOST
+    actions = step_inprocess(view, 11)
+    assert not any(isinstance(a, (plan.Reform, plan.Acquire)) for a in actions)
+    assert view.state == JobState.SUCCEEDED
 
 
 def test_inprocess_failed_workers_with_no_replica_left_take_the_restart_path():

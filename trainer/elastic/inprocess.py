@@ -382,6 +382,8 @@ class InProcessContext(BoundObjects):
         if self.is_leader and self.state.step > 0:
             self._durable.wait()
             self._checkpoints.save(self.state.step, self._state_dict())
+        if not self.stopped and self.env.job_id:  # under coord: the job's training is done
+            control.emit("finished", replica=self.env.replica, step=self.state.step)
         self._log.info("left", step=self.state.step, reason=self.stop_flag.reason or "done",
                        discarded=self.discarded)
 
