@@ -19,8 +19,8 @@ steps lost (done, then done again after the resume), and the ratios. The in-proc
 torchft rows also give kill -> back at full size (the killed replica restarted at once and
 healed from a peer; where a node was killed coord boots a replacement node first, so those
 rows also give the time from that node's agent registering, the point where torchft's row
-starts) and, after that, kill of the quorum service (Lighthouse) -> training going again (coord restarts it; nothing restarts
-torchft's: "never" within --quorum-window).
+starts) and, after that, kill of the quorum service (Lighthouse) -> training going again
+(coord restarts it; nothing restarts torchft's: "never" within --quorum-window).
 
 `steady` runs the job without failures (--steady-steps steps, no checkpoints) under plain DDP
 (torchrun --standalone, DistributedDataParallel + gloo, no fault tolerance), raw torchft and

@@ -194,8 +194,9 @@ def _finishing(view: JobView, now: float) -> list[Action]:
                       "training finished; every worker exited")
     if now - view.finished_at < view.policy.finish_grace_s:
         return []
-    waiting = tuple(m for m in view.members if m not in view.stopping_nodes
-                    and not view.all_exited(m) and not set(view.ranks_of(m)) <= view.inprocess_ranks)
+    waiting = tuple(m for m in view.members
+                    if m not in view.stopping_nodes and not view.all_exited(m)
+                    and not set(view.ranks_of(m)) <= view.inprocess_ranks)
     if not waiting:
         return []
     return [StopNodes(waiting, f"training finished {view.policy.finish_grace_s:g} s ago and "

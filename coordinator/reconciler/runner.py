@@ -205,7 +205,8 @@ class JobRunner:
                     self.view.nodes[node_id].state = NodeState.GONE
                     await self.m.nodes.release(node_id, reason)
             case plan.ChargeRestart():
-                self.record.restarts += 1  # persisted with the transition or re-formation after it
+                # persisted with the transition or re-formation that follows
+                self.record.restarts += 1
                 self.view.restarts = self.record.restarts
             case plan.MarkBelowMinimum(since):
                 self.view.below_min_since = since
@@ -273,7 +274,7 @@ class JobRunner:
         self.record.generation += 1
         self.record.node_ids = members
         await self.m.store.save_job(self.record)
-        next_slot = max(self.view.next_slot, max(self.view.slots.values(), default=-1) + 1)
+        next_slot = self.view.next_slot
         # Dropped members, and members whose workers restart in place: their old ranks'
         # exits and slots go (a restarted replica never reuses a rank).
         for node_id in set(old_members) - (set(members) - set(action.added)):

@@ -27,7 +27,7 @@ def apply(view: JobView, actions: list, now: float) -> None:
                     view.reconfigure_cause = cause
             case plan.StartGeneration(node_ids, _):
                 view.generation += 1
-                view.members, view.exits = list(node_ids), {}
+                view.members, view.exits, view.next_slot = list(node_ids), {}, len(node_ids)
                 view.state, view.state_since, view.stopping_since = JobState.RUNNING, now, None
                 for n in node_ids:
                     view.nodes[n].state = NodeState.ASSIGNED
@@ -270,7 +270,7 @@ def step_inprocess(view: JobView, now: float) -> list:
         match a:
             case plan.Reform(members, added, _, _):
                 slots = {m: view.slots.get(m, i) for i, m in enumerate(view.members)}
-                next_slot = max(view.next_slot, max(slots.values(), default=-1) + 1)
+                next_slot = view.next_slot
                 view.next_slot = next_slot + len(added)
                 for node_id in set(view.members) - (set(members) - set(added)):
                     for rank in view.ranks_of(node_id):
