@@ -70,6 +70,13 @@ def worker_pids(job_id: str) -> dict[str, set[int]]:
     return by_node
 
 
+def workers_of(job_id: str, nodes: list[str], timeout: float = 30) -> dict[str, set[int]]:
+    """`worker_pids` once every one of `nodes` runs a worker: a worker is found by its
+    environment, which a process just started may not show yet."""
+    return wait_for(lambda: (found := worker_pids(job_id)) and all(n in found for n in nodes)
+                    and found, timeout, what=f"workers on {nodes}")
+
+
 def events(client, job_id: str, kind: str) -> list[dict]:
     return [json.loads(e.data_json) | {"message": e.message}
             for e in client.watch(job_id, follow=False) if e.kind == kind]
@@ -97,7 +104,7 @@ def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
     wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
     first = list(client.get(record.id).node_ids)
     victim, survivors = first[1], [first[0], first[2]]
-    before = worker_pids(record.id)
+    before = workers_of(record.id, first)
     coordd.kill_node(victim, signal.SIGKILL)
     joined = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
                                if e["added"]], 90, what="a replacement to join")
@@ -131,7 +138,7 @@ def test_a_spare_takes_a_lost_nodes_place_warm_and_a_new_spare_is_asked_for(
     members = list(client.get(record.id).node_ids)
     [spare] = {n.id for n in client.nodes(job=record.id)} - set(members)
     victim, survivor = members
-    before = worker_pids(record.id)[survivor]
+    before = workers_of(record.id, members)[survivor]
     asked = len(events(client, record.id, "nodes.requested"))
     coordd.kill_node(victim, signal.SIGKILL)
     joined = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
@@ -165,7 +172,7 @@ def test_a_killed_worker_restarts_in_place_warm_and_heals_while_the_others_train
             wait_for(lambda: reached(server, record.id, 40), 90, what="step 40")
             members = list(client.get(record.id).node_ids)
             victim = members[1]
-            before = worker_pids(record.id)
+            before = workers_of(record.id, members)
             agents = {n: server.node_pid(n) for n in members}
             asked = len(events(client, record.id, "nodes.requested"))
             [worker] = before[victim]
@@ -201,7 +208,7 @@ def test_killing_the_quorum_service_loses_no_committed_step(coordd, client, tmp_
     wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
     port = started[0]["address"].rpartition(":")[2]
     [lighthouse] = [pid for pid in _pids_with_arg(f"127.0.0.1:{port}")]
-    before = worker_pids(record.id)
+    before = workers_of(record.id, list(client.get(record.id).node_ids))
     os.kill(lighthouse, signal.SIGKILL)
     step_at_kill = history(coordd, record.id).lineage[-1].step
     wait_for(lambda: reached(coordd, record.id, step_at_kill + 5), 10,
@@ -217,8 +224,9 @@ def test_killing_the_quorum_service_loses_no_committed_step(coordd, client, tmp_
 def test_a_spot_notice_leaves_at_a_step_boundary_discarding_nothing(coordd, client, tmp_path):
     record = submit(client, tmp_path)
     wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
-    doomed = client.get(record.id).node_ids[0]  # quorum rank 0: the writer of the step log
-    others = {n: p for n, p in worker_pids(record.id).items() if n != doomed}
+    members = list(client.get(record.id).node_ids)
+    doomed = members[0]  # quorum rank 0: the writer of the step log
+    others = {n: p for n, p in workers_of(record.id, members).items() if n != doomed}
     result = coordd.cli("debug", "interrupt", doomed)
     assert result.returncode == 0, result.stderr
     left = wait_for(lambda: [e for e in events(client, record.id, "generation.reformed")
@@ -254,7 +262,7 @@ def test_two_of_three_lost_the_survivor_waits_and_the_replacements_heal_from_it(
     wait_for(lambda: reached(coordd, record.id, 40), 90, what="step 40")
     first = list(client.get(record.id).node_ids)
     survivor = first[2]
-    before = worker_pids(record.id)[survivor]
+    before = workers_of(record.id, first)[survivor]
     for victim in first[:2]:
         coordd.kill_node(victim, signal.SIGKILL)
     wait_for(lambda: len([e for e in events(client, record.id, "generation.reformed")
