@@ -152,9 +152,6 @@ class JobManager:
         """coordd stops cleanly: end the reconcilers, then tell each job what the stop does
         to it (before the providers stop their nodes)."""
         runners = list(self.runners.values())
-        for service in self.quorums.values():  # the jobs go on: their leases are kept
-            await service.stop(job_ended=False)
-        self.quorums.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -163,6 +160,13 @@ class JobManager:
                 await runner.on_coordd_stop()
             except Exception:  # one job's trouble must not keep the others from being told
                 log.exception("job.stop_failed", job=runner.record.id)
+
+    async def stop_quorums(self) -> None:
+        """After the local nodes stopped: in-process replicas that leave need their quorum
+        service to commit the step in flight. The jobs go on: their leases are kept."""
+        for service in self.quorums.values():
+            await service.stop(job_ended=False)
+        self.quorums.clear()
 
     # routing from the node registry and the agent service -----------------------------
     def on_node_change(self, node: NodeRecord, view: NodeView) -> None:

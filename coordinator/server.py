@@ -92,6 +92,7 @@ class Coordinator:
             await server.stop(grace=2)
             await jobs.close()
             await nodes.close()
+            await jobs.stop_quorums()
             await store.close()
             log.info("coordd.stopped")
 

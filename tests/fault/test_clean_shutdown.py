@@ -121,7 +121,8 @@ def test_sigterm_to_an_agent_stops_its_workers_and_the_job_goes_on(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("mode", ["restart", "inprocess"])
+def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path, mode):
     state, work = tmp_path / "state", tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work)
     (work / "job.toml").write_text(textwrap.dedent("""
@@ -130,8 +131,8 @@ def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path):
         [nodes]
         count = 2
         [fault_tolerance]
-        mode = "restart"
-    """))
+        mode = "{mode}"
+    """).replace("{mode}", mode))
     server = start_coordd(state)
     try:
         with server.client() as client:
