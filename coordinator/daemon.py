@@ -107,10 +107,17 @@ def _banner(coordinator) -> None:
 
 @app.command()
 def status(state_dir: StateDir = None) -> None:
-    """Whether a coordd runs on the state directory, and where. Exit code 0: it runs;
-    3: none runs (a coordd.addr left by one that crashed is reported as stale)."""
+    """Whether a coordd runs on the state directory, and where.
+
+    Exit code 0: it runs; 3: none runs (a coordd.addr left by one that crashed is reported
+    as stale).
+    """
     directory = _settings(state_dir).state_dir
-    found = instance.running(directory)
+    try:
+        found = instance.running(directory)
+    except OSError as exc:
+        typer.echo(f"error: cannot tell whether a coordd runs on {directory}: {exc}", err=True)
+        raise typer.Exit(1) from None
     if found is None:
         typer.echo(f"no coordd runs on {directory}{_stale_note(directory)}")
         raise typer.Exit(NOT_RUNNING)
@@ -123,15 +130,16 @@ def status(state_dir: StateDir = None) -> None:
 def stop(state_dir: StateDir = None,
          timeout: Annotated[float, typer.Option(help="seconds to wait for it to end")] = 120.0
          ) -> None:
-    """Stop the coordd running on the state directory cleanly (SIGTERM) and wait until it has
-    ended. Exit code 0: it stopped; 3: none ran; 1: still running after --timeout.
+    """Stop the coordd running on the state directory cleanly, and wait until it has ended.
 
-    Local nodes stop with coordd: see docs/coordd.md for what that does to running jobs."""
+    Exit code 0: it stopped; 3: none ran; 1: still running after --timeout. Local nodes stop
+    with coordd: see docs/coordd.md for what that does to running jobs.
+    """
     directory = _settings(state_dir).state_dir
     started = time.monotonic()
     try:
         found = instance.stop(directory, timeout)
-    except TimeoutError as exc:
+    except (TimeoutError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if found is None:

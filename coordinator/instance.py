@@ -71,6 +71,9 @@ def stop(state_dir: Path, timeout: float) -> Running | None:
     found = running(state_dir)
     if found is None:
         return None
+    if found.pid <= 0:  # never signal pid 0: that is this process group
+        raise ProcessLookupError(f"a coordd holds {state_dir / PID_FILE} but the file names no "
+                                 "pid")
     os.kill(found.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while running(state_dir) is not None:
