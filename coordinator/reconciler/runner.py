@@ -19,7 +19,7 @@ from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.resume import (CHECKPOINTED, NO_CHECKPOINT, RESUMED, RESUMING,
                                            STOPPED, CheckpointCommitted, ResumeState,
-                                           WorkerRestored, started_over)
+                                           WorkerRestored)
 from coordinator.reconciler.view import JobView, NodeView, WorkerExit
 from coordinator.spec import JobSpec
 from coordinator.states import JobState, NodeState, check_job_transition
