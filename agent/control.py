@@ -7,6 +7,9 @@ an AgentEvent of kind `worker.KIND`, with the worker's rank added to the JSON. K
     inprocess   this worker joined the job's quorum service as an in-process replica and
                 committed its first step
     finished    this in-process replica trained to the last step (the job's training is done)
+    checkpoint  {"step": N}: a durable checkpoint of step N is committed where the job's
+                workers restore from (coordd then knows the job can resume after a stop)
+    restored    {"step": N}: this start resumes from the checkpoint of step N (0: fresh)
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 PREFIX = "::coord::"
 WORKER_INPROCESS = "worker.inprocess"
 WORKER_FINISHED = "worker.finished"
+WORKER_CHECKPOINT = "worker.checkpoint"
+WORKER_RESTORED = "worker.restored"
 _MAX_LINE = 4096  # a control line is short; a longer one is an ordinary log line
 
 

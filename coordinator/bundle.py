@@ -1,7 +1,8 @@
 """A job's working directory as a tar.gz: packed by the client, unpacked by each agent.
 
 Unpacking uses tarfile's "data" filter, so a bundle cannot write outside its directory
-(no absolute paths, no `..`, no links that escape, no device files).
+(no absolute paths, no `..`, no links that escape, no device files), and makes every file
+owner-only: a job's files may hold its secrets.
 """
 
 from __future__ import annotations
@@ -56,11 +57,17 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _owner_only(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    member = tarfile.data_filter(member, dest)
+    return member if member.mode is None else member.replace(mode=member.mode & 0o700,
+                                                             deep=False)
+
+
 def unpack(data: bytes, dest: Path) -> None:
     """Extract into `dest`, refusing members that would land outside it."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, filter=_owner_only)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InvalidSpec(f"bundle cannot be unpacked: {exc}") from None

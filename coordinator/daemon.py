@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
-from coordinator import logs
-from coordinator.settings import CoorddSettings
+from coordinator import instance, logs, statedir
+from coordinator.errors import AlreadyRunning
+from coordinator.settings import CoorddSettings, default_state_dir
+
+NOT_RUNNING = 3  # as an LSB init script's `status` says "program is not running"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 app = typer.Typer(help="coordd: the coord coordinator daemon.", no_args_is_help=True,
                   add_completion=False)
@@ -42,6 +49,12 @@ def serve(
     metrics_listen: Annotated[str | None, typer.Option(help="HOST:PORT to serve Prometheus "
                                                        "/metrics on (default: off)")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning")] = None,
+    log_format: Annotated[str | None, typer.Option(
+        help="the terminal: plain (where coordd is, then warnings and errors), console "
+             "(every log entry, readable) or json (every entry as JSON) [env "
+             "COORDD_LOG_FORMAT; default plain]")] = None,
+    log_file: Annotated[Path | None, typer.Option(
+        help="the structured log, JSON lines [default STATE_DIR/coordd.log]")] = None,
 ) -> None:
     """Start the coordinator. Precedence: flags > COORDD_* environment > --config file > defaults.
 
@@ -49,23 +62,112 @@ def serve(
 
     The address it listens on is written to STATE_DIR/coordd.addr, the first client token to
     STATE_DIR/token and the CA to STATE_DIR/tls/ca.pem; `coord` on the same machine finds
-    them without any setting. Agents use STATE_DIR/agent-token.
+    them without any setting. Agents use STATE_DIR/agent-token. Stop it with `coordd stop`.
     """
-    import os
     if config:
         os.environ["COORDD_CONFIG"] = str(config)
     flags = {"state_dir": state_dir, "listen": listen, "heartbeat_timeout_s": heartbeat_timeout,
-             "metrics_listen": metrics_listen, "log_level": log_level}
-    settings = CoorddSettings(**{k: v for k, v in flags.items() if v is not None})
-    logs.configure(settings.log_level, settings.log_json)
+             "metrics_listen": metrics_listen, "log_level": log_level, "log_format": log_format,
+             "log_file": log_file}
+    try:
+        settings = CoorddSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    statedir.create(settings.state_dir)
+    settings.log_path.parent.mkdir(parents=True, exist_ok=True)
+    logs.configure_daemon(settings.log_level, settings.log_path, settings.log_format)
     from coordinator.server import run
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings, _banner if settings.log_format != "json" else None))
+    except AlreadyRunning as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _banner(coordinator) -> None:
+    """What a person who started coordd by hand needs: where it is and how to reach it."""
+    s = coordinator.settings
+    address = coordinator.address
+    here = ("`coord` on this machine finds it by itself" if s.state_dir == default_state_dir()
+            else f"on this machine: export COORDD_STATE_DIR={s.state_dir}; `coord` then finds "
+                 "it")
+    secure = "plaintext" if s.insecure_plaintext else "TLS"
+    lines = [f"coordd listening on {address} ({secure}, pid {os.getpid()})",
+             f"  state dir: {s.state_dir} (owner-only)",
+             f"  log file:  {s.log_path}",
+             f"  coord:     {here}"]
+    if coordinator.advertised().rpartition(":")[0] not in LOOPBACK:
+        ca = "" if s.insecure_plaintext else f" COORD_CA={s.tls_dir / 'ca.pem'}"
+        lines.append(f"             elsewhere: COORD_ADDR={coordinator.advertised()} "
+                     f"COORD_TOKEN=<{s.token_path}>{ca}")
+    lines.append("  stop it:   coordd stop (or Ctrl-C)")
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def status(state_dir: StateDir = None) -> None:
+    """Whether a coordd runs on the state directory, and where.
+
+    Exit code 0: it runs; 3: none runs (a coordd.addr left by one that crashed is reported
+    as stale).
+    """
+    directory = _settings(state_dir).state_dir
+    try:
+        found = instance.running(directory)
+    except OSError as exc:
+        typer.echo(f"error: cannot tell whether a coordd runs on {directory}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if found is None:
+        typer.echo(f"no coordd runs on {directory}{_stale_note(directory)}")
+        raise typer.Exit(NOT_RUNNING)
+    typer.echo(f"coordd runs: pid {found.pid}, address {found.address or '(starting)'}, "
+               f"state dir {directory}, up {_duration(found.uptime_s)}\n"
+               f"  log file: {found.log_file}")
+
+
+@app.command()
+def stop(state_dir: StateDir = None,
+         timeout: Annotated[float, typer.Option(help="seconds to wait for it to end")] = 120.0
+         ) -> None:
+    """Stop the coordd running on the state directory cleanly, and wait until it has ended.
+
+    Exit code 0: it stopped; 3: none ran; 1: still running after --timeout. Local nodes stop
+    with coordd: see docs/coordd.md for what that does to running jobs.
+    """
+    directory = _settings(state_dir).state_dir
+    started = time.monotonic()
+    try:
+        found = instance.stop(directory, timeout)
+    except (TimeoutError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if found is None:
+        typer.echo(f"no coordd runs on {directory}{_stale_note(directory)}")
+        raise typer.Exit(NOT_RUNNING)
+    typer.echo(f"coordd (pid {found.pid}) stopped after {time.monotonic() - started:.1f} s")
+
+
+def _stale_note(directory: Path) -> str:
+    if (directory / instance.ADDR_FILE).exists():
+        return (f" ({instance.ADDR_FILE} there is stale: left by a coordd that did not stop "
+                "cleanly; nothing uses it)")
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _settings(state_dir: Path | None) -> CoorddSettings:
+    return CoorddSettings(**({"state_dir": state_dir} if state_dir else {}))
 
 
 def _tokens(state_dir: Path | None):
     from coordinator.auth import TokenStore
-    settings = CoorddSettings(**({"state_dir": state_dir} if state_dir else {}))
-    return TokenStore(settings.tokens_path)
+    return TokenStore(_settings(state_dir).tokens_path)
 
 
 @token_app.command("create")

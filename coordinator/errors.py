@@ -36,6 +36,10 @@ class Unauthenticated(CoordError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class AlreadyRunning(Conflict):
+    """Another coordd holds the state directory."""
+
+
 class PermissionDenied(CoordError):
     code = grpc.StatusCode.PERMISSION_DENIED
 

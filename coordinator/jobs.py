@@ -11,7 +11,8 @@ from pathlib import Path
 
 import structlog
 
-from agent.control import WORKER_FINISHED, WORKER_INPROCESS
+from agent.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
+                           WORKER_RESTORED)
 from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
@@ -23,6 +24,7 @@ from coordinator.quorum import (QuorumService, QuorumUnavailable, lighthouse_ava
                                  public_host)
 from coordinator.reconciler.runner import (Cancel, JobRunner, NodeChanged, WorkerExited,
                                           WorkerFinished, WorkerInProcess)
+from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
@@ -32,6 +34,7 @@ from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
+_STEP_REPORTS = {WORKER_CHECKPOINT: CheckpointCommitted, WORKER_RESTORED: WorkerRestored}
 
 
 class JobManager:
@@ -146,12 +149,24 @@ class JobManager:
         return task
 
     async def close(self) -> None:
-        for service in self.quorums.values():  # the jobs go on: their leases are kept
-            await service.stop(job_ended=False)
-        self.quorums.clear()
+        """coordd stops cleanly: end the reconcilers, then tell each job what the stop does
+        to it (before the providers stop their nodes)."""
+        runners = list(self.runners.values())
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for runner in runners:
+            try:
+                await runner.on_coordd_stop()
+            except Exception:  # one job's trouble must not keep the others from being told
+                log.exception("job.stop_failed", job=runner.record.id)
+
+    async def stop_quorums(self) -> None:
+        """After the local nodes stopped: in-process replicas that leave need their quorum
+        service to commit the step in flight. The jobs go on: their leases are kept."""
+        for service in self.quorums.values():
+            await service.stop(job_ended=False)
+        self.quorums.clear()
 
     # routing from the node registry and the agent service -----------------------------
     def on_node_change(self, node: NodeRecord, view: NodeView) -> None:
@@ -178,9 +193,15 @@ class JobManager:
     async def on_agent_event(self, node_id: str, msg: agent_pb2.AgentEvent) -> None:
         if not (runner := self.runners.get(msg.job_id)):
             return
+        data = _json_object(msg.data_json)
+        rank, step = data.get("rank"), data.get("step")
         if msg.kind in _WORKER_REPORTS:
-            if isinstance(rank := _json_object(msg.data_json).get("rank"), int):
+            if isinstance(rank, int):
                 runner.post(_WORKER_REPORTS[msg.kind](msg.generation, node_id, rank))
+            return
+        if msg.kind in _STEP_REPORTS:
+            if isinstance(rank, int) and isinstance(step, int) and step >= 0:
+                runner.post(_STEP_REPORTS[msg.kind](msg.generation, node_id, rank, step))
             return
         await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
 

@@ -93,19 +93,27 @@ class LocalCoordd:
                 self.process.wait()
 
 
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
 def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None,
                  listen: str = "127.0.0.1:0") -> LocalCoordd:
     """Start coordd; `listen` with a fixed port lets a restarted coordd keep its address."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     addr_file = state_dir / "coordd.addr"
     addr_file.unlink(missing_ok=True)
-    log_path = state_dir / "coordd.log"
-    with open(log_path, "ab") as log:
+    # coordd writes its structured log to STATE_DIR/coordd.log itself; what it prints (where
+    # it listens, warnings, a crash's traceback) goes beside it.
+    with open(state_dir / "coordd.out", "ab", opener=_owner_only) as out:
         process = subprocess.Popen(
             [str(BIN / "coordd"), "serve", "--state-dir", str(state_dir),
-             "--listen", listen, *flags], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "COORDD_LOG_JSON": "true", **(env or {})})
-    address = wait_for(lambda: addr_file.exists() and addr_file.read_text().strip(), 30,
-                       what="coordd to listen")
+             "--listen", listen, *flags], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
+    address = wait_for(lambda: process.poll() is not None or (
+        addr_file.exists() and addr_file.read_text().strip()), 30, what="coordd to listen")
+    if process.poll() is not None:
+        raise RuntimeError(f"coordd exited with {process.returncode}: "
+                           f"{(state_dir / 'coordd.out').read_text()[-2000:]}")
     token = (state_dir / "token").read_text().strip()
-    return LocalCoordd(state_dir, process, address, token, log_path)
+    return LocalCoordd(state_dir, process, address, token, state_dir / "coordd.log")

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 
 import grpc
 import structlog
 
 from coord.v1 import agent_pb2_grpc, jobs_pb2_grpc
-from coordinator import tls
+from coordinator import statedir, tls
 from coordinator.auth import AuthInterceptor, TokenStore, bootstrap
 from coordinator.bus import Bus
 from coordinator.edge import DecodeGuard
+from coordinator.instance import InstanceLock
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
@@ -38,7 +40,20 @@ class Coordinator:
 
     async def serve(self) -> None:
         s = self.settings
-        await asyncio.to_thread(s.state_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(statedir.create, s.state_dir)
+        lock = InstanceLock(s.state_dir, s.log_path)
+        await asyncio.to_thread(lock.acquire)
+        try:
+            await self._serve(lock)
+        finally:
+            lock.release()
+
+    async def _serve(self, lock: InstanceLock) -> None:
+        s = self.settings
+        for entry in await asyncio.to_thread(statedir.secure, s.state_dir):
+            log.warning("statedir.permissions", path=str(entry.path), old=f"{entry.old_mode:04o}",
+                        new=f"{entry.new_mode:04o}", fixed=not entry.error,
+                        message=entry.describe())
         tokens = TokenStore(s.tokens_path)
         agent_token = await asyncio.to_thread(bootstrap, tokens, s.token_path,
                                               s.agent_token_path)
@@ -62,7 +77,7 @@ class Coordinator:
             await provider.start(nodes.nodes)
         server = self._grpc_server(tokens, files, jobs, store, bus, nodes, metrics)
         await server.start()
-        await asyncio.to_thread(s.addr_path.write_text, self.address + "\n")
+        await asyncio.to_thread(lock.announce, self.address)
         log.info("coordd.listening", address=self.address, state_dir=str(s.state_dir))
         if s.metrics_listen:
             metrics.serve(s.metrics_listen)
@@ -77,6 +92,7 @@ class Coordinator:
             await server.stop(grace=2)
             await jobs.close()
             await nodes.close()
+            await jobs.stop_quorums()
             await store.close()
             log.info("coordd.stopped")
 
@@ -127,9 +143,17 @@ def job_events(jobs: JobManager) -> JobEvents:
     return emit
 
 
-async def run(settings: CoorddSettings) -> None:
+async def run(settings: CoorddSettings,
+              on_ready: Callable[[Coordinator], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; `on_ready` is called once coordd listens."""
     coordinator = Coordinator(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.stop)
-    await coordinator.serve()
+    serving = asyncio.create_task(coordinator.serve())
+    ready = asyncio.create_task(coordinator.ready.wait())
+    await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if coordinator.ready.is_set() and on_ready is not None:
+        on_ready(coordinator)
+    await serving

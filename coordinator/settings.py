@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
@@ -139,7 +140,11 @@ class CoorddSettings(BaseSettings):
                                                         "job specs cross the network readable "
                                                         "by anyone on the path")
     log_level: str = "info"
-    log_json: bool | None = None
+    log_format: Literal["plain", "console", "json"] = Field(
+        "plain", description="the terminal: plain (a few lines, warnings, errors), console "
+                             "(every log entry, readable) or json (every entry as JSON)")
+    log_file: Path | None = Field(None, description="coordd's structured log, one JSON entry "
+                                                    "a line (default: STATE_DIR/coordd.log)")
     aws: AwsSettings = Field(default_factory=AwsSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
 
@@ -179,6 +184,10 @@ class CoorddSettings(BaseSettings):
     @property
     def tls_dir(self) -> Path:
         return self.state_dir / "tls"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_file or self.state_dir / "coordd.log"
 
     @property
     def addr_path(self) -> Path:

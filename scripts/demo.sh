@@ -10,5 +10,5 @@ rm -f "$COORDD_STATE_DIR/coordd.addr"  # a previous run's address must not be re
 COORDD=$!
 trap 'kill $COORDD 2>/dev/null; wait $COORDD 2>/dev/null || true' EXIT
 for _ in $(seq 100); do [ -s "$COORDD_STATE_DIR/coordd.addr" ] && break; sleep 0.1; done
-echo "coordd is listening on $(cat "$COORDD_STATE_DIR/coordd.addr") (log: $COORDD_STATE_DIR.log)"
+echo "coordd is listening on $(cat "$COORDD_STATE_DIR/coordd.addr") (log: $COORDD_STATE_DIR/coordd.log)"
 .venv/bin/coord submit "${1:-examples/allreduce/job.toml}"

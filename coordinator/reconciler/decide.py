@@ -23,6 +23,8 @@ def decide(view: JobView, now: float) -> list[Action]:
         return []
     if view.cancel_reason is not None:
         return finish(view, JobState.CANCELLED, view.cancel_reason)
+    if view.fail_reason is not None:
+        return finish(view, JobState.FAILED, view.fail_reason)
     clock = _minimum_clock(view, now)
     if view.below_min_since is not None and now - view.below_min_since > view.policy.wait_for_min_s:
         return finish(view, JobState.FAILED, _below_minimum_reason(view))

@@ -17,6 +17,9 @@ import structlog
 from coordinator.errors import PartialLaunch
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
+from coordinator.reconciler.resume import (CHECKPOINTED, NO_CHECKPOINT, RESUMED, RESUMING,
+                                           STOPPED, CheckpointCommitted, ResumeState,
+                                           WorkerRestored)
 from coordinator.reconciler.view import JobView, NodeView, WorkerExit
 from coordinator.spec import JobSpec
 from coordinator.states import JobState, NodeState, check_job_transition
@@ -67,7 +70,8 @@ class Cancel:
     reason: str
 
 
-Event = NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | WorkerFinished | Cancel
+Event = (NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | WorkerFinished | Cancel
+         | CheckpointCommitted | WorkerRestored)
 INPROCESS_JOINED = "inprocess.joined"
 TRAINING_FINISHED = "training.finished"
 
@@ -82,13 +86,16 @@ class JobRunner:
         # the job's generation on, but its workers (and joiners) keep this one, which is
         # also the checkpoint fence.
         self.launch_generation = record.generation
+        self.resume = ResumeState()
 
     async def _restore_membership(self) -> None:
         """After a coordd restart: the running workers' generation and each member's worker
         slot, from the newest membership event (in-process re-formations move the job's
         generation on without restarting workers, and joiners take fresh slots)."""
         latest, confirmed, joined, finished, highest = None, set(), [], [], -1
-        for event in await self.m.store.events_after(self.record.id):
+        events = await self.m.store.events_after(self.record.id)
+        self.resume.replay(events)
+        for event in events:
             if event.kind in ("generation.started", "generation.reformed"):
                 latest = event
                 floor = -1 if event.kind == "generation.started" else highest  # numbered anew
@@ -120,6 +127,9 @@ class JobRunner:
 
     async def run(self) -> None:
         await self._restore_membership()
+        if self.resume.expected_from is not None:
+            await self.event(RESUMING, self.resume.resuming_message(),
+                             checkpoint_step=self.resume.expected_from)
         while not self.view.state.terminal:
             try:
                 event = await asyncio.wait_for(self.queue.get(), TICK_S)
@@ -133,13 +143,15 @@ class JobRunner:
         self.m.bus.close("logs", self.record.id)
 
     # events --------------------------------------------------------------------------
-    def _counts(self, report: WorkerInProcess | WorkerFinished) -> bool:
+    def _counts(self, report: WorkerInProcess | WorkerFinished | WorkerRestored) -> bool:
         return (report.generation == self.launch_generation
                 and report.node_id in self.view.members)
 
     async def _record(self, event: Event) -> None:
         """Persist, before it counts, an input a restarted coordd would not hear again: a
         worker says only once that it took part in a step, and that it trained to the end."""
+        if isinstance(event, (CheckpointCommitted, WorkerRestored)):
+            return await self._record_checkpoint(event)
         if not isinstance(event, (WorkerInProcess, WorkerFinished)) or not self._counts(event):
             return
         where = dict(worker_generation=event.generation, node=event.node_id, rank=event.rank)
@@ -149,6 +161,47 @@ class JobRunner:
         elif isinstance(event, WorkerFinished) and self.view.finished_at is None:
             await self.event(TRAINING_FINISHED, f"{event.node_id}: worker {event.rank} "
                              "trained to the last step", **where)
+
+    async def _record_checkpoint(self, event: CheckpointCommitted | WorkerRestored) -> None:
+        """A generation's first checkpoint, and the step its workers resumed from, as events
+        (what a restarted coordd needs to know that the job can resume)."""
+        where = dict(worker_generation=event.generation, step=event.step)
+        if isinstance(event, CheckpointCommitted):
+            if self.resume.first_checkpoint(event):
+                await self.event(CHECKPOINTED, f"{event.node_id}: worker {event.rank} committed "
+                                 f"a checkpoint of step {event.step}", **where)
+        elif self._counts(event):
+            outcome = self.resume.restored(event)
+            if outcome == RESUMED:
+                await self.event(RESUMED, f"{event.node_id}: worker {event.rank} resumed from "
+                                 f"the checkpoint of step {event.step}", **where)
+            elif outcome:
+                self.view.fail_reason = outcome
+
+    async def on_coordd_stop(self) -> None:
+        """coordd stops cleanly (this runner's loop has ended): say what that does to the job,
+        and do it. Only local nodes stop with coordd; other providers' agents reconnect."""
+        state, r = self.record.state, self.resume
+        if state.terminal:
+            return
+        if self.spec.resources.provider != "local":
+            self.log.info("job.continues", message=f"job {self.record.id} keeps running on its "
+                          f"{self.spec.resources.provider} nodes, which reconnect to coordd")
+        elif state not in (JobState.RUNNING, JobState.RECONFIGURING):
+            self.log.info("job.waits", message=f"job {self.record.id} ({state}) had not "
+                          "started: it goes on at coordd's next start")
+        elif r.checkpoint_step is not None:
+            await self.event(STOPPED, r.stop_message(), resume=True,
+                             checkpoint_step=r.checkpoint_step)
+            self.log.warning("job.interrupted", message=f"job {self.record.id}: "
+                             f"{r.stop_message()}")
+        else:
+            await self.event(STOPPED, NO_CHECKPOINT, resume=False)
+            # The loop was cancelled, perhaps in the middle of a write: start from the store.
+            self.record = await self.m.store.get_job(self.record.id)
+            await self._transition(plan.Transition(JobState.FAILED, NO_CHECKPOINT,
+                                                   cause="coordd_stopped"))
+            self.log.warning("job.failed", message=f"job {self.record.id}: {NO_CHECKPOINT}")
 
     def _apply(self, event: Event) -> None:
         match event:

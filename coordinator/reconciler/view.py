@@ -81,6 +81,7 @@ class JobView:
     stopping_since: float | None = None      # when StopWorkers was sent for `generation`
     below_min_since: float | None = None
     cancel_reason: str | None = None
+    fail_reason: str | None = None           # the job must fail now, for this reason
     reconfigure_cause: str = ""
     # In-process mode: each member's replica slot (its workers' ranks never change while it
     # runs) and the nodes already told to stop because they are leaving.

@@ -1,10 +1,14 @@
 """SIGTERM to coordd, or to one agent, ends it within a bounded time, leaves nothing it started
 running (also a worker that ignores SIGTERM, and the worker's own child), and leaves the state
-directory consistent: SQLite's integrity check passes and coordd starts again on it."""
+directory consistent: SQLite's integrity check passes and coordd starts again on it. A job
+whose local nodes a clean stop ended resumes from its checkpoint at the next start, or, with
+none, is failed by the stop: it never starts over from step 0."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +19,9 @@ import pytest
 
 from coord.v1 import types_pb2
 from coordinator.providers.procs import session_pids
-from tests.integration.harness import job_pids, start_coordd, wait_for
+from coordinator.localcluster import BIN
+from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
+from trainer.elastic import committed_history
 
 STOP_GRACE_S = 2
 FAST = {"COORDD_STOP_GRACE_S": str(STOP_GRACE_S), "COORDD_RESTART_GRACE_S": "3",
@@ -73,14 +79,18 @@ def test_sigterm_to_coordd_stops_everything_it_started_and_restarts_cleanly(tmp_
         assert all(session_pids(sid) == [] for sid in agents)
         assert integrity(server.state_dir) == "ok"
 
+        # The job reported no checkpoint: the stop said it fails, and it did, not to start
+        # over from nothing at the next start.
+        stopped = [json.loads(line) for line in server.log_path.read_text().splitlines()
+                   if '"job.failed"' in line]
+        assert [entry["job"] for entry in stopped] == [job.id]
         server = start_coordd(server.state_dir, env=FAST)  # the same state, a new process
         with server.client() as client:
-            assert client.get(job.id).node_ids == job.node_ids  # nothing forgotten
-            wait_for(lambda: (j := client.get(job.id)).state == types_pb2.JOB_STATE_RUNNING
-                     and j.generation > job.generation and len(job_pids(job.id)) == 4, 90,
-                     what="the job to run again on new nodes")
-            client.cancel(job.id)
-            wait_for(lambda: not job_pids(job.id), 30, what="the cancelled workers to stop")
+            again = client.get(job.id)
+            assert again.node_ids == job.node_ids  # nothing forgotten
+            assert again.state == types_pb2.JOB_STATE_FAILED
+            assert "no worker had reported a checkpoint" in again.reason
+            assert again.generation == job.generation and not job_pids(job.id)
     finally:
         server.stop()
     assert integrity(server.state_dir) == "ok"
@@ -107,3 +117,55 @@ def test_sigterm_to_an_agent_stops_its_workers_and_the_job_goes_on(tmp_path):
     finally:
         server.stop()
     assert integrity(server.state_dir) == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["restart", "inprocess"])
+def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path, mode):
+    state, work = tmp_path / "state", tmp_path / "job"
+    shutil.copytree(ROOT / "examples" / "elastic", work)
+    (work / "job.toml").write_text(textwrap.dedent("""
+        name = "resumer"
+        run = "python train.py --steps 160 --ckpt-every 20 --step-sleep 0.03"
+        [nodes]
+        count = 2
+        [fault_tolerance]
+        mode = "{mode}"
+    """).replace("{mode}", mode))
+    server = start_coordd(state)
+    try:
+        with server.client() as client:
+            job = client.submit(work / "job.toml")
+            wait_for(lambda: "checkpoint.committed" in kinds(client, job.id), 120,
+                     what="the job's first checkpoint")
+            before = client.get(job.id)
+        stop = subprocess.run([str(BIN / "coordd"), "stop", "--state-dir", str(state)],
+                              capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+        assert not job_pids(job.id)
+        said = [json.loads(line) for line in server.log_path.read_text().splitlines()
+                if '"job.interrupted"' in line]
+        assert [entry["job"] for entry in said] == [job.id]
+        assert "resumes from its newest checkpoint" in said[0]["message"]
+
+        server = start_coordd(state)
+        with server.client() as client:
+            final = client.wait(job.id, timeout=200)
+            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            events = list(client.watch(job.id, follow=False))
+        order = [e.kind for e in events]
+        assert order.index("coordd.stopped") < order.index("job.resuming") < len(order)
+        resumed = [json.loads(e.data_json) for e in events if e.kind == "training.resumed"
+                   and json.loads(e.data_json)["worker_generation"] > before.generation]
+        assert resumed and resumed[0]["step"] >= 20
+        history = committed_history(state / "checkpoints" / job.id)
+        after = [r.step for r in history.lineage if r.generation > before.generation]
+        assert after and after[0] == resumed[0]["step"] + 1  # from the checkpoint, not step 1
+        assert history.ok and history.steps == list(range(1, 161)) and not history.lost
+    finally:
+        server.stop()
+
+
+def kinds(client, job_id: str) -> list[str]:
+    return [e.kind for e in client.watch(job_id, follow=False)]

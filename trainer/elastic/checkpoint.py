@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from agent import control
+
 from .errors import CheckpointError
 from .fence import ensure_current
 from .logs import get_logger
@@ -59,13 +61,17 @@ def checkpoint_name(step: int, generation: int) -> str:
 class CheckpointStore:
     """Saves and finds checkpoints in one directory shared by all nodes."""
 
-    def __init__(self, directory: Path, generation: int, keep: int = 2, job_id: str = "") -> None:
+    def __init__(self, directory: Path, generation: int, keep: int = 2, job_id: str = "",
+                 report: bool = False) -> None:
         if keep < 1:
             raise ValueError("keep must be >= 1")
         self.directory = Path(directory)
         self.generation = generation
         self.keep = keep
         self.job_id = job_id  # the fence's owner this store commits for ("": any)
+        # Tell coord each durable commit (a control line): coordd then knows the job can
+        # resume, e.g. after a clean stop that ends its local nodes.
+        self.report = report
 
     def save(self, step: int, payload: dict[str, Any]) -> CheckpointRef:
         """Commit `payload` as the checkpoint of `step`; a generation-checked rename.
@@ -85,6 +91,8 @@ class CheckpointStore:
         _fsync_dir(self.directory)
         ref = CheckpointRef(step, self.generation, final)
         self._prune(ref)
+        if self.report:
+            control.emit("checkpoint", step=step)
         return ref
 
     def refs(self) -> list[CheckpointRef]:

@@ -16,6 +16,7 @@ stopping and at the last step.
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import socket
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from agent import control
 
 from .bound import BoundObjects
 from .checkpoint import Checkpoint, CheckpointRef, CheckpointStore, checkpoint_name
@@ -42,6 +45,7 @@ from .steplog import StepLog
 from .stop import StopFlag
 
 log = get_logger(__name__)
+UNDER_COORD = "COORD_JOB_ID"  # set in every worker coord starts
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class ElasticContext(BoundObjects):
         self.config = config
         self.device = device
         self.stop_flag = stop
-        self.store = CheckpointStore(env.checkpoint_dir, env.generation, config.keep, env.job_id)
+        self.store = CheckpointStore(env.checkpoint_dir, env.generation, config.keep, env.job_id,
+                                     report=UNDER_COORD in os.environ)
         self.snapshots = (SnapshotStore(env.snapshot_dir, env.generation, config.snapshot_every)
                           if env.snapshot_dir and config.snapshot_every else None)
         self.state = TrainState(generation=env.generation, world_size=env.world_size,
@@ -137,6 +142,7 @@ class ElasticContext(BoundObjects):
         source = "peer snapshot" if payload is not None else "checkpoint"
         if payload is None and step < 0:
             self._log.info("fresh_start", world_size=self.world_size)
+            self._report_restored()
             return self.state
         if payload is None:
             payload = (found or self._load_chosen(step, generation)).payload
@@ -148,7 +154,14 @@ class ElasticContext(BoundObjects):
         self._log.info("restored", source=source, step=self.state.step,
                        samples=self.state.samples_seen, from_generation=self.state.generation,
                        world_size=self.world_size)
+        self._report_restored()
         return self.state
+
+    def _report_restored(self) -> None:
+        """Under coord, the leader says which step this start resumes from (0: fresh), so
+        coordd can tell a resumed job from one that started over."""
+        if self.is_leader and UNDER_COORD in os.environ:
+            control.emit("restored", step=self.state.step)
 
     def _newer_peer_snapshot(self, durable_step: int) -> dict[str, Any] | None:
         """The newest snapshot any node holds, if newer than the durable checkpoint, sent by

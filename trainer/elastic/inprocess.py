@@ -158,9 +158,11 @@ class InProcessContext(BoundObjects):
         self.discarded = 0  # steps whose update was thrown away (a peer vanished mid-step)
         self.reformations: list[tuple[int, int, float]] = []  # (step, new size, seconds)
         self._bound: tuple[torch.nn.Module, Any, Any] | None = None
-        self._checkpoints = CheckpointStore(env.checkpoint_dir, env.generation, job_id=env.job_id)
+        under_coord = bool(env.job_id)
+        self._checkpoints = CheckpointStore(env.checkpoint_dir, env.generation, job_id=env.job_id,
+                                            report=under_coord)
         self._durable = SnapshotStore(env.checkpoint_dir, env.generation, config.ckpt_every,
-                                      job_id=env.job_id)
+                                      job_id=env.job_id, report=under_coord)
         self._steplog: StepLog | None = None
         self._was_leader = False
         self._was_replica = False  # has committed a step (and told coord so)
@@ -212,6 +214,8 @@ class InProcessContext(BoundObjects):
             if found is not None:
                 self.state = apply_payload(found.payload, model, optimizer, scheduler)
                 self._log.info("restored", source="checkpoint", step=self.state.step)
+            if self.env.job_id:  # under coord: where this start resumes from (0: fresh)
+                control.emit("restored", step=self.state.step)
         self.state.generation = self.env.generation
         # The first optimizer step imports torch._dynamo (about 1 s here). A joiner doing
         # that after it joined would hold up the quorum it is in; do it before joining.

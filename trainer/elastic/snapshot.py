@@ -37,9 +37,11 @@ def detached_copy(value: Any) -> Any:
 class SnapshotStore:
     """Newest-two snapshots in a node-local directory, written off the training thread."""
 
-    def __init__(self, directory: Path, generation: int, every: int, job_id: str = "") -> None:
+    def __init__(self, directory: Path, generation: int, every: int, job_id: str = "",
+                 report: bool = False) -> None:
         self.every = every
-        self.store = CheckpointStore(directory, generation, keep=2, job_id=job_id)
+        self.store = CheckpointStore(directory, generation, keep=2, job_id=job_id,
+                                     report=report)
         self._writer: threading.Thread | None = None
 
     def offer(self, step: int, payload: dict[str, Any]) -> bool:

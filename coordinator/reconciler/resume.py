@@ -1,0 +1,110 @@
+"""What a clean coordd stop does to a running job, and how such a job comes back.
+
+Local nodes are coordd's children: a clean stop ends them, and the job's workers with them
+(they are asked to commit and stop first). Workers say when a durable checkpoint is committed
+(control line `checkpoint`) and which step a start resumed from (`restored`). At the stop a
+job that reported a checkpoint is marked to resume, and comes back at coordd's next start on
+new nodes from that checkpoint; a job that reported none is failed then, with that reason. A
+job marked to resume whose workers then find no checkpoint is failed too: a job never
+silently starts over from step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from coordinator.store import EventRecord
+
+STOPPED = "coordd.stopped"            # the stop, and what it does to the job
+RESUMING = "job.resuming"             # the next start: the job will resume
+RESUMED = "training.resumed"          # a generation's workers resumed from a checkpoint
+CHECKPOINTED = "checkpoint.committed"  # a generation's first durable checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointCommitted:
+    """A worker committed a durable checkpoint of `step`."""
+    generation: int
+    node_id: str
+    rank: int
+    step: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRestored:
+    """A worker's start resumed from the checkpoint of `step` (0: it found none)."""
+    generation: int
+    node_id: str
+    rank: int
+    step: int
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """What the runner knows about the job's checkpoints: the newest step reported, and the
+    step a clean stop promised the job resumes from (until a start resumed)."""
+
+    checkpoint_step: int | None = None
+    expected_from: int | None = None
+    checkpointed_in: set[int] = dataclasses.field(default_factory=set)  # worker generations
+    restored_in: set[int] = dataclasses.field(default_factory=set)
+
+    def replay(self, events: list[EventRecord]) -> None:
+        """After a coordd restart, from the job's event log."""
+        for event in events:
+            data = json.loads(event.data_json)
+            if event.kind in (CHECKPOINTED, RESUMED):
+                self.note_checkpoint(data.get("step", 0))
+                generations = self.checkpointed_in if event.kind == CHECKPOINTED \
+                    else self.restored_in
+                generations.add(data.get("worker_generation"))
+                if event.kind == RESUMED:
+                    self.expected_from = None
+            elif event.kind == STOPPED:
+                self.expected_from = data.get("checkpoint_step") if data.get("resume") else None
+
+    def note_checkpoint(self, step: int) -> None:
+        self.checkpoint_step = max(step, self.checkpoint_step or 0)
+
+    def first_checkpoint(self, event: CheckpointCommitted) -> bool:
+        """Note the checkpoint; True for its worker generation's first."""
+        self.note_checkpoint(event.step)
+        first = event.generation not in self.checkpointed_in
+        self.checkpointed_in.add(event.generation)
+        return first
+
+    def restored(self, event: WorkerRestored) -> str:
+        """RESUMED for a generation's first report of a resume (record it), the reason to
+        fail for a fresh start of a job a clean stop promised would resume, else ""."""
+        if event.generation in self.restored_in:
+            return ""
+        self.restored_in.add(event.generation)
+        if event.step > 0:
+            self.note_checkpoint(event.step)
+            self.expected_from = None
+            return RESUMED
+        return started_over(self.expected_from) if self.expected_from is not None else ""
+
+    def stop_message(self) -> str:
+        return ("coordd is stopping, and this job's local nodes stop with it (its workers "
+                "are asked to commit and stop): at coordd's next start the job starts again on "
+                f"new nodes and resumes from its newest checkpoint (step {self.checkpoint_step} "
+                "or later)")
+
+    def resuming_message(self) -> str:
+        return (f"coordd started again after a clean stop that ended this job's local nodes: "
+                f"the job starts on new nodes and resumes from its checkpoint (step "
+                f"{self.expected_from} or later)")
+
+
+NO_CHECKPOINT = ("coordd was stopped while the job ran on local nodes, which stop with it, and "
+                 "no worker had reported a checkpoint to resume from (trainer.elastic reports "
+                 "its checkpoints; a script prints `::coord::checkpoint {\"step\": N}`; see "
+                 "docs/coordd.md)")
+
+
+def started_over(expected: int) -> str:
+    return (f"coordd's clean stop promised this job would resume from its checkpoint (step "
+            f"{expected} or later), but its workers found no checkpoint and would start over "
+            "at step 0 (was the checkpoint directory removed?)")
