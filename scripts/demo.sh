@@ -14,6 +14,6 @@ for _ in $(seq 100); do [ -s "$COORDD_STATE_DIR/coordd.addr" ] && break; sleep 0
 echo "coordd is listening on $(cat "$COORDD_STATE_DIR/coordd.addr") (log: $COORDD_STATE_DIR.log)"
 rc=0
 .venv/bin/coord submit "${1:-examples/allreduce/job.toml}" || rc=$?
-echo "this was the light install: for the elastic training library and the trainer (examples/"
-echo "elastic, examples/imagenet), run: bash scripts/setup.sh   (see docs/install.md)"
+echo "this was the light install: in-process recovery (torchft) and the fast trainer"
+echo "(examples/imagenet) come with: bash scripts/setup.sh   (see docs/install.md)"
 exit $rc

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv and installs coord in one of two profiles (docs/install.md):
-#   bash scripts/setup.sh --demo   coordd, coord-agent, the CLI and torch: what the demo's
-#                                  example (examples/allreduce) needs, nothing more
+#   bash scripts/setup.sh --demo   coordd, coord-agent, the CLI, torch and numpy: what the
+#                                  demo's example (examples/allreduce) needs, nothing more
 #   bash scripts/setup.sh          everything: also the trainer ('.[train]': the elastic library
 #                                  with numpy and torchft, DALI, scikit-learn, tensorboard), the
 #                                  test tools ('.[dev]') and, as root, sshd for the ssh tests
@@ -17,11 +17,13 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q)
 "${PIP[@]}" --upgrade pip
-"${PIP[@]}" "torch==2.13.0"  # first: torchft (in '.[train]') would pull a CUDA build
+# torch first: torchft's torch>=2.7 would pull the newest CUDA build. numpy: without it torch warns
+# at every start ("Failed to initialize NumPy") and trainer.elastic refuses to start.
+"${PIP[@]}" "torch==2.13.0" numpy
 if [ "$PROFILE" = demo ]; then
   "${PIP[@]}" -e .
   echo "coord (daemon, agent, CLI, torch) installed in $(pwd)/.venv"
-  echo "to add the elastic training library (numpy, torchft): .venv/bin/pip install -e '.[elastic]'"
+  echo "to add in-process recovery (torchft): .venv/bin/pip install -e '.[elastic]'"
   echo "to add the fast trainer too (DALI ~1 GB, scikit-learn, tensorboard): bash scripts/setup.sh"
   exit 0
 fi

@@ -17,7 +17,7 @@ import structlog
 from coordinator.errors import PartialLaunch
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
-from coordinator.reconciler.view import JobView, NodeView, WorkerExit
+from coordinator.reconciler.view import JobView, NodeView, WorkerExit, failure_cause
 from coordinator.spec import JobSpec
 from coordinator.states import JobState, NodeState, check_job_transition
 from coordinator.store import JobRecord
@@ -324,9 +324,8 @@ class JobRunner:
     async def _failure_detail(self) -> dict[str, Any]:
         failures = sorted((e for e in self.view.exits.values() if e.code != 0),
                           key=lambda e: e.time)
-        if not failures:
+        if not (first := failure_cause(failures)):
             return {}
-        first = failures[0]
         tail = await self.m.store.read_logs(self.record.id, node_id=first.node_id,
                                             rank=first.rank, tail=20)
         return {"workers": [dataclasses.asdict(f) | {"generation": self.launch_generation}
