@@ -58,7 +58,8 @@ class JobManager:
     async def submit(self, spec_json: str, source: str, bundle: bytes,
                      dry_run: bool) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
-        self.nodes.provider(spec)  # an unconfigured provider is a spec error, found now
+        # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
+        self.nodes.provider(spec).check_fits(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
             raise InvalidSpec(f"{source}: fault_tolerance.mode = 'inprocess' needs torchft where "
                               f"coordd runs ({INSTALL_HINT})")
