@@ -61,3 +61,25 @@ def test_the_elastic_library_without_numpy_refuses_to_start_and_says_what_to_ins
     assert result.returncode != 0
     assert "trainer.elastic needs numpy" in result.stderr
     assert "pip install 'coord[elastic]'" in result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_job_whose_setup_fails_shows_the_setup_output_in_status(tmp_path):
+    # What a node without the trainer's packages prints: the reason must reach `coord status`.
+    coordd = start_coordd(tmp_path / "state")
+    try:
+        job = tmp_path / "job.toml"
+        job.write_text(textwrap.dedent("""
+            name = "nosetup"
+            setup = "echo 'error: No module named sklearn'; exit 1"
+            run = "true"
+            [nodes]
+            count = 1
+        """))
+        result = coordd.cli("submit", str(job), timeout=80)
+        assert result.returncode == 1, result.stdout + result.stderr
+        status = coordd.cli("status", "nosetup")
+        assert "last lines of the first failed worker" in status.stdout, status.stdout
+        assert "error: No module named sklearn" in status.stdout.split("last lines")[1]
+    finally:
+        coordd.stop()
