@@ -154,6 +154,10 @@ def _job_detail(job: types_pb2.Job, events: list[types_pb2.JobEvent]) -> None:
                   f"\n  nodes:    {', '.join(job.node_ids) or '-'}")
     if job.reason:
         console.print(f"  reason:   {escape(job.reason)}")
+    for event in events:  # mode "auto" that could not go in-process in this generation
+        if event.kind == "mode.restart" and event.generation == job.generation:
+            why = json.loads(event.data_json or "{}").get("reason", event.message)
+            console.print(f"  mode:     restart, not in-process: {escape(why)}")
     for worker in job.failed_workers:
         console.print(f"  [red]rank {worker.rank}[/] on {worker.node_id} exited with code "
                       f"{worker.exit_code} (generation {worker.generation})")

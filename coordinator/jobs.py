@@ -35,6 +35,9 @@ log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
 _STEP_REPORTS = {WORKER_CHECKPOINT: CheckpointCommitted, WORKER_RESTORED: WorkerRestored}
+# Recorded when a job in mode "auto" cannot run a generation in-process (`coord status` shows it).
+AUTO_RESTART = "mode.restart"
+INSTALL_HINT = "pip install 'coord[elastic]'"
 
 
 class JobManager:
@@ -58,10 +61,11 @@ class JobManager:
     async def submit(self, spec_json: str, source: str, bundle: bytes,
                      dry_run: bool) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
-        self.nodes.provider(spec)  # an unconfigured provider is a spec error, found now
+        # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
+        self.nodes.provider(spec).check_fits(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
             raise InvalidSpec(f"{source}: fault_tolerance.mode = 'inprocess' needs torchft where "
-                              "coordd runs (pip install 'coord[train]')")
+                              f"coordd runs ({INSTALL_HINT})")
         if len(bundle) > bundles.MAX_BUNDLE_BYTES:
             raise InvalidSpec(f"{source}: bundle exceeds {bundles.MAX_BUNDLE_BYTES // 2**20} MiB")
         record = JobRecord(id=f"{spec.name[:40]}-{uuid.uuid4().hex[:8]}", name=spec.name,
@@ -230,13 +234,32 @@ class JobManager:
     def _has_torchft(self, node_id: str) -> bool:
         return "torchft" in self.nodes.nodes[node_id].resources.get("software", ())
 
+    def _auto_restart_reason(self, spec: JobSpec, node_ids: tuple[str, ...]) -> str:
+        """Why a job in mode "auto" runs a new generation in restart mode ('' if it need not)."""
+        if spec.fault_tolerance.mode != "auto":
+            return ""
+        if not lighthouse_available():
+            return f"torchft is not installed where coordd runs ({INSTALL_HINT} there)"
+        if missing := [n for n in node_ids if not self._has_torchft(n)]:
+            return (f"torchft is not installed on node(s) {', '.join(missing)} "
+                    f"({INSTALL_HINT} on every node)")
+        return ""
+
+    async def _say_auto_restart(self, record: JobRecord, reason: str) -> None:
+        if runner := self.runners.get(record.id):
+            await runner.event(AUTO_RESTART, "fault_tolerance.mode = 'auto' runs generation "
+                               f"{record.generation} in restart mode: {reason}; a node loss "
+                               "restarts every worker", reason=reason)
+
     async def launch(self, record: JobRecord, spec: JobSpec, view: JobView, generation: int,
                      node_ids: tuple[str, ...]) -> None:
         """Start workers of `generation` on `node_ids` (a whole generation, or in in-process
         mode the nodes that join the running replicas)."""
         mode, joining = fault_mode(spec), set(node_ids) != set(view.members)
-        if mode == "auto" and not joining and not all(map(self._has_torchft, node_ids)):
-            mode = "restart"  # a worker without torchft could not join: no choice to offer
+        # Without torchft a worker could not join a quorum: no choice to offer, and say so.
+        if not joining and (why := self._auto_restart_reason(spec, node_ids)):
+            mode = "restart"
+            await self._say_auto_restart(record, why)
         lighthouse = await self.quorum_address(record, spec) if mode != "restart" else ""
         master = view.nodes[view.members[0]]
         port = self.nodes.free_port(master.id) or master.free_port  # fresh: reported just now

@@ -70,7 +70,7 @@ class QuorumService:
     async def start(self) -> str:
         if not lighthouse_available():
             raise QuorumUnavailable("torchft is not installed on coordd's machine "
-                                    "(pip install 'coord[train]')")
+                                    "(pip install 'coord[elastic]')")
         previous = await asyncio.to_thread(_read_lease, self.lease)
         if previous:  # coordd restarted: same port, and no second Lighthouse beside an orphan
             self.port = previous[0]

@@ -63,7 +63,8 @@ class Coordinator:
         jobs = JobManager(store, bus, s, metrics)
         access = AgentAccess(self.advertised, agent_token,
                              files.ca_pem.decode() if files else None, insecure=files is None)
-        providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s)}
+        providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s,
+                                            s.local)}
         if s.aws.enabled:
             from coordinator.providers.aws import AwsProvider  # aiobotocore: only when used
             providers["aws"] = AwsProvider(s.aws, access, s.state_dir, job_events(jobs))

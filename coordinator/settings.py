@@ -95,6 +95,18 @@ class SshSettings(BaseModel):
         return self
 
 
+class LocalSettings(BaseModel):
+    """The `local` provider (`[local]` in the config file, COORDD_LOCAL__KEY in the
+    environment): what one node takes of this machine's memory, to refuse at submit a job
+    whose nodes cannot all run here. The defaults are an idle agent's and a minimal worker's
+    resident memory (torch imported, one gloo group; a model and its data add to it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_memory_mb: float = Field(70.0, ge=0, description="one coord-agent process")
+    worker_memory_mb: float = Field(225.0, ge=0, description="one worker, at least")
+
+
 class CoorddSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COORDD_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -147,6 +159,7 @@ class CoorddSettings(BaseSettings):
                                                     "a line (default: STATE_DIR/coordd.log)")
     aws: AwsSettings = Field(default_factory=AwsSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
 
     config_file: Path | None = Field(None, exclude=True)
 

@@ -134,7 +134,8 @@ class FaultToleranceSpec(_Strict):
     inprocess: always in-process (the script must use `trainer.elastic.inprocess`).
     restart: every worker stops and the group restarts at the new size from the newest
     snapshot or checkpoint (works with any script using `trainer.elastic`).
-    In-process and auto need torchft where coordd runs (`pip install 'coord[train]'`).
+    In-process needs torchft where coordd runs and on every node (`pip install 'coord[elastic]'`);
+    without it auto runs in restart mode and says so (an event, a line in `coord status`).
     """
 
     mode: Literal["auto", "inprocess", "restart"] = "auto"

@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # scikit-learn, pillow: the trainer's extra
+        print(f"error: {exc}: install the trainer with pip install 'coord[train]' "
+              "(from a clone: bash scripts/setup.sh)", file=sys.stderr)
+        return 2
     print(f"wrote {args.dataset} to {out}", flush=True)
     return 0
 

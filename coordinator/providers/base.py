@@ -57,6 +57,9 @@ class Provider(abc.ABC):
     async def close(self) -> None:
         """coordd is shutting down cleanly."""
 
+    def check_fits(self, spec: JobSpec, source: str) -> None:
+        """At submit: raise InvalidSpec when the job's nodes can never all run here."""
+
     async def gone(self, node: NodeRecord) -> bool:
         """True when the provider knows that the node's machine or agent no longer exists, so
         it cannot reconnect (asked while nodes reconnect to a restarted coordd); False when it

@@ -13,10 +13,12 @@ from pathlib import Path
 import structlog
 
 from agent.warm import ENABLE_ENV
+from coordinator.errors import InvalidSpec
 from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
 from coordinator.providers.localio import download_local, exec_local, upload_local
 from coordinator.providers.procs import process_alive, session_pids, signal_session
+from coordinator.settings import LocalSettings
 from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
 
@@ -28,8 +30,10 @@ LOST_KILL_AFTER_S = 30.0
 class LocalProvider(Provider):
     name = "local"
 
-    def __init__(self, nodes_dir: Path, access: AgentAccess, stop_grace_s: float):
+    def __init__(self, nodes_dir: Path, access: AgentAccess, stop_grace_s: float,
+                 settings: LocalSettings | None = None):
         self.nodes_dir = nodes_dir
+        self.settings = settings or LocalSettings()
         self.access = access
         self.stop_grace_s = stop_grace_s
         self._procs: dict[str, asyncio.subprocess.Process] = {}
@@ -49,6 +53,25 @@ class LocalProvider(Provider):
             node.host = "127.0.0.1"
             node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
             log.info("node.launched", node=node.id, pid=proc.pid, workdir=str(workdir))
+
+    def check_fits(self, spec: JobSpec, source: str) -> None:
+        """Every node is an agent and its workers on this machine: refuse a job whose nodes
+        cannot all have the memory each takes (jobs already running hold theirs)."""
+        available = available_memory_mb()
+        if available is None:
+            return
+        s, n = self.settings, spec.nodes
+        per_node = s.agent_memory_mb + spec.nproc_per_node * s.worker_memory_mb
+        fit = int(available // per_node) if per_node else n.count + n.spares
+        if n.count + n.spares <= fit:
+            return
+        asked = f"nodes.count = {n.count}" + (f" + nodes.spares = {n.spares}" if n.spares else "")
+        raise InvalidSpec(
+            f"{source}: {asked}: at most {fit} local node(s) fit this machine: each takes about "
+            f"{per_node:.0f} MB (an agent, {s.agent_memory_mb:g} MB, and nproc_per_node = "
+            f"{spec.nproc_per_node} worker(s) of at least {s.worker_memory_mb:g} MB; coordd "
+            f"settings local.agent_memory_mb, local.worker_memory_mb) and {available:.0f} MB "
+            "is available")
 
     def interrupt(self, node: NodeRecord, action: str) -> None:
         """Make the node's metadata announce an interruption, as EC2 would."""
@@ -135,3 +158,15 @@ class LocalProvider(Provider):
                 return True
             await asyncio.sleep(0.1)
         return not await asyncio.to_thread(session_pids, sid)
+
+
+def available_memory_mb() -> float | None:
+    """MemAvailable of /proc/meminfo in MB; None where there is none (not Linux)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None

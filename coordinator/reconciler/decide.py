@@ -10,7 +10,7 @@ from __future__ import annotations
 from coordinator.reconciler.plan import (
     Acquire, Action, ChargeRestart, ConfirmInProcess, MarkBelowMinimum, Reform, Release,
     StartGeneration, StopGeneration, StopNodes, Transition)
-from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, WorkerExit
+from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, WorkerExit, failure_cause
 from coordinator.states import JobState, NodeState
 
 GONE_STATES = (NodeState.LOST, NodeState.GONE)
@@ -235,7 +235,8 @@ def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
     settle = view.policy.peer_failure_settle_s if peers_only else view.policy.failure_settle_s
     if now - first.time < settle:
         return []  # wait: a node loss, not the job, may be the cause
-    reason = f"rank {first.rank} on node {first.node_id} exited with code {first.code}"
+    cause = failure_cause(_unasked_failures(view)) or first
+    reason = f"rank {cause.rank} on node {cause.node_id} exited with code {cause.code}"
     if view.restarts < view.policy.max_restarts:
         return [ChargeRestart(),
                 Transition(JobState.RECONFIGURING, reason=reason, cause="worker_failed"),

@@ -20,7 +20,7 @@ from coordinator.reconciler.decide import decide
 from coordinator.reconciler.resume import (CHECKPOINTED, NO_CHECKPOINT, RESUMED, RESUMING,
                                            STOPPED, CheckpointCommitted, ResumeState,
                                            WorkerRestored)
-from coordinator.reconciler.view import JobView, NodeView, WorkerExit
+from coordinator.reconciler.view import JobView, NodeView, WorkerExit, failure_cause
 from coordinator.spec import JobSpec
 from coordinator.states import JobState, NodeState, check_job_transition
 from coordinator.store import JobRecord
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("coordinator.reconciler")
 TICK_S = 0.25
+SETUP_RANK = -1  # the rank a node's `setup` output is logged under
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,15 +378,16 @@ class JobRunner:
     async def _failure_detail(self) -> dict[str, Any]:
         failures = sorted((e for e in self.view.exits.values() if e.code != 0),
                           key=lambda e: e.time)
-        if not failures:
+        if not (first := failure_cause(failures)):
             return {}
-        first = failures[0]
-        tail = await self.m.store.read_logs(self.record.id, node_id=first.node_id,
-                                            rank=first.rank, tail=20)
+        for rank in (first.rank, SETUP_RANK):  # a worker that never started: the setup's say
+            tail = [line.text for line in await self.m.store.read_logs(
+                self.record.id, node_id=first.node_id, rank=rank, tail=20)
+                if line.generation == self.launch_generation]
+            if tail:
+                break
         return {"workers": [dataclasses.asdict(f) | {"generation": self.launch_generation}
-                            for f in failures],
-                "log_tail": [line.text for line in tail
-                             if line.generation == self.launch_generation]}
+                            for f in failures], "log_tail": tail}
 
     async def event(self, kind: str, message: str, **data: Any) -> None:
         record = await self.m.store.append_event(self.record.id, kind, self.record.generation,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from coordinator.states import JobState, NodeState
 
@@ -30,6 +31,14 @@ class WorkerExit:
 # Exit code of a worker whose collective failed because a peer vanished (EX_TEMPFAIL);
 # the elastic library uses it, any script may.
 PEER_LOST_EXIT = 75
+
+
+def failure_cause(exits: Iterable[WorkerExit]) -> WorkerExit | None:
+    """The failure to name: the earliest one that is not a peer's loss (those follow from
+    it), else the earliest; None when every worker exited 0."""
+    failures = sorted((e for e in exits if e.code != 0), key=lambda e: e.time)
+    return next((e for e in failures if e.code != PEER_LOST_EXIT), failures[0] if failures
+                else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
-from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
+from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, NodeView, Policy, WorkerExit
 from coordinator.states import JobState, NodeState
 
 POLICY = Policy(target=3, minimum=2, max_restarts=1, wait_for_min_s=60, nproc_per_node=1,
@@ -558,3 +558,13 @@ def test_inprocess_invariants_hold_under_random_events(sequence):
                    for a in actions):
             again = [a for a in decide(view, now) if not isinstance(a, plan.MarkBelowMinimum)]
             assert again == [], again
+
+
+def test_a_failure_is_named_by_the_rank_that_failed_not_by_the_peers_it_took_down():
+    view = running_job()
+    view.exits[0] = WorkerExit("n0", 0, PEER_LOST_EXIT, 10.0)  # its peer crashed under it
+    view.exits[1] = WorkerExit("n1", 1, 1, 10.2)
+    actions = step(view, 11.5)
+    assert view.state == JobState.RECONFIGURING
+    transition = next(a for a in actions if isinstance(a, plan.Transition))
+    assert "rank 1 on node n1 exited with code 1" in transition.reason

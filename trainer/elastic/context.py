@@ -32,7 +32,7 @@ from agent import control
 from .bound import BoundObjects
 from .checkpoint import Checkpoint, CheckpointRef, CheckpointStore, checkpoint_name
 from .env import WorkerEnv
-from .errors import CheckpointError, CommitFailedError, ElasticError
+from .errors import CheckpointError, CommitFailedError, ElasticError, EnvironmentConfigError
 from .fence import ensure_current
 from .logs import get_logger
 from .loop import Step
@@ -43,6 +43,13 @@ from .snapshot import SnapshotStore
 from .state import TrainState, apply_payload, build_payload
 from .steplog import StepLog
 from .stop import StopFlag
+
+try:  # torch.distributed's object collectives (restoring a peer's snapshot) need numpy: fail at
+    import numpy  # noqa: F401  import, not at the first restore after a node loss
+except ImportError as exc:
+    raise EnvironmentConfigError(
+        f"trainer.elastic needs numpy on every node ({exc}): pip install 'coord[elastic]' "
+        "into the environment the workers run in") from exc
 
 log = get_logger(__name__)
 UNDER_COORD = "COORD_JOB_ID"  # set in every worker coord starts

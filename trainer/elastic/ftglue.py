@@ -119,7 +119,7 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
         from torchft import Manager, ProcessGroupGloo, ProcessGroupNCCL
     except ImportError as exc:
         raise EnvironmentConfigError(
-            f"in-process mode needs torchft on this node ({exc}): pip install 'coord[train]', "
+            f"in-process mode needs torchft on this node ({exc}): pip install 'coord[elastic]', "
             "or set [fault_tolerance] mode = \"restart\" in the job file") from exc
 
     timeout = timedelta(seconds=timeout_s)

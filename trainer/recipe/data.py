@@ -40,8 +40,8 @@ def _dali() -> tuple:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
     except ImportError as exc:
         raise DaliMissingError(
-            f"NVIDIA DALI does not import ({exc}); install it with "
-            "`pip install nvidia-dali-cuda120` (its CPU operators need no GPU)") from exc
+            f"NVIDIA DALI does not import ({exc}); install the trainer with "
+            "pip install 'coord[train]' (DALI's CPU operators need no GPU)") from exc
     return fn, pipeline_def, types, DALIGenericIterator
 
 
