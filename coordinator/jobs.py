@@ -29,6 +29,7 @@ from coordinator.spec import JobSpec, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
 
+MAX_OVERRIDES = 64  # flags recorded with a job: what a person typed, bounded for the store
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
@@ -53,7 +54,7 @@ class JobManager:
 
     # client operations ---------------------------------------------------------------
     async def submit(self, spec_json: str, source: str, bundle: bytes,
-                     dry_run: bool) -> JobRecord:
+                     dry_run: bool, overrides: list[str] | None = None) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
         self.nodes.provider(spec)  # an unconfigured provider is a spec error, found now
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
@@ -70,8 +71,11 @@ class JobManager:
             await asyncio.to_thread(self._save_bundle, record.bundle_digest, bundle)
         await self.store.insert_job(record)
         self.metrics.job_added(record.state)
-        await self.store.append_event(record.id, "state", 0, f"submitted from {source or '?'}",
-                                      {"new": "PENDING"})
+        overrides = [flag[:200] for flag in (overrides or [])[:MAX_OVERRIDES]]
+        await self.store.append_event(
+            record.id, "state", 0, f"submitted from {source or '?'}" +
+            (f" with {' '.join(overrides)}" if overrides else ""),
+            {"new": "PENDING", "overrides": overrides})
         self._start_runner(record, spec)
         return record
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator.providers.procs import session_pids
+from coordinator.states import JobState, NodeState
 from tests.integration.harness import job_pids, start_coordd, wait_for
 
 STOP_GRACE_S = 2
@@ -76,7 +76,7 @@ def test_sigterm_to_coordd_stops_everything_it_started_and_restarts_cleanly(tmp_
         server = start_coordd(server.state_dir, env=FAST)  # the same state, a new process
         with server.client() as client:
             assert client.get(job.id).node_ids == job.node_ids  # nothing forgotten
-            wait_for(lambda: (j := client.get(job.id)).state == types_pb2.JOB_STATE_RUNNING
+            wait_for(lambda: (j := client.get(job.id)).state == JobState.RUNNING
                      and j.generation > job.generation and len(job_pids(job.id)) == 4, 90,
                      what="the job to run again on new nodes")
             client.cancel(job.id)
@@ -99,11 +99,11 @@ def test_sigterm_to_an_agent_stops_its_workers_and_the_job_goes_on(tmp_path):
                  what="the agent and everything it started to end")
         assert time.monotonic() - started < STOP_GRACE_S + 12
         with server.client() as client:
-            wait_for(lambda: (j := client.get(job.id)).state == types_pb2.JOB_STATE_RUNNING
+            wait_for(lambda: (j := client.get(job.id)).state == JobState.RUNNING
                      and j.generation > job.generation, 60, what="the job to re-form")
             assert leaving not in client.get(job.id).node_ids
             node = next(n for n in client.nodes(include_gone=True) if n.id == leaving)
-            assert node.state in (types_pb2.NODE_STATE_LOST, types_pb2.NODE_STATE_GONE)
+            assert node.state in (NodeState.LOST, NodeState.GONE)
     finally:
         server.stop()
     assert integrity(server.state_dir) == "ok"
