@@ -88,15 +88,16 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow/--detach", "-f/-d", help="stream logs and "
                                          "events until the job ends, or print the id and "
                                          "return at once")] = True,
-    dry_run: Annotated[bool, typer.Option("--dry-run/--run", help="validate the file with "
-                                          "coordd and run nothing")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run/--no-dry-run", help="validate the file "
+                                          "with coordd and run nothing")] = False,
     nodes: Annotated[int | None, typer.Option("--nodes", "-N", help="override nodes.count")]
     = None,
     name: Annotated[str | None, typer.Option("--name", help="override the job's name")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE added to the "
                                                   "file's env (repeatable)")] = None,
 ) -> None:
-    """Submit a job. Follows it to the end unless --detach; exit code 0 only if it SUCCEEDED.
+    """Submit a job and follow it to the end (exit 0 only if it SUCCEEDED), or --detach.
+
     --nodes, --name and --env override the file, validated as the file is; the job records
     which flags were given (`coord status`).
 
@@ -152,15 +153,16 @@ async def _follow(client: AsyncClient, job_id: str) -> int:
 @app.command()
 def status(job: Annotated[str | None, typer.Argument(help="job id or name; none: all jobs")]
            = None, output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
-    """Show one job in detail (overrides, generations, failures with exit codes and log tail),
-    or all jobs as `coord jobs --all` does.
+    """Show one job in detail, or every job as `coord jobs --all` does.
+
+    The detail: overrides, reason, failed ranks with exit codes and log tail, generations.
 
     Example: coord status my-job
     """
     async def go() -> int:
         async with AsyncClient() as client:
             if job is None:
-                _print_jobs(await client.jobs(), output, fields)
+                _print_jobs(await _list_jobs(client, True), output, fields)
                 return 0
             record = await client.get(job)
             events = [e async for e in client.watch(record.id, follow=False)]
@@ -209,21 +211,27 @@ def jobs_command(
     all_: Annotated[bool, typer.Option("--all/--active", "-a/-A", help="also jobs that ended "
                                        "(active ones first), or only those still running")]
     = False, output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
-    """List jobs that have not ended, newest first, as squeue does (--all: every job).
+    """List jobs that have not ended, newest first, as squeue does.
+
+    --all: the ended ones too, after them.
 
     Example: coord jobs --fields id,state,nodes
     """
     async def go() -> int:
+        cliout.pick_fields(fields, cliout.JOB_FIELDS, [])  # bad input before any call
         async with AsyncClient() as client:
-            jobs = await client.jobs(include_finished=True)
-            shown = sorted(jobs, key=lambda j: j.terminal) if all_ else \
-                [j for j in jobs if not j.terminal]
-            _print_jobs(shown, output, fields)
-            if output is Output.table and len(shown) < len(jobs) and sys.stderr.isatty():
-                err.print(f"[dim]{len(jobs) - len(shown)} ended job(s) not shown: "
-                          "coord jobs --all[/]")
+            jobs = await _list_jobs(client, all_)
+        _print_jobs(jobs, output, fields)
+        if not jobs and not all_ and output is Output.table:
+            err.print("[dim]no active jobs; `coord jobs --all` lists ended ones too[/]")
         return 0
     run(go())
+
+
+async def _list_jobs(client: AsyncClient, all_: bool) -> list[Job]:
+    """Active jobs, newest first; with `all_` the ended ones after them."""
+    jobs = await client.jobs(include_finished=all_)
+    return sorted(jobs, key=lambda j: j.terminal)  # stable: newest first within each
 
 
 def _print_jobs(jobs: list[Job], output: Output, fields: str) -> None:
@@ -277,7 +285,7 @@ def cancel(job: JobArg,
 @app.command()
 def nodes(job: Annotated[str, typer.Option(help="only this job's nodes")] = "",
           all_: Annotated[bool, typer.Option("--all/--live", "-a/-l", help="also nodes that "
-                                             "are gone, or only live ones")] = False,
+                                             "are GONE (released), or every other one")] = False,
           output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
     """List nodes with their state, job and resources.
 

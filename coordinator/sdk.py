@@ -5,9 +5,9 @@
         job = c.submit("examples/allreduce/job.toml")
         for line in c.logs(job.id, follow=True):
             print(line.text)
-        print(c.wait(job.id).state)
+        print(c.wait(job.id).state)      # SUCCEEDED: a JobState, not a number
 
-`AsyncClient` is the same API for asyncio code.
+`AsyncClient` is the same API for asyncio code; docs/sdk.md is the reference.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def test_spot_notice_drains_without_losing_a_step(coordd, client, tmp_path):  # 
     assert "spot interruption notice" in events[notice].message
     requested = kinds.index("nodes.requested", notice)
     started = [i for i, e in enumerate(events) if e.kind == "generation.started"]
-    assert json.loads(events[started[1]].data_json)["cause"] == "node_leaving"
+    assert events[started[1]].data["cause"] == "node_leaving"
     assert requested < started[1]  # the replacement was asked for before the group re-formed
     history = committed_history(ckpt_dir(coordd, record.id))
     assert history.steps == list(range(1, STEPS + 1))
