@@ -25,7 +25,7 @@ from coordinator.providers.ssh import SshProvider
 from coordinator.providers.sshboot import stop_script
 from coordinator.providers.sshhost import HostError, complete, connect, exit_code
 from coordinator.settings import SshHost, SshSettings
-from coordinator.states import NodeState
+from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, NodeRecord
 from tests.integration.harness import start_coordd, wait_for
 from tests.providers.sshd import Sshd, start_sshd
