@@ -265,7 +265,7 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._async = self._run(_make(address, token, ca))
-        self.address = self._async.address
+        self.address, self.target = self._async.address, self._async.target
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
