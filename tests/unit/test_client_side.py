@@ -140,8 +140,11 @@ async def test_the_sdk_names_the_state_dir_address_it_tried(monkeypatch, tmp_pat
             await client.get("x")
 
 
-@pytest.mark.parametrize("args", [["--version"], ["-h"], ["jobs", "-h"], ["debug", "-h"],
-                                  ["debug", "interrupt", "-h"]])
+COMMANDS = ["submit", "status", "jobs", "logs", "cancel", "nodes", "exec", "upload", "download",
+            "debug", "debug interrupt"]
+
+
+@pytest.mark.parametrize("args", [["--version"], ["-h"]] + [c.split() + ["-h"] for c in COMMANDS])
 def test_version_and_short_help_everywhere(args):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
