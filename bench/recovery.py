@@ -55,6 +55,7 @@ from pathlib import Path
 
 from coordinator.localcluster import start_coordd, wait_for
 from coordinator.providers.procs import session_pids, signal_tree
+from coordinator.states import JobState
 from trainer.elastic import committed_history
 from trainer.elastic.steplog import STEPLOG_FILE
 
@@ -271,13 +272,13 @@ def run_coord(a: argparse.Namespace, work: Path, mode: str = "restart",
             if mode == "inprocess" else {}
         final = client.wait(job_id, timeout=a.give_up_s)
         for event in client.watch(job_id, follow=False):
-            t = event.time.seconds + event.time.nanos / 1e9 - killed_at
+            t = event.time.timestamp() - killed_at
             if t > -0.5:
                 print(f"  {t:+7.2f} s  {event.message}")
         if mode == "inprocess":
             name = "coord-inprocess" + ("+spare" if spares else "")
-            return measure_in_place(name, ckpt, killed_at, final.state == 5, extra)
-        return measure("coord", ckpt, killed_at, final.state == 5)
+            return measure_in_place(name, ckpt, killed_at, final.state is JobState.SUCCEEDED, extra)
+        return measure("coord", ckpt, killed_at, final.state is JobState.SUCCEEDED)
 
 
 def run_coord_inprocess(a: argparse.Namespace, work: Path) -> Result:
@@ -297,8 +298,8 @@ def run_coord_inprocess_worker(a: argparse.Namespace, work: Path) -> Result:
         os.kill(worker, signal.SIGKILL)
         extra = _inprocess_extras(a, client, job_id, ckpt, killed_at)
         final = client.wait(job_id, timeout=a.give_up_s)
-        return measure_in_place("coord-inprocess-worker", ckpt, killed_at, final.state == 5,
-                                extra)
+        return measure_in_place("coord-inprocess-worker", ckpt, killed_at,
+                                final.state is JobState.SUCCEEDED, extra)
 
 
 def _worker_pids(agent_pid: int, job_id: str) -> list[int]:
@@ -323,19 +324,19 @@ def _inprocess_extras(a: argparse.Namespace, client, job_id: str, ckpt: Path,
     """Kill -> first step committed at full size again (after the replicas' own "reformed
     ... new_size=3" line), then SIGKILL the job's Lighthouse and time training going on."""
     def full_again() -> float | None:
-        times = [line.time.seconds + line.time.nanos / 1e9 for line in client.logs(job_id)
+        times = [line.time.timestamp() for line in client.logs(job_id)
                  if "reformed" in line.text and "new_size=3" in line.text]
         times = [t for t in times if t > killed_at]
         return min(times) if times else None
     rejoined = wait_for(full_again, 60, interval=0.2, what="the replacement to join")
     rejoined += wait_for(lambda: steps_after(ckpt, rejoined), 30, what="a step at full size")
     events = list(client.watch(job_id, follow=False))
-    address = next(json.loads(e.data_json)["address"] for e in events
+    address = next(e.data["address"] for e in events
                    if e.kind == "quorum.started")
     # The replacement node's agent registered: where torchft's row starts (its replica is
     # restarted on the spot, with no node to boot).
     node_up = min((t for e in events if "node_joined" in e.message
-                   and (t := e.time.seconds + e.time.nanos / 1e9) > killed_at), default=None)
+                   and (t := e.time.timestamp()) > killed_at), default=None)
     [pid] = _pids_with_arg(f"127.0.0.1:{address.rpartition(':')[2]}")
     return {"full_size_s": rejoined - killed_at,
             "node_up_full_s": None if node_up is None else rejoined - node_up,

@@ -21,14 +21,21 @@ EXCLUDED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", ".mypy_cache"
 
 
 def _selected(root: Path, patterns: list[str]) -> list[Path]:
-    chosen = []
+    chosen, matched = [], set()
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(part in EXCLUDED_DIRS for part in rel.parts) or not path.is_file():
             continue
-        if patterns and not any(fnmatch.fnmatch(rel.as_posix(), p) for p in patterns):
+        hits = {p for p in patterns if fnmatch.fnmatch(rel.as_posix(), p)}
+        if patterns and not hits:
             continue
+        matched |= hits
         chosen.append(path)
+    # A pattern that matches nothing is a typo or a missing file: the job would fail on its
+    # nodes later, so it is refused here, at submit.
+    if missing := [p for p in patterns if p not in matched]:
+        raise InvalidSpec(f"files: {', '.join(repr(p) for p in missing)} match no file under "
+                          f"{root}")
     return chosen
 
 

@@ -1,14 +1,15 @@
 """`coord`: the command line for users. It holds no gRPC code: everything goes through the SDK.
 
-Exit codes a script can rely on: 0 success (a followed job SUCCEEDED); 1 the job FAILED;
-2 bad input (job file, arguments); 3 the job was CANCELLED; 4 coordd unreachable or refused;
-130 interrupted (the job keeps running).
+Exit codes: a followed job's end (EXIT_FOR_STATE), coord's errors (errors.EXIT_CODES), 130
+interrupted (the job keeps running); docs/cli.md lists them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import enum
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -17,77 +18,100 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from coord.v1 import types_pb2
-from coordinator.errors import CoordError, InvalidSpec, NotFound
+from coordinator import cliout
+from coordinator.errors import CoordError, exit_code
 from coordinator.sdk import AsyncClient
+from coordinator.sdktypes import Job, JobEvent, as_dict
+from coordinator.spec import Overrides, parse_env_flags
+from coordinator.states import JobState
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 app = typer.Typer(
     help="coord: run distributed PyTorch jobs that survive machines vanishing.\n\n"
          "Finds coordd through COORD_ADDR, COORD_TOKEN and COORD_CA, ~/.config/coord/config.toml "
-         "(address = ..., token = ..., ca = ...), or the coordd running on this machine.",
-    no_args_is_help=True, add_completion=False, rich_markup_mode="rich")
+         "(address = ..., token = ..., ca = ...), or the coordd running on this machine. "
+         "Reference: docs/cli.md.",
+    no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]})
 
-EXIT_FOR_STATE = {types_pb2.JOB_STATE_SUCCEEDED: 0, types_pb2.JOB_STATE_FAILED: 1,
-                  types_pb2.JOB_STATE_CANCELLED: 3}
-STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
-               "RECONFIGURING": "magenta"}
+EXIT_FOR_STATE = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 3}
 JobArg = Annotated[str, typer.Argument(help="job id or name (the newest job of that name)")]
 
 
-def state_name(state: int) -> str:
-    return types_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
 
 
-def styled(state: int) -> str:
-    name = state_name(state)
-    return f"[{STATE_STYLE.get(name, 'white')}]{name}[/]"
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for a person, json "
+                                                                  "for a script")]
+FieldsOpt = Annotated[str, typer.Option("--fields", help="comma-separated columns (or JSON "
+                                        "keys), e.g. id,state,nodes; see docs/cli.md")]
 
 
-def when(ts) -> str:
-    return dt.datetime.fromtimestamp(ts.seconds).strftime("%Y-%m-%d %H:%M:%S")
+def styled(state: JobState) -> str:
+    return f"[{cliout.STATE_COLOUR.get(state.value, 'white')}]{state.value}[/]"
+
+
+def when(time: dt.datetime) -> str:
+    return time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def run(coro) -> None:
-    """Run a command's coroutine; turn coord's errors into messages and exit codes."""
+    """Run a command's coroutine; turn coord's errors into one line and its exit code."""
     try:
         code = asyncio.run(coro)
-    except InvalidSpec as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    except NotFound as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
     except CoordError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(4) from None
+        raise typer.Exit(exit_code(exc)) from None
     raise typer.Exit(code or 0)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coord {importlib.metadata.version('coord')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print coord's version")] = False
+          ) -> None:
+    """coord: run distributed PyTorch jobs that survive machines vanishing."""
 
 
 @app.command()
 def submit(
     job_file: Annotated[Path, typer.Argument(help="the job.toml to run")],
-    detach: Annotated[bool, typer.Option("--detach", "-d",
-                                         help="print the job id and return at once")] = False,
-    follow: Annotated[bool, typer.Option("--follow", "-f",
-                                         help="stream logs and events until the job ends "
-                                              "(the default)")] = True,
-    dry_run: Annotated[bool, typer.Option(help="validate the file with coordd; run "
-                                          "nothing")] = False,
+    follow: Annotated[bool, typer.Option("--follow/--detach", "-f/-d", help="stream logs and "
+                                         "events until the job ends, or print the id and "
+                                         "return at once")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run/--no-dry-run", help="validate the file "
+                                          "with coordd and run nothing")] = False,
+    nodes: Annotated[int | None, typer.Option("--nodes", "-N", help="override nodes.count")]
+    = None,
+    name: Annotated[str | None, typer.Option("--name", help="override the job's name")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE added to the "
+                                                  "file's env (repeatable)")] = None,
 ) -> None:
-    """Submit a job. Follows it to the end unless --detach; exit code 0 only if it SUCCEEDED.
+    """Submit a job and follow it to the end (exit 0 only if it SUCCEEDED), or --detach.
 
-    Example: coord submit examples/allreduce/job.toml
+    --nodes, --name and --env override the file, validated as the file is; the job records
+    which flags were given (`coord status`).
+
+    Example: coord submit examples/allreduce/job.toml --nodes 2 --env LR=0.1
     """
-    run(_submit(job_file, follow and not detach, dry_run))
+    async def go() -> int:
+        overrides = Overrides(nodes, name, parse_env_flags(env or []))
+        return await _submit(job_file, follow, dry_run, overrides)
+    run(go())
 
 
-async def _submit(job_file: Path, follow: bool, dry_run: bool) -> int:
+async def _submit(job_file: Path, follow: bool, dry_run: bool, overrides: Overrides) -> int:
     async with AsyncClient() as client:
-        job = await client.submit(job_file, dry_run=dry_run)
+        job = await client.submit(job_file, dry_run=dry_run, overrides=overrides or None)
         if dry_run:
             console.print(f"[green]ok:[/] {job_file} is valid")
             console.print_json(job.spec_json)
@@ -128,35 +152,46 @@ async def _follow(client: AsyncClient, job_id: str) -> int:
 
 @app.command()
 def status(job: Annotated[str | None, typer.Argument(help="job id or name; none: all jobs")]
-           = None) -> None:
-    """Show one job in detail (generations, failures with exit codes and log tail), or all.
+           = None, output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
+    """Show one job in detail, or every job as `coord jobs --all` does.
+
+    The detail: overrides, reason, failed ranks with exit codes and log tail, generations.
 
     Example: coord status my-job
     """
-    run(_status(job))
-
-
-async def _status(ref: str | None) -> int:
-    async with AsyncClient() as client:
-        if ref is None:
-            _jobs_table(await client.jobs())
+    async def go() -> int:
+        async with AsyncClient() as client:
+            if job is None:
+                _print_jobs(await _list_jobs(client, True), output, fields)
+                return 0
+            record = await client.get(job)
+            events = [e async for e in client.watch(record.id, follow=False)]
+            if output is Output.json:
+                typer.echo(json.dumps({**as_dict(record), "overrides": _overrides(events),
+                                       "events": [as_dict(e) for e in events]}, indent=2))
+            else:
+                _job_detail(record, events)
             return 0
-        job = await client.get(ref)
-        events = [e async for e in client.watch(job.id, follow=False)]
-        _job_detail(job, events)
-        return 0
+    run(go())
 
 
-def _job_detail(job: types_pb2.Job, events: list[types_pb2.JobEvent]) -> None:
+def _overrides(events: list[JobEvent]) -> list[str]:
+    """The flags `coord submit` was given, from the job's first event."""
+    return events[0].data.get("overrides", []) if events else []
+
+
+def _job_detail(job: Job, events: list[JobEvent]) -> None:
     console.print(f"[bold]{job.id}[/]  {styled(job.state)}  generation {job.generation}"
                   f"  restarts {job.restarts}")
     console.print(f"  name:     {job.name}\n  created:  {when(job.created_at)}"
                   f"\n  nodes:    {', '.join(job.node_ids) or '-'}")
+    if overrides := _overrides(events):
+        console.print(f"  overrides: {escape(' '.join(overrides))}")
     if job.reason:
         console.print(f"  reason:   {escape(job.reason)}")
     for event in events:  # mode "auto" that could not go in-process in this generation
         if event.kind == "mode.restart" and event.generation == job.generation:
-            why = json.loads(event.data_json or "{}").get("reason", event.message)
+            why = event.data.get("reason", event.message)
             console.print(f"  mode:     restart, not in-process: {escape(why)}")
     for worker in job.failed_workers:
         console.print(f"  [red]rank {worker.rank}[/] on {worker.node_id} exited with code "
@@ -167,40 +202,55 @@ def _job_detail(job: types_pb2.Job, events: list[types_pb2.JobEvent]) -> None:
             console.print(f"    {escape(line)}")
     history = [e for e in events if e.kind == "generation.started"]
     if history:
-        table = Table("gen", "started", "cause", "nodes", "took", title="generations")
-        for event in history:
-            data = json.loads(event.data_json or "{}")
-            table.add_row(str(event.generation), when(event.time), data.get("cause", ""),
-                          ", ".join(data.get("new_members", [])), f"{data.get('took_s', 0):.2f} s")
-        console.print(table)
+        console.print("  generations:")
+    for event in history:  # one line each, never cut: node ids are read and copied
+        data = event.data
+        console.print(f"    {event.generation:>3}  {when(event.time)}  "
+                      f"{data.get('cause', '-'):<14} {data.get('took_s', 0):6.2f} s  "
+                      f"{', '.join(data.get('new_members', [])) or '-'}")
 
 
 @app.command("jobs")
-def jobs_command(all_: Annotated[bool, typer.Option("--all", "-a",
-                                                    help="include finished jobs")] = True) -> None:
-    """List jobs, newest first.
+def jobs_command(
+    all_: Annotated[bool, typer.Option("--all/--active", "-a/-A", help="also jobs that ended "
+                                       "(active ones first), or only those still running")]
+    = False, output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
+    """List jobs that have not ended, newest first, as squeue does.
 
-    Example: coord jobs
+    --all: the ended ones too, after them.
+
+    Example: coord jobs --fields id,state,nodes
     """
     async def go() -> int:
+        cliout.pick_fields(fields, cliout.JOB_FIELDS, [])  # bad input before any call
         async with AsyncClient() as client:
-            _jobs_table(await client.jobs(include_finished=all_))
+            jobs = await _list_jobs(client, all_)
+        _print_jobs(jobs, output, fields)
+        if not jobs and not all_ and output is Output.table:
+            err.print("[dim]no active jobs; `coord jobs --all` lists ended ones too[/]")
         return 0
     run(go())
 
 
-def _jobs_table(jobs: list[types_pb2.Job]) -> None:
-    table = Table("id", "name", "state", "gen", "nodes", "created", "reason")
-    for job in jobs:
-        table.add_row(job.id, job.name, styled(job.state), str(job.generation),
-                      str(len(job.node_ids)), when(job.created_at), escape(job.reason[:60]))
-    console.print(table)
+async def _list_jobs(client: AsyncClient, all_: bool) -> list[Job]:
+    """Active jobs, newest first; with `all_` the ended ones after them."""
+    jobs = await client.jobs(include_finished=all_)
+    return sorted(jobs, key=lambda j: j.terminal)  # stable: newest first within each
+
+
+def _print_jobs(jobs: list[Job], output: Output, fields: str) -> None:
+    names = cliout.pick_fields(fields, cliout.JOB_FIELDS, cliout.JOB_DEFAULT)
+    if output is Output.json:
+        typer.echo(cliout.as_json(jobs, cliout.JOB_FIELDS, names if fields else None))
+    else:
+        typer.echo(cliout.table(jobs, cliout.JOB_FIELDS, names))
 
 
 @app.command()
 def logs(
     job: JobArg,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep streaming")] = False,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", "-f/-F",
+                                         help="keep streaming until the job ends")] = False,
     node: Annotated[str, typer.Option("--node", "-n", help="only this node")] = "",
     rank: Annotated[int | None, typer.Option("--rank", "-r", help="only this rank")] = None,
     tail: Annotated[int, typer.Option(help="only the last N lines")] = 0,
@@ -212,7 +262,8 @@ def logs(
     async def go() -> int:
         async with AsyncClient() as client:
             async for line in client.logs(job, follow=follow, node=node, rank=rank, tail=tail):
-                prefix = "" if rank is not None else f"[dim]\\[{escape(line.node_id)} r{line.rank}][/] "
+                prefix = "" if rank is not None else \
+                    f"[dim]\\[{escape(line.node_id)} r{line.rank}][/] "
                 console.print(prefix + escape(line.text))
         return 0
     run(go())
@@ -237,20 +288,21 @@ def cancel(job: JobArg,
 
 @app.command()
 def nodes(job: Annotated[str, typer.Option(help="only this job's nodes")] = "",
-          all_: Annotated[bool, typer.Option("--all", "-a", help="include gone nodes")] = False,
-          ) -> None:
+          all_: Annotated[bool, typer.Option("--all/--live", "-a/-l", help="also nodes that "
+                                             "are GONE (released), or every other one")] = False,
+          output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
     """List nodes with their state, job and resources.
 
-    Example: coord nodes --job my-job
+    Example: coord nodes --job my-job --output json
     """
     async def go() -> int:
+        names = cliout.pick_fields(fields, cliout.NODE_FIELDS, cliout.NODE_DEFAULT)
         async with AsyncClient() as client:
-            table = Table("id", "state", "job", "host", "provider", "cpus", "gpus")
-            for n in await client.nodes(job, include_gone=all_):
-                table.add_row(n.id, types_pb2.NodeState.Name(n.state).removeprefix("NODE_STATE_"),
-                              n.job_id or "-", n.host, n.provider, str(n.resources.cpus),
-                              str(n.resources.gpus))
-            console.print(table)
+            found = await client.nodes(job, include_gone=all_)
+        if output is Output.json:
+            typer.echo(cliout.as_json(found, cliout.NODE_FIELDS, names if fields else None))
+        else:
+            typer.echo(cliout.table(found, cliout.NODE_FIELDS, names))
         return 0
     run(go())
 
@@ -266,7 +318,7 @@ def exec_command(node: NodeArg,
     """Run a command on a node, in its work directory, with the node's `python` first on PATH.
     Streams its stdout and stderr; exits with its exit code.
 
-    Example: coord exec my-job-3fa2c1 -- nvidia-smi
+    Example: coord exec node-my-job-3fa2c1 -- nvidia-smi
     """
     async def go() -> int:
         code = 1
@@ -289,7 +341,7 @@ def upload(node: NodeArg,
                                               "directory; ending in '/': keep the name")]) -> None:
     """Copy a local file to a node (streamed in 1 MiB chunks; missing directories are made).
 
-    Example: coord upload my-job-3fa2c1 data.tar data/
+    Example: coord upload node-my-job-3fa2c1 data.tar data/
     """
     async def go() -> int:
         async with AsyncClient() as client:
@@ -307,7 +359,7 @@ def download(node: NodeArg,
              ) -> None:
     """Copy a file from a node to this machine (streamed in 1 MiB chunks).
 
-    Example: coord download my-job-3fa2c1 jobs/my-job-1a2b3c4d/metrics.json .
+    Example: coord download node-my-job-3fa2c1 jobs/my-job-1a2b3c4d/metrics.json .
     """
     async def go() -> int:
         async with AsyncClient() as client:
@@ -328,7 +380,7 @@ def interrupt(node: Annotated[str, typer.Argument(help="node id (see `coord node
     """Make a local node's metadata service announce a spot interruption, as EC2 does two
     minutes before it takes an instance back; its job re-forms without it at a step boundary.
 
-    Example: coord debug interrupt my-job-3fa2c1
+    Example: coord debug interrupt node-my-job-3fa2c1
     """
     async def go() -> int:
         async with AsyncClient() as client:

@@ -82,3 +82,24 @@ _BY_CODE = {
 def from_status(code: grpc.StatusCode, details: str) -> CoordError:
     """The client-side mirror of the server mapping."""
     return _BY_CODE.get(code, CoordError)(details or code.name)
+
+
+# What `coord` exits with, in one table (docs/cli.md shows the same). 0, 1 and 3 are a followed
+# job's end (SUCCEEDED, FAILED, CANCELLED) and 130 an interrupt; every error is one of these.
+EXIT_BAD_INPUT = 2
+EXIT_UNREACHABLE = 4
+EXIT_CODES: dict[type[CoordError], int] = {
+    InvalidSpec: EXIT_BAD_INPUT,         # the job file, a flag, a path: fix the input
+    NotFound: EXIT_BAD_INPUT,            # no such job or node
+    Unavailable: EXIT_UNREACHABLE,       # coordd cannot be reached
+    Unauthenticated: EXIT_UNREACHABLE,   # coordd refused the token
+    PermissionDenied: EXIT_UNREACHABLE,  # coordd refused this token (or a node, the file)
+    Conflict: 5,                         # not in this state: the job already ended, node gone
+    ResourceExhausted: 6,                # a limit was reached: a node's disk, a quota
+    CoordError: 7,                       # anything else coordd reports (an internal error)
+}
+
+
+def exit_code(exc: CoordError) -> int:
+    """The exit code of the closest class in EXIT_CODES."""
+    return next(EXIT_CODES[cls] for cls in type(exc).__mro__ if cls in EXIT_CODES)

@@ -49,6 +49,12 @@ class AgentSession:
             self.outbox.put_nowait(None)
 
 
+def node_id(job_name: str) -> str:
+    """`node-NAME-6hex`: a node names its first job but never looks like a job id
+    (`NAME-8hex`). Ids minted before this shape keep working: ids are only compared."""
+    return f"node-{job_name[:40]}-{secrets.token_hex(3)}"
+
+
 class NodeRegistry:
     def __init__(self, store: Store, settings: CoorddSettings, providers: dict[str, Provider],
                  on_change: Callable[[NodeRecord, NodeView], None], metrics: Metrics):
@@ -119,8 +125,8 @@ class NodeRegistry:
 
     async def acquire(self, job: JobRecord, spec: JobSpec, count: int) -> list[NodeView]:
         provider = self.provider(spec)
-        records = [NodeRecord(id=f"{job.name[:40]}-{secrets.token_hex(3)}", provider=provider.name,
-                              job_id=job.id, last_heartbeat=time.time()) for _ in range(count)]
+        records = [NodeRecord(id=node_id(job.name), provider=provider.name, job_id=job.id,
+                              last_heartbeat=time.time()) for _ in range(count)]
         for node in records:  # persisted before the provider acts: nothing launched unrecorded
             await self.store.save_node(node)
             self.nodes[node.id] = node

@@ -5,9 +5,9 @@
         job = c.submit("examples/allreduce/job.toml")
         for line in c.logs(job.id, follow=True):
             print(line.text)
-        print(c.wait(job.id).state)
+        print(c.wait(job.id).state)      # SUCCEEDED: a JobState, not a number
 
-`AsyncClient` is the same API for asyncio code.
+`AsyncClient` is the same API for asyncio code; docs/sdk.md is the reference.
 """
 
 from __future__ import annotations
@@ -24,16 +24,20 @@ from typing import Any
 
 import grpc
 
-from coord.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator import bundle, transfer
 from coordinator.auth import call_metadata
 from coordinator.errors import CoordError, Unavailable, from_status
+from coordinator.instance import live_address
 from coordinator.settings import default_state_dir
-from coordinator.spec import JobSpec, load_job_file
+from coordinator.sdktypes import Job, JobEvent, LogLine, LogStream, Node
+from coordinator.spec import JobSpec, Overrides, load_job_file, parse_spec
+from coordinator.states import JobState, NodeState
 from coordinator.transport import ca_bytes, open_channel, truthy
 
-TERMINAL = {types_pb2.JOB_STATE_SUCCEEDED, types_pb2.JOB_STATE_FAILED,
-            types_pb2.JOB_STATE_CANCELLED}
+# How gRPC words a failure to reach the server, as opposed to an Unavailable coordd raised.
+TRANSPORT = ("failed to connect", "connection refused", "socket closed", "dns resolution",
+             "handshake", "connection reset", "unreachable")
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
     "config.toml"
 
@@ -46,6 +50,7 @@ class Target:
     token: str
     ca_pem: bytes | None  # None: trust the system's roots
     insecure: bool = False  # plaintext: only for a coordd run with insecure_plaintext
+    source: str = "argument"  # where `address` came from, for a person reading an error
 
 
 def resolve(address: str | None = None, token: str | None = None,
@@ -59,18 +64,33 @@ def resolve(address: str | None = None, token: str | None = None,
         file = tomllib.loads(CONFIG_PATH.read_text())
     env = os.environ
     state = Path(env.get("COORDD_STATE_DIR", default_state_dir()))
-    address = address or env.get("COORD_ADDR") or file.get("address") or \
-        _read(state / "coordd.addr")
+    address, source = _first((address, "argument"), (env.get("COORD_ADDR"), "COORD_ADDR"),
+                             (file.get("address"), str(CONFIG_PATH)),
+                             (live_address(state), str(state / "coordd.addr")))
     token = token or env.get("COORD_TOKEN") or file.get("token") or _read(state / "token")
     if not address:
-        raise Unavailable("no coordinator address: set COORD_ADDR=HOST:PORT (or start coordd "
-                          f"here; it writes {state / 'coordd.addr'})")
+        raise Unavailable(f"no coordd address: none in COORD_ADDR or {CONFIG_PATH}, and no "
+                          f"coordd runs on {state}; start one here with `coordd serve`, or set "
+                          "COORD_ADDR=HOST:PORT")
     if truthy(env.get("COORD_INSECURE") or file.get("insecure")):
-        return Target(address, token or "", None, insecure=True)
+        return Target(address, token or "", None, insecure=True, source=source)
     local_ca = state / "tls" / "ca.pem"
     ca = ca or env.get("COORD_CA") or env.get("COORD_CA_PEM") or file.get("ca") or \
         (local_ca if local_ca.exists() else None)
-    return Target(address, token or "", ca_bytes(ca))
+    return Target(address, token or "", ca_bytes(ca), source=source)
+
+
+def _first(*candidates: tuple[str | None, str]) -> tuple[str, str]:
+    return next(((value, where) for value, where in candidates if value), ("", ""))
+
+
+def unreachable(target: Target, details: str) -> Unavailable:
+    """One line for a person: which address was tried, where it came from, what to do."""
+    why = "connection refused" if "refused" in details.lower() else details.splitlines()[0][:160]
+    hint = ("start it with `coordd serve`" if target.source.endswith("coordd.addr")
+            else f"check {target.source}, or start one with `coordd serve`")
+    return Unavailable(f"cannot reach coordd at {target.address} (address from "
+                       f"{target.source}): {why}; {hint}")
 
 
 def _read(path: Path) -> str:
@@ -80,13 +100,15 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _spec_and_bundle(spec: JobSpec | str | Path, workdir: str | Path | None) -> tuple[
-        JobSpec, str, bytes]:
+def _spec_and_bundle(spec: JobSpec | str | Path, workdir: str | Path | None,
+                     overrides: Overrides | None) -> tuple[JobSpec, str, bytes]:
     if isinstance(spec, JobSpec):
+        if overrides:
+            spec = parse_spec(overrides.apply(spec.model_dump()), "<sdk>", overrides)
         root = Path(workdir or ".")
         return spec, "<sdk>", bundle.pack(root / spec.workdir, spec.files)
     path = Path(spec)
-    parsed = load_job_file(path)
+    parsed = load_job_file(path, overrides)
     return parsed, str(path), bundle.pack(path.parent / parsed.workdir, parsed.files)
 
 
@@ -102,7 +124,7 @@ class ExecResult:
 class AsyncClient:
     def __init__(self, address: str | None = None, token: str | None = None,
                  ca: str | bytes | Path | None = None):
-        target = resolve(address, token, ca)
+        self.target = target = resolve(address, token, ca)
         self.address = target.address
         self._metadata = call_metadata(target.token)
         self._channel = open_channel(self.address, target.ca_pem, target.insecure, options=[
@@ -119,50 +141,62 @@ class AsyncClient:
     async def close(self) -> None:
         await self._channel.close()
 
+    def _error(self, exc: grpc.aio.AioRpcError) -> CoordError:
+        details = (exc.details() or "").lower()
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details for m in TRANSPORT):
+            return unreachable(self.target, exc.details() or "")
+        return from_status(exc.code(), exc.details())
+
     async def _call(self, method: str, request) -> Any:
         try:
             return await getattr(self._stub, method)(request, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
-            raise from_status(exc.code(), exc.details()) from None
+            raise self._error(exc) from None
 
-    async def _stream(self, method: str, request) -> AsyncIterator[Any]:
+    async def _stream(self, method: str, request, wrap=None) -> AsyncIterator[Any]:
         call = getattr(self._stub, method)(request, metadata=self._metadata)
         try:
             async for item in call:
-                yield item
+                yield wrap(item) if wrap else item
         except grpc.aio.AioRpcError as exc:
-            raise from_status(exc.code(), exc.details()) from None
+            raise self._error(exc) from None
         finally:  # a caller that stops early tells the server now (its exec is killed)
             call.cancel()
 
     async def submit(self, spec: JobSpec | str | Path, *, workdir: str | Path | None = None,
-                     dry_run: bool = False) -> types_pb2.Job:
-        """Submit a job.toml path or a JobSpec (its workdir relative to `workdir`)."""
-        parsed, source, data = await asyncio.to_thread(_spec_and_bundle, spec, workdir)
+                     dry_run: bool = False, overrides: Overrides | None = None) -> Job:
+        """Submit a job.toml path or a JobSpec (its workdir relative to `workdir`), with
+        `overrides` (node count, name, env) applied and validated like the file."""
+        parsed, source, data = await asyncio.to_thread(_spec_and_bundle, spec, workdir,
+                                                       overrides)
         response = await self._call("SubmitJob", jobs_pb2.SubmitJobRequest(
-            spec_json=parsed.to_json(), source=source, bundle=data, dry_run=dry_run))
-        return response.job
+            spec_json=parsed.to_json(), source=source, bundle=data, dry_run=dry_run,
+            overrides=overrides.describe() if overrides else []))
+        return Job.from_proto(response.job)
 
-    async def get(self, job: str) -> types_pb2.Job:
-        return await self._call("GetJob", jobs_pb2.GetJobRequest(job=job))
+    async def get(self, job: str) -> Job:
+        return Job.from_proto(await self._call("GetJob", jobs_pb2.GetJobRequest(job=job)))
 
-    async def jobs(self, include_finished: bool = True, limit: int = 100) -> list[types_pb2.Job]:
+    async def jobs(self, include_finished: bool = True, limit: int = 100) -> list[Job]:
+        """Newest first; `include_finished=False`: only jobs that have not ended."""
         response = await self._call("ListJobs", jobs_pb2.ListJobsRequest(
             include_finished=include_finished, limit=limit))
-        return list(response.jobs)
+        return [Job.from_proto(j) for j in response.jobs]
 
-    async def cancel(self, job: str, reason: str = "") -> types_pb2.Job:
-        return await self._call("CancelJob", jobs_pb2.CancelJobRequest(job=job, reason=reason))
+    async def cancel(self, job: str, reason: str = "") -> Job:
+        """Ask coordd to stop the job. A job that already ended: `Conflict`."""
+        return Job.from_proto(await self._call("CancelJob", jobs_pb2.CancelJobRequest(
+            job=job, reason=reason)))
 
-    async def nodes(self, job: str = "", include_gone: bool = False) -> list[types_pb2.Node]:
+    async def nodes(self, job: str = "", include_gone: bool = False) -> list[Node]:
         response = await self._call("ListNodes", jobs_pb2.ListNodesRequest(
             job=job, include_gone=include_gone))
-        return list(response.nodes)
+        return [Node.from_proto(n) for n in response.nodes]
 
-    async def interrupt_node(self, node_id: str, action: str = "terminate") -> types_pb2.Node:
+    async def interrupt_node(self, node_id: str, action: str = "terminate") -> Node:
         """Rehearse a spot interruption on a local node (see `coord debug interrupt`)."""
-        return await self._call("InterruptNode", jobs_pb2.InterruptNodeRequest(
-            node_id=node_id, action=action))
+        return Node.from_proto(await self._call("InterruptNode", jobs_pb2.InterruptNodeRequest(
+            node_id=node_id, action=action)))
 
     # node verbs ------------------------------------------------------------------------
     def exec_stream(self, node: str, command: str | list[str]
@@ -202,21 +236,21 @@ class AsyncClient:
         return target
 
     def watch(self, job: str, after_seq: int = 0,
-              follow: bool = True) -> AsyncIterator[types_pb2.JobEvent]:
+              follow: bool = True) -> AsyncIterator[JobEvent]:
         """Events from the start (or after `after_seq`), then live ones until the job ends
         (`follow=False`: only those so far)."""
-        return self._stream("WatchJob", jobs_pb2.WatchJobRequest(job=job, after_seq=after_seq,
-                                                                 follow=follow))
+        return self._stream("WatchJob", jobs_pb2.WatchJobRequest(
+            job=job, after_seq=after_seq, follow=follow), JobEvent.from_proto)
 
     def logs(self, job: str, *, follow: bool = False, node: str = "", rank: int | None = None,
-             tail: int = 0) -> AsyncIterator[types_pb2.LogLine]:
+             tail: int = 0) -> AsyncIterator[LogLine]:
         return self._stream("StreamLogs", jobs_pb2.StreamLogsRequest(
             job=job, follow=follow, node_id=node, rank=rank or 0, has_rank=rank is not None,
-            tail=tail))
+            tail=tail), LogLine.from_proto)
 
-    async def wait(self, job: str, timeout: float | None = None) -> types_pb2.Job:
+    async def wait(self, job: str, timeout: float | None = None) -> Job:
         """Block until the job ends; returns its final record."""
-        async def until_done() -> types_pb2.Job:
+        async def until_done() -> Job:
             async for _ in self.watch(job):
                 pass
             return await self.get(job)
@@ -232,7 +266,7 @@ class Client:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._async = self._run(_make(address, token, ca))
-        self.address = self._async.address
+        self.address, self.target = self._async.address, self._async.target
 
     def _run(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -258,32 +292,32 @@ class Client:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def submit(self, spec, *, workdir=None, dry_run=False) -> types_pb2.Job:
-        return self._run(self._async.submit(spec, workdir=workdir, dry_run=dry_run))
+    def submit(self, spec, *, workdir=None, dry_run=False, overrides=None) -> Job:
+        return self._run(self._async.submit(spec, workdir=workdir, dry_run=dry_run,
+                                            overrides=overrides))
 
-    def get(self, job: str) -> types_pb2.Job:
+    def get(self, job: str) -> Job:
         return self._run(self._async.get(job))
 
-    def jobs(self, include_finished: bool = True, limit: int = 100) -> list[types_pb2.Job]:
+    def jobs(self, include_finished: bool = True, limit: int = 100) -> list[Job]:
         return self._run(self._async.jobs(include_finished, limit))
 
-    def cancel(self, job: str, reason: str = "") -> types_pb2.Job:
+    def cancel(self, job: str, reason: str = "") -> Job:
         return self._run(self._async.cancel(job, reason))
 
-    def nodes(self, job: str = "", include_gone: bool = False) -> list[types_pb2.Node]:
+    def nodes(self, job: str = "", include_gone: bool = False) -> list[Node]:
         return self._run(self._async.nodes(job, include_gone))
 
-    def watch(self, job: str, after_seq: int = 0,
-              follow: bool = True) -> Iterator[types_pb2.JobEvent]:
+    def watch(self, job: str, after_seq: int = 0, follow: bool = True) -> Iterator[JobEvent]:
         return self._iterate(self._async.watch(job, after_seq, follow))
 
-    def logs(self, job: str, **kwargs) -> Iterator[types_pb2.LogLine]:
+    def logs(self, job: str, **kwargs) -> Iterator[LogLine]:
         return self._iterate(self._async.logs(job, **kwargs))
 
-    def wait(self, job: str, timeout: float | None = None) -> types_pb2.Job:
+    def wait(self, job: str, timeout: float | None = None) -> Job:
         return self._run(self._async.wait(job, timeout))
 
-    def interrupt_node(self, node_id: str, action: str = "terminate") -> types_pb2.Node:
+    def interrupt_node(self, node_id: str, action: str = "terminate") -> Node:
         return self._run(self._async.interrupt_node(node_id, action))
 
     def exec_stream(self, node: str, command: str | list[str]) -> Iterator[jobs_pb2.ExecOutput]:
@@ -303,4 +337,5 @@ async def _make(address: str | None, token: str | None, ca) -> AsyncClient:
     return AsyncClient(address, token, ca)
 
 
-__all__ = ["AsyncClient", "Client", "CoordError", "ExecResult", "Target", "resolve"]
+__all__ = ["AsyncClient", "Client", "CoordError", "ExecResult", "Job", "JobEvent", "JobState",
+           "LogLine", "LogStream", "Node", "NodeState", "Overrides", "Target", "resolve"]

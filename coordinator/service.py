@@ -34,7 +34,7 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
     @rpc
     async def SubmitJob(self, request, context):
         record = await self.jobs.submit(request.spec_json, request.source, request.bundle,
-                                        request.dry_run)
+                                        request.dry_run, list(request.overrides))
         return jobs_pb2.SubmitJobResponse(job=convert.job(record))
 
     @rpc

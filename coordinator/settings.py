@@ -202,7 +202,3 @@ class CoorddSettings(BaseSettings):
     def log_path(self) -> Path:
         return self.log_file or self.state_dir / "coordd.log"
 
-    @property
-    def addr_path(self) -> Path:
-        """coordd writes the address it listens on here, for `coord` on the same machine."""
-        return self.state_dir / "coordd.addr"

@@ -6,6 +6,7 @@ coordd (the client is not trusted), so a bad file is refused before any node is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tomllib
@@ -182,28 +183,82 @@ class JobSpec(_Strict):
         return self.model_dump_json()
 
 
-def _describe(error: dict) -> str:
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """What `coord submit --nodes/--name/--env` changes in a job file, applied to its data
+    before validation so a bad value is refused exactly as in the file, naming the flag."""
+
+    nodes: int | None = None
+    name: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.nodes is not None or self.name is not None or bool(self.env)
+
+    def apply(self, data: dict) -> dict:
+        data = dict(data)
+        if self.nodes is not None:
+            nodes = data.get("nodes")
+            data["nodes"] = {**(nodes if isinstance(nodes, dict) else {}), "count": self.nodes}
+        if self.name is not None:
+            data["name"] = self.name
+        if self.env:
+            env = data.get("env")
+            data["env"] = {**(env if isinstance(env, dict) else {}), **self.env}
+        return data
+
+    def describe(self) -> list[str]:
+        """The flags as recorded with the job: env values left out (they may be secrets)."""
+        return ([f"--nodes {self.nodes}"] * (self.nodes is not None)
+                + [f"--name {self.name}"] * (self.name is not None)
+                + [f"--env {key}" for key in self.env])
+
+    def flag_for(self, loc: tuple) -> str | None:
+        """The flag that set the key an error is about, if one did."""
+        for key, flag, given in ((("nodes",), "--nodes", self.nodes is not None),
+                                 (("name",), "--name", self.name is not None),
+                                 (("env",), "--env", bool(self.env))):
+            if given and tuple(loc[:1]) == key:
+                return flag
+        return None
+
+
+def parse_env_flags(values: list[str]) -> dict[str, str]:
+    """`--env KEY=VALUE` flags as a dict (the keys are checked with the file's rules later)."""
+    env = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidSpec(f"--env {item[:80]!r}: give KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def _describe(error: dict, overrides: Overrides | None) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    flag = overrides.flag_for(error["loc"]) if overrides else None
+    where = f"{flag} (key '{key}')" if flag else f"key '{key}'"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if error["type"] == "missing":
         return f"missing required key '{key}'"
     got = error.get("input")
     got_text = f", got {got!r}"[:120] if not isinstance(got, dict) else ""
-    return f"key '{key}': {error['msg']}{got_text}"
+    return f"{where}: {error['msg']}{got_text}"
 
 
-def explain(exc: ValidationError, source: str) -> InvalidSpec:
-    """One readable line per problem, each naming the file and the key."""
-    lines = [f"{source}: {_describe(e)}" for e in exc.errors(include_url=False)]
+def explain(exc: ValidationError, source: str, overrides: Overrides | None = None) -> InvalidSpec:
+    """One readable line per problem, each naming the file and the key (and the flag that
+    set it)."""
+    lines = [f"{source}: {_describe(e, overrides)}" for e in exc.errors(include_url=False)]
     return InvalidSpec("invalid job spec:\n  " + "\n  ".join(lines))
 
 
-def parse_spec(data: dict, source: str) -> JobSpec:
+def parse_spec(data: dict, source: str, overrides: Overrides | None = None) -> JobSpec:
     try:
-        return JobSpec.model_validate(data)
+        return JobSpec.model_validate(overrides.apply(data) if overrides else data)
     except ValidationError as exc:
-        raise explain(exc, source) from None
+        raise explain(exc, source, overrides) from None
 
 
 def parse_spec_json(text: str, source: str) -> JobSpec:
@@ -216,8 +271,8 @@ def parse_spec_json(text: str, source: str) -> JobSpec:
     return parse_spec(data, source)
 
 
-def load_job_file(path: str | Path) -> JobSpec:
-    """Read and validate a job.toml; every error names the file."""
+def load_job_file(path: str | Path, overrides: Overrides | None = None) -> JobSpec:
+    """Read and validate a job.toml (with `overrides` applied); every error names the file."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -227,4 +282,4 @@ def load_job_file(path: str | Path) -> JobSpec:
         raise InvalidSpec(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (ValueError, RecursionError) as exc:  # TOMLDecodeError, UnicodeDecodeError, huge ints
         raise InvalidSpec(f"{path}: not valid TOML: {str(exc)[:300]}") from None
-    return parse_spec(data, str(path))
+    return parse_spec(data, str(path), overrides)

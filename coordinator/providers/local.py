@@ -27,6 +27,15 @@ log = structlog.get_logger("coordinator.providers.local")
 LOST_KILL_AFTER_S = 30.0
 
 
+def agent_command() -> list[str]:
+    """The installed `coord-agent` script beside this interpreter, so `ps` and `pgrep
+    coord-agent` find a local node's agent; `python -m agent.main` where none is installed."""
+    script = Path(sys.executable).parent / "coord-agent"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "agent.main"]
+
+
 class LocalProvider(Provider):
     name = "local"
 
@@ -86,7 +95,7 @@ class LocalProvider(Provider):
         agent_log = await asyncio.to_thread(open, workdir / "agent.log", "ab")
         try:
             return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent.main", "--coordinator", self.access.address(),
+                *agent_command(), "--coordinator", self.access.address(),
                 "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
                 "--imds-endpoint", metadata, "--imds-interval", str(self.notice_poll_s),
                 "--stop-grace", str(self.stop_grace_s),  # within the patience of terminate()

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator.providers.procs import session_pids
 from coordinator.localcluster import BIN
+from coordinator.states import JobState, NodeState
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from trainer.elastic import committed_history
 
@@ -88,7 +88,7 @@ def test_sigterm_to_coordd_stops_everything_it_started_and_restarts_cleanly(tmp_
         with server.client() as client:
             again = client.get(job.id)
             assert again.node_ids == job.node_ids  # nothing forgotten
-            assert again.state == types_pb2.JOB_STATE_FAILED
+            assert again.state == JobState.FAILED
             assert "no worker had reported a checkpoint" in again.reason
             assert again.generation == job.generation and not job_pids(job.id)
     finally:
@@ -109,11 +109,11 @@ def test_sigterm_to_an_agent_stops_its_workers_and_the_job_goes_on(tmp_path):
                  what="the agent and everything it started to end")
         assert time.monotonic() - started < STOP_GRACE_S + 12
         with server.client() as client:
-            wait_for(lambda: (j := client.get(job.id)).state == types_pb2.JOB_STATE_RUNNING
+            wait_for(lambda: (j := client.get(job.id)).state == JobState.RUNNING
                      and j.generation > job.generation, 60, what="the job to re-form")
             assert leaving not in client.get(job.id).node_ids
             node = next(n for n in client.nodes(include_gone=True) if n.id == leaving)
-            assert node.state in (types_pb2.NODE_STATE_LOST, types_pb2.NODE_STATE_GONE)
+            assert node.state in (NodeState.LOST, NodeState.GONE)
     finally:
         server.stop()
     assert integrity(server.state_dir) == "ok"
@@ -152,12 +152,12 @@ def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path, 
         server = start_coordd(state)
         with server.client() as client:
             final = client.wait(job.id, timeout=200)
-            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            assert final.state == JobState.SUCCEEDED, final.reason
             events = list(client.watch(job.id, follow=False))
         order = [e.kind for e in events]
         assert order.index("coordd.stopped") < order.index("job.resuming") < len(order)
-        resumed = [json.loads(e.data_json) for e in events if e.kind == "training.resumed"
-                   and json.loads(e.data_json)["worker_generation"] > before.generation]
+        resumed = [e.data for e in events if e.kind == "training.resumed"
+                   and e.data["worker_generation"] > before.generation]
         assert resumed and resumed[0]["step"] >= 20
         history = committed_history(state / "checkpoints" / job.id)
         after = [r.step for r in history.lineage if r.generation > before.generation]

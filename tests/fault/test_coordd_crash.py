@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from coord.v1 import types_pb2
+from coordinator.states import JobState, NodeState
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from tests.net import free_port
 from trainer.elastic import committed_history
@@ -48,7 +48,7 @@ def test_training_survives_a_coordd_crash_without_restarting_workers(tmp_path):
         assert sorted(job_pids(job.id)) == workers  # the same processes, still training
         with coordd.client() as client:
             final = client.wait(job.id, timeout=150)
-            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            assert final.state == JobState.SUCCEEDED, final.reason
             assert final.generation == 1  # never re-formed: no worker was restarted
             assert len(list(client.watch(job.id, follow=False))) > events_before
             printed = {int(l.text.split()[0][5:]) for l in client.logs(job.id, rank=0)
@@ -76,7 +76,7 @@ def test_a_restarted_coordd_stops_the_local_nodes_it_inherited(tmp_path):
     coordd = start_coordd(state, listen=listen)
     try:
         with coordd.client() as client:
-            wait_for(lambda: all(n.state == types_pb2.NODE_STATE_ASSIGNED
+            wait_for(lambda: all(n.state == NodeState.ASSIGNED
                                  for n in client.nodes(job.id)), 30, what="the agents to return")
     finally:
         coordd.stop()
@@ -120,7 +120,7 @@ def test_a_restarted_coordd_remembers_which_workers_joined_the_quorum_service(tm
         coordd.process.wait()
         coordd = start_coordd(state, listen=listen)
         with coordd.client() as client:
-            wait_for(lambda: all(n.state == types_pb2.NODE_STATE_ASSIGNED
+            wait_for(lambda: all(n.state == NodeState.ASSIGNED
                                  for n in client.nodes(job.id)), 30, what="the agents to return")
             go.touch()
             wait_for(lambda: "inprocess.confirmed" in kinds(client, job.id), 30,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from coord.v1 import types_pb2
+from coordinator.states import JobState
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from trainer.elastic import committed_history
 
@@ -78,7 +78,7 @@ def workers_of(job_id: str, nodes: list[str], timeout: float = 30) -> dict[str, 
 
 
 def events(client, job_id: str, kind: str) -> list[dict]:
-    return [json.loads(e.data_json) | {"message": e.message}
+    return [e.data | {"message": e.message}
             for e in client.watch(job_id, follow=False) if e.kind == kind]
 
 
@@ -111,7 +111,7 @@ def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
     assert all(worker_pids(record.id).get(n) == before[n] for n in survivors), \
         "a survivor's workers were restarted"
     final = client.wait(record.id, timeout=120)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert final.restarts == 0
     # The pair trained on while the replacement booted (the leader prints every 10 steps):
     # a survivor must not wait in a collective on the other until a newcomer makes a quorum.
@@ -148,7 +148,7 @@ def test_a_spare_takes_a_lost_nodes_place_warm_and_a_new_spare_is_asked_for(
              what="a new spare to be asked for")
     assert worker_pids(record.id).get(survivor) == before, "the survivor was restarted"
     final = client.wait(record.id, timeout=120)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert final.restarts == 0
     assert_no_committed_step_lost(coordd, record.id)
     started = [json.loads(line) for line in
@@ -184,7 +184,7 @@ def test_a_killed_worker_restarts_in_place_warm_and_heals_while_the_others_train
             assert all(worker_pids(record.id).get(n) == before[n] for n in members
                        if n != victim), "a survivor's worker was restarted"
             final = client.wait(record.id, timeout=120)
-            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            assert final.state == JobState.SUCCEEDED, final.reason
             assert final.restarts == 1 and list(final.node_ids) == members
             assert len(events(client, record.id, "training.finished")) == 1
             assert {n: server.node_pid(n) for n in members} == agents  # no node replaced
@@ -216,7 +216,7 @@ def test_killing_the_quorum_service_loses_no_committed_step(coordd, client, tmp_
     assert events(client, record.id, "quorum.died")
     assert worker_pids(record.id) == before  # nobody restarted
     final = client.wait(record.id, timeout=120)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert_no_committed_step_lost(coordd, record.id)
 
 
@@ -234,7 +234,7 @@ def test_a_spot_notice_leaves_at_a_step_boundary_discarding_nothing(coordd, clie
     assert doomed not in left[0]["new_members"]
     assert all(worker_pids(record.id).get(n) == pids for n, pids in others.items())
     final = client.wait(record.id, timeout=120)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert doomed not in final.node_ids
     assert_no_committed_step_lost(coordd, record.id)
     done = [line for line in log_text(client, record.id).splitlines()
@@ -270,7 +270,7 @@ def test_two_of_three_lost_the_survivor_waits_and_the_replacements_heal_from_it(
              what="replacements to join and training to go on")
     assert worker_pids(record.id).get(survivor) == before, "the survivor was restarted"
     final = client.wait(record.id, timeout=150)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert final.restarts == 0
     assert [e["cause"] for e in events(client, record.id, "generation.started")] == ["start"]
     assert_no_committed_step_lost(coordd, record.id)
@@ -292,7 +292,7 @@ def test_a_node_killed_while_a_replacement_heals_still_succeeds(coordd, client, 
     wait_for(lambda: worker_pids(record.id).get(newcomer), 30, what="the replacement's worker")
     coordd.kill_node(first[0], signal.SIGKILL)  # a live peer, while the newcomer starts up
     final = client.wait(record.id, timeout=150)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert final.restarts == 0
     assert not set(first[::2]) & set(final.node_ids)
     assert_no_committed_step_lost(coordd, record.id)
@@ -376,7 +376,7 @@ def test_a_restarted_coordd_takes_its_quorum_service_back(tmp_path):
             # Found by asking the provider, not after the 30 s restart grace.
             assert "its agent is gone (local provider)" in server.log_path.read_text()
             final = client.wait(record.id, timeout=150)
-        assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+        assert final.state == JobState.SUCCEEDED, final.reason
         assert final.restarts == 0
         assert_no_committed_step_lost(server, record.id)
         assert not _pids_with_arg(bind)  # stopped with the job
@@ -403,6 +403,6 @@ def test_a_frozen_node_is_dropped_in_place_and_fenced_when_it_wakes(coordd, clie
     wait_for(lambda: not worker_pids(record.id).get(frozen), 60,
              what="the woken node's stale worker to be stopped")
     final = client.wait(record.id, timeout=150)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert frozen not in final.node_ids and final.restarts == 0
     assert_no_committed_step_lost(coordd, record.id)

@@ -3,7 +3,6 @@ repeated, little work is lost, and a frozen node that wakes up changes nothing."
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator.providers.procs import session_pids
+from coordinator.states import JobState
 from tests.integration.harness import ROOT, start_coordd, wait_for
 from trainer.elastic import committed_history
 
@@ -74,7 +73,7 @@ def test_a_sigkill_one_of_three_nodes_at_a_random_step(coordd, client, tmp_path)
     victim = random.choice(list(job.node_ids))
     coordd.kill_node(victim, signal.SIGKILL)
     final = client.wait(record.id, timeout=180)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert final.restarts == 0  # a lost machine never costs a restart
     assert_trained_without_gaps(coordd, record.id, max_lost=CKPT_EVERY)
 
@@ -87,7 +86,7 @@ def test_b_two_of_three_lost_with_min_two_waits_for_a_replacement(coordd, client
     for victim in first[:2]:
         coordd.kill_node(victim, signal.SIGKILL)
     final = client.wait(record.id, timeout=180)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     events = list(client.watch(record.id, follow=False))
     starts = [e for e in events if e.kind == "generation.started"]
     resumed = re.search(r"on (\d+) node", starts[1].message)
@@ -111,7 +110,7 @@ def test_c_a_frozen_node_is_replaced_and_fenced_when_it_wakes(coordd, client, tm
              what="a checkpoint from the new generation")
     coordd.kill_node(frozen, signal.SIGCONT)  # it wakes up, still believing it is rank 0
     final = client.wait(record.id, timeout=180)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert frozen not in final.node_ids
     wait_for(lambda: not session_pids(frozen_sid), 40, what="the stale node's processes to end")
     history = committed_history(ckpt_dir(coordd, record.id))
@@ -129,8 +128,8 @@ def test_a_node_that_is_shut_down_gracefully_loses_no_step(coordd, client, tmp_p
     leaving = client.get(record.id).node_ids[1]
     os.kill(coordd.node_pid(leaving), signal.SIGTERM)
     final = client.wait(record.id, timeout=180)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
-    causes = [json.loads(e.data_json).get("cause") for e in client.watch(record.id, follow=False)
+    assert final.state == JobState.SUCCEEDED, final.reason
+    causes = [e.data.get("cause") for e in client.watch(record.id, follow=False)
               if e.kind == "generation.started"]
     assert causes[:2] == ["start", "node_leaving"]
     history = committed_history(ckpt_dir(coordd, record.id))

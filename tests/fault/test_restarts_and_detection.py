@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from coord.v1 import types_pb2
+from coordinator.states import JobState
 from tests.integration.harness import start_coordd, wait_for
 
 JOBS = Path(__file__).parents[1] / "integration" / "jobs"
@@ -23,7 +22,7 @@ def job_file(tmp_path: Path, script: str, body: str) -> Path:
 
 
 def generations(client, job_id: str) -> list[dict]:
-    return [json.loads(e.data_json) | {"generation": e.generation}
+    return [e.data | {"generation": e.generation}
             for e in client.watch(job_id, follow=False) if e.kind == "generation.started"]
 
 
@@ -37,7 +36,7 @@ def test_worker_failures_restart_the_job_up_to_max_restarts(client, tmp_path):
         count = 2
     """)
     record = client.wait(client.submit(job).id, timeout=100)
-    assert record.state == types_pb2.JOB_STATE_SUCCEEDED
+    assert record.state == JobState.SUCCEEDED
     assert record.generation == 3 and record.restarts == 2
     causes = [g["cause"] for g in generations(client, record.id)]
     assert causes == ["start", "worker_failed", "worker_failed"]
@@ -53,7 +52,7 @@ def test_a_job_that_keeps_failing_ends_failed_with_the_reason(coordd, client, tm
         count = 2
     """)
     record = client.wait(client.submit(job).id, timeout=100)
-    assert record.state == types_pb2.JOB_STATE_FAILED
+    assert record.state == JobState.FAILED
     assert record.restarts == 1 and record.generation == 2
     assert "rank 0" in record.reason and "code 3" in record.reason
     assert "max_restarts=1" in record.reason
@@ -70,7 +69,7 @@ def _start_living_job(client, tmp_path, count=3, minimum=2):
         min = {minimum}
     """)
     record = client.submit(job)
-    wait_for(lambda: client.get(record.id).state == types_pb2.JOB_STATE_RUNNING, 60,
+    wait_for(lambda: client.get(record.id).state == JobState.RUNNING, 60,
              what="the job to run")
     return client.get(record.id)
 
@@ -93,7 +92,7 @@ def test_a_lost_node_is_detected_and_replaced(coordd, client, tmp_path, sig, cau
         assert victim in lost_event.message
         # The replacement joins and the job grows back to its target.
         wait_for(lambda: len(client.get(record.id).node_ids) == 3 and
-                 client.get(record.id).state == types_pb2.JOB_STATE_RUNNING, 90,
+                 client.get(record.id).state == JobState.RUNNING, 90,
                  what="the job to grow back to 3 nodes")
         last = generations(client, record.id)[-1]
         assert last["cause"] == "scale_up" and victim not in last["new_members"]

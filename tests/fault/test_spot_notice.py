@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator.providers.imds import MetadataStandIn
+from coordinator.states import JobState
 from tests.fault.test_machine_loss import (STEPS, ckpt_dir, coordd, reached,  # noqa: F401
                                            submit_training)
 from tests.integration.harness import wait_for
@@ -23,7 +23,7 @@ def test_spot_notice_drains_without_losing_a_step(coordd, client, tmp_path):  # 
     result = coordd.cli("debug", "interrupt", doomed)
     assert result.returncode == 0, result.stderr
     final = client.wait(record.id, timeout=180)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
     assert doomed not in final.node_ids
     events = list(client.watch(record.id, follow=False))
     kinds = [e.kind for e in events]
@@ -31,7 +31,7 @@ def test_spot_notice_drains_without_losing_a_step(coordd, client, tmp_path):  # 
     assert "spot interruption notice" in events[notice].message
     requested = kinds.index("nodes.requested", notice)
     started = [i for i, e in enumerate(events) if e.kind == "generation.started"]
-    assert json.loads(events[started[1]].data_json)["cause"] == "node_leaving"
+    assert events[started[1]].data["cause"] == "node_leaving"
     assert requested < started[1]  # the replacement was asked for before the group re-formed
     history = committed_history(ckpt_dir(coordd, record.id))
     assert history.steps == list(range(1, STEPS + 1))

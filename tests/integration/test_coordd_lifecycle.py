@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator import instance
+from coordinator.states import JobState
 from coordinator.localcluster import BIN
 from coordinator.statedir import PUBLIC_FILES
 from tests.integration.harness import start_coordd, wait_for
@@ -65,7 +65,7 @@ def test_a_loose_state_dir_is_fixed_at_start_and_a_fresh_one_is_never_readable(t
             '&& echo x > $COORD_CHECKPOINT_DIR/c"\n[nodes]\ncount = 1\n')
         with server.client() as client:
             job = client.submit(work / "job.toml")
-            assert client.wait(job.id, timeout=60).state == types_pb2.JOB_STATE_SUCCEEDED
+            assert client.wait(job.id, timeout=60).state == JobState.SUCCEEDED
     finally:
         server.stop()
     assert list(fresh.glob("nodes/*/jobs/*/out.txt")) and list(fresh.glob("bundles/*"))
@@ -117,6 +117,9 @@ def test_a_crashed_coordds_address_is_never_trusted(tmp_path):
     status = coordd("status", "--state-dir", str(state))
     assert status.returncode == 3
     assert "coordd.addr there is stale" in status.stdout
+    client = subprocess.run([str(BIN / "coord"), "jobs"], capture_output=True, text=True,
+                            env={**os.environ, "COORDD_STATE_DIR": str(state)}, timeout=60)
+    assert client.returncode == 4 and f"no coordd runs on {state}" in client.stderr
     restarted = start_coordd(state)  # the dead one's lock went with it
     try:
         assert instance.running(state).pid == restarted.process.pid

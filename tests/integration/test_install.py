@@ -3,7 +3,6 @@ works or says why it cannot, never silently."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import textwrap
 
 import pytest
 
-from coord.v1 import types_pb2
+from coordinator.states import JobState
 from tests.integration.harness import ROOT, start_coordd
 
 
@@ -39,10 +38,10 @@ def test_auto_mode_without_torchft_says_it_runs_in_restart_mode_and_why(tmp_path
         """))
         with coordd.client() as client:
             record = client.submit(job)
-            assert client.wait(record.id, timeout=60).state == types_pb2.JOB_STATE_SUCCEEDED
+            assert client.wait(record.id, timeout=60).state == JobState.SUCCEEDED
             said = [e for e in client.watch(record.id, follow=False) if e.kind == "mode.restart"]
         assert len(said) == 1 and said[0].generation == 1
-        reason = json.loads(said[0].data_json)["reason"]
+        reason = said[0].data["reason"]
         assert "torchft is not installed where coordd runs" in reason
         assert "pip install 'coord[elastic]'" in reason
         status = coordd.cli("status", record.id)

@@ -11,8 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2
+from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from coordinator.providers.procs import session_pids
+from coordinator.states import JobState
 from tests.integration.harness import ROOT, job_pids, wait_for
 
 JOBS = Path(__file__).parent / "jobs"
@@ -32,7 +33,7 @@ def test_example_job_succeeds_and_every_rank_prints_the_sum(coordd, client):
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = re.search(r"submitted (\S+)", result.stdout).group(1)
     job = client.get(job_id)
-    assert job.state == types_pb2.JOB_STATE_SUCCEEDED
+    assert job.state == JobState.SUCCEEDED
     lines = [l.text for l in client.logs(job_id)]
     for rank in range(3):
         assert any(re.match(rf"rank {rank}/3 on .*sum=\[6\.0, 12\.0, 18\.0, 24\.0\] ok", l)
@@ -50,7 +51,7 @@ def test_logs_arrive_in_order_per_worker(coordd, client, tmp_path):
         count = 2
     """, "lines.py")
     record = client.submit(job)
-    assert client.wait(record.id, timeout=90).state == types_pb2.JOB_STATE_SUCCEEDED
+    assert client.wait(record.id, timeout=90).state == JobState.SUCCEEDED
     seen: dict[int, list[int]] = defaultdict(list)
     for line in client.logs(record.id):
         if m := re.match(r"rank=(\d+) line=(\d+)", line.text):
@@ -74,7 +75,7 @@ def test_failing_worker_fails_the_job_and_status_shows_why(coordd, client, tmp_p
     assert result.returncode == 1, result.stdout + result.stderr
     job_id = re.search(r"submitted (\S+)", result.stdout).group(1)
     record = client.get(job_id)
-    assert record.state == types_pb2.JOB_STATE_FAILED
+    assert record.state == JobState.FAILED
     status = coordd.cli("status", job_id)
     assert status.returncode == 0
     assert "rank 1" in status.stdout and "exited with code 1" in status.stdout
@@ -97,7 +98,7 @@ def test_cancel_stops_every_process_of_the_job(coordd, client, tmp_path):
     assert len(job_pids(record.id)) >= 8  # bash, python and its child for each worker
     result = coordd.cli("cancel", record.name, "--reason", "test is done")
     assert result.returncode == 0, result.stderr
-    assert client.get(record.id).state == types_pb2.JOB_STATE_CANCELLED
+    assert client.get(record.id).state == JobState.CANCELLED
     wait_for(lambda: not job_pids(record.id), 30, what="every process of the job to exit")
     agents = [coordd.node_pid(n.id) for n in client.nodes(record.id, include_gone=True)]
     assert len(agents) == 2

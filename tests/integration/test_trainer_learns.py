@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.states import JobState
 from tests.integration.harness import ROOT, wait_for
 from tests.net import free_port
 
@@ -180,7 +181,6 @@ def _stream_read(lines: list[dict], final_gen_of_step: dict[int, int]) -> list[i
 @pytest.mark.timeout(300)
 def test_sigterm_then_resume_at_another_world_size(digits, reference: Run, coordd, client,
                                                     tmp_path) -> None:
-    from coord.v1 import types_pb2
     from trainer import elastic
 
     ckpt = tmp_path / "ckpt"
@@ -190,10 +190,10 @@ def test_sigterm_then_resume_at_another_world_size(digits, reference: Run, coord
              what=f"epoch {STOP_AT_EPOCH}")
     cancel = coordd.cli("cancel", first)  # the agents SIGTERM every worker
     assert cancel.returncode == 0, cancel.stderr
-    assert client.wait(first, timeout=60).state == types_pb2.JOB_STATE_CANCELLED
+    assert client.wait(first, timeout=60).state == JobState.CANCELLED
     second = submit(coordd, digits, tmp_path / "job3", nodes=3, ckpt=ckpt)
     final = client.wait(second, timeout=200)
-    assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+    assert final.state == JobState.SUCCEEDED, final.reason
 
     run = Run(ckpt, ckpt / "run", ckpt / "trace")
     ref, got = reference.summary(), run.summary()

@@ -17,18 +17,18 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from coord.v1 import types_pb2
 from coordinator.errors import InvalidSpec, PartialLaunch, PermissionDenied, ProviderError
 from coordinator.providers import ec2
 from coordinator.providers.aws import AwsProvider
 from coordinator.providers.base import AgentAccess
 from coordinator.settings import AwsSettings
 from coordinator.spec import AwsResources, parse_spec
+from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, NodeRecord
 from tests.integration.harness import ROOT, wait_for
 from tests.providers.ec2_cloud import REGION, agent_env_of, heredoc, tags_of
 
-DONE = types_pb2.JOB_STATE_SUCCEEDED
+DONE = JobState.SUCCEEDED
 
 
 def job_file(tmp_path: Path, aws: str, run: str = "echo hello from $COORD_NODE_ID",
@@ -101,7 +101,7 @@ def test_a_capacity_error_on_the_first_choice_uses_the_fallback(aws_coordd, clou
     for event in launched:  # the user reads which choice was used, and why
         assert "fallback 1 of 2 after c5.large spot in us-east-1a: InsufficientInstance" \
                "Capacity" in event.message, event.message
-        data = json.loads(event.data_json)
+        data = event.data
         assert (data["instance_type"], data["availability_zone"], data["market"]) == (
             "c5.xlarge", "us-east-1b", "spot")
     assert cloud.proxy.calls("c5.large") == 2  # once per node: no retry storm on one choice
@@ -122,7 +122,7 @@ def test_a_bad_ami_fails_clearly_and_is_not_retried_against_aws(aws_coordd, clou
         assert all("InvalidAMIID.NotFound" in e.message for e in errors), errors[0].message
         assert cloud.proxy.calls("ami-0badbadbadbad0000") == 1  # asked AWS once, not per retry
         client.cancel(job.id)
-        assert client.wait(job.id, timeout=30).state == types_pb2.JOB_STATE_CANCELLED
+        assert client.wait(job.id, timeout=30).state == JobState.CANCELLED
     assert coordd.process.poll() is None  # coordd is fine
     assert cloud.instances() == []
 
@@ -134,7 +134,7 @@ def test_a_restarted_coordd_adopts_its_instances_and_terminates_orphans(aws_coor
     with coordd.client() as client:
         job = client.submit(job_file(tmp_path, 'instance_type = "m5.large"\n',
                                      run="sleep 600"))
-        wait_for(lambda: client.get(job.id).state == types_pb2.JOB_STATE_RUNNING, 60,
+        wait_for(lambda: client.get(job.id).state == JobState.RUNNING, 60,
                  what="the job to run")
     ours = {i["InstanceId"] for i in cloud.instances(**{ec2.TAG_JOB: job.id})}
     coordd_id = (coordd.state_dir / "coordd-id").read_text().strip()
@@ -146,15 +146,15 @@ def test_a_restarted_coordd_adopts_its_instances_and_terminates_orphans(aws_coor
     coordd = aws_coordd()
     wait_for(lambda: state(cloud, orphan) == "terminated", 30, what="the orphan to go")
     with coordd.client() as client:
-        wait_for(lambda: all(n.state == types_pb2.NODE_STATE_ASSIGNED
+        wait_for(lambda: all(n.state == NodeState.ASSIGNED
                              for n in client.nodes(job.id)), 30, what="the agents to return")
         final = client.get(job.id)
-        assert final.state == types_pb2.JOB_STATE_RUNNING and final.generation == 1
+        assert final.state == JobState.RUNNING and final.generation == 1
         assert {state(cloud, i) for i in ours} == {"running"}  # adopted, not relaunched
         assert {i["InstanceId"] for i in cloud.instances(**{ec2.TAG_COORDD: coordd_id})
                 } == ours | {orphan}  # nothing new launched: none leaked
         client.cancel(job.id)
-        assert client.wait(job.id, timeout=30).state == types_pb2.JOB_STATE_CANCELLED
+        assert client.wait(job.id, timeout=30).state == JobState.CANCELLED
     assert state(cloud, foreign) == "running"  # another coordd's instance is left alone
     cloud.client.terminate_instances(InstanceIds=[foreign])
     cloud.assert_all_terminated()

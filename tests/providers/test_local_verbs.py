@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator.errors import InvalidSpec, NotFound, ResourceExhausted
 from coordinator.providers.localio import download_local, exec_local, upload_local
 from coordinator.providers.nodeio import merged
 from coordinator.sdk import AsyncClient
+from coordinator.states import JobState
 from tests.integration.harness import wait_for
 from tests.net import free_port
 
@@ -147,7 +147,7 @@ def test_a_client_that_abandons_a_heavy_exec_over_rpc_leaves_coordd_healthy(coor
         count = 1
     """))
     record = client.submit(job)
-    wait_for(lambda: client.get(record.id).state == types_pb2.JOB_STATE_RUNNING, 60,
+    wait_for(lambda: client.get(record.id).state == JobState.RUNNING, 60,
              interval=0.2, what="the job to run")
     node = client.nodes(record.id)[0].id
     pipes = open_pipes(coordd.process.pid)

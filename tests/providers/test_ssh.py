@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from coord.v1 import types_pb2
 from coordinator.errors import ProviderError
 from coordinator.providers.base import AgentAccess
 from coordinator.providers.procs import signal_session
@@ -26,7 +25,7 @@ from coordinator.providers.ssh import SshProvider
 from coordinator.providers.sshboot import stop_script
 from coordinator.providers.sshhost import HostError, complete, connect, exit_code
 from coordinator.settings import SshHost, SshSettings
-from coordinator.states import NodeState
+from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, NodeRecord
 from tests.integration.harness import start_coordd, wait_for
 from tests.providers.sshd import Sshd, start_sshd
@@ -130,7 +129,7 @@ def test_two_node_job_over_ssh_and_the_node_verbs(sshd, tmp_path):
         with coordd.client() as client:
             job = client.submit(job_file(tmp_path, f"while [ ! -e {go} ]; do sleep 0.1; done; "
                                          "echo rank $RANK of $WORLD_SIZE done", count=2))
-            wait_for(lambda: client.get(job.id).state == types_pb2.JOB_STATE_RUNNING, 60,
+            wait_for(lambda: client.get(job.id).state == JobState.RUNNING, 60,
                      interval=0.2, what="the job to run on both ssh hosts")
             nodes = client.nodes(job.id)
             assert sorted(n.provider for n in nodes) == ["ssh", "ssh"]
@@ -168,7 +167,7 @@ def test_two_node_job_over_ssh_and_the_node_verbs(sshd, tmp_path):
             assert ran.exit_code == 0 and ran.stdout.decode().strip().endswith("venv")
             assert client.exec(node, f"touch {go}").exit_code == 0
             final = client.wait(job.id, timeout=60)
-            assert final.state == types_pb2.JOB_STATE_SUCCEEDED, final.reason
+            assert final.state == JobState.SUCCEEDED, final.reason
             lines = sorted(line.text for line in client.logs(job.id))
             assert lines == ["rank 0 of 2 done", "rank 1 of 2 done"]
         # the job's end stopped both agents over ssh, and everything they started
@@ -193,9 +192,9 @@ def test_a_host_that_refuses_the_key_fails_the_job_as_configured(sshd, tmp_path)
                              what="the provider error")[0]
             assert "ssh host gamma" in error.message and "refused the key" in error.message
             assert str(sshd.stranger_key) in error.message
-            assert client.get(job.id).state == types_pb2.JOB_STATE_PROVISIONING  # it waits
+            assert client.get(job.id).state == JobState.PROVISIONING  # it waits
             final = client.wait(job.id, timeout=30)
-            assert final.state == types_pb2.JOB_STATE_FAILED
+            assert final.state == JobState.FAILED
             assert "nodes.wait_for_min_s" in final.reason
             assert coordd.process.poll() is None
             assert [j.id for j in client.jobs()] == [job.id]  # still serving

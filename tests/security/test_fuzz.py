@@ -15,9 +15,10 @@ from google.protobuf import message_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coord.v1 import agent_pb2, jobs_pb2, types_pb2
+from coord.v1 import agent_pb2, jobs_pb2
 from coordinator.errors import InvalidSpec
 from coordinator.spec import load_job_file
+from coordinator.states import JobState, NodeState
 from tests.integration.harness import job_pids, start_coordd, wait_for
 from tests.security.test_auth import call
 
@@ -122,7 +123,7 @@ def cluster(tmp_path_factory):
                                             "env": NASTY_ENV}))
     with server.client() as client:
         job = client.submit(work / "job.toml")
-        wait_for(lambda: client.get(job.id).state == types_pb2.JOB_STATE_RUNNING and
+        wait_for(lambda: client.get(job.id).state == JobState.RUNNING and
                  job_pids(job.id), 60, what="the bystander to run")
         # Every rank up: a warm-started worker shows as the job's only once it runs.
         lines = wait_for(lambda: (found := {l.rank: l.text for l in client.logs(job.id)
@@ -134,7 +135,7 @@ def cluster(tmp_path_factory):
     yield server, job.id
     with server.client() as client:  # the bystander never noticed
         record = client.get(job.id)
-        assert record.state == types_pb2.JOB_STATE_RUNNING and record.generation == 1
+        assert record.state == JobState.RUNNING and record.generation == 1
         assert sorted(job_pids(job.id)) == pids
         assert {l.job_id for l in client.logs(job.id)} == {job.id}
         assert {l.text for l in client.logs(job.id)} - set(printed) == {"alive"}
@@ -345,7 +346,7 @@ def test_log_lines_and_per_job_log_volume_are_bounded(tmp_path):
     try:
         with server.client() as client:
             job = client.submit(tmp_path / "job.toml")
-            assert client.wait(job.id, timeout=90).state == types_pb2.JOB_STATE_SUCCEEDED
+            assert client.wait(job.id, timeout=90).state == JobState.SUCCEEDED
             lines = [l.text for l in client.logs(job.id)]
     finally:
         server.stop()
@@ -364,7 +365,7 @@ def test_a_sequence_number_past_sqlite_integers_is_refused_and_harms_nothing(clu
     code = send(server, AGENT_SERVICE, connect, [m.SerializeToString() for m in stream])
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     with server.client() as client:  # the node's record still saves: its state moves on
-        wait_for(lambda: any(n.id == "seq-probe" and n.state == types_pb2.NODE_STATE_LOST
+        wait_for(lambda: any(n.id == "seq-probe" and n.state == NodeState.LOST
                              for n in client.nodes(include_gone=True)), 30,
                  what="the probe node to be marked lost")
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from coord.v1 import types_pb2 as coord_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63oord/v1/jobs.proto\x12\x08\x63oord.v1\x1a\x14\x63oord/v1/types.proto\"3\n\x0f\x45xecNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\"R\n\nExecOutput\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"8\n\tFileChunk\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x0f\x46ileTransferred\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"4\n\x13\x44ownloadFileRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"7\n\x14InterruptNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"V\n\x10SubmitJobRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"/\n\x11SubmitJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.coord.v1.Job\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\":\n\x0fListJobsRequest\x12\x18\n\x10include_finished\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.coord.v1.Job\"/\n\x10\x43\x61ncelJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x0fWatchJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"o\n\x11StreamLogsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x10\n\x08has_rank\x18\x05 \x01(\x08\x12\x0c\n\x04tail\x18\x06 \x01(\x05\"5\n\x10ListNodesRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x14\n\x0cinclude_gone\x18\x02 \x01(\x08\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.coord.v1.Node2\xc8\x05\n\nJobService\x12\x44\n\tSubmitJob\x12\x1a.coord.v1.SubmitJobRequest\x1a\x1b.coord.v1.SubmitJobResponse\x12\x30\n\x06GetJob\x12\x17.coord.v1.GetJobRequest\x1a\r.coord.v1.Job\x12\x41\n\x08ListJobs\x12\x19.coord.v1.ListJobsRequest\x1a\x1a.coord.v1.ListJobsResponse\x12\x36\n\tCancelJob\x12\x1a.coord.v1.CancelJobRequest\x1a\r.coord.v1.Job\x12;\n\x08WatchJob\x12\x19.coord.v1.WatchJobRequest\x1a\x12.coord.v1.JobEvent0\x01\x12>\n\nStreamLogs\x12\x1b.coord.v1.StreamLogsRequest\x1a\x11.coord.v1.LogLine0\x01\x12\x44\n\tListNodes\x12\x1a.coord.v1.ListNodesRequest\x1a\x1b.coord.v1.ListNodesResponse\x12?\n\rInterruptNode\x12\x1e.coord.v1.InterruptNodeRequest\x1a\x0e.coord.v1.Node\x12=\n\x08\x45xecNode\x12\x19.coord.v1.ExecNodeRequest\x1a\x14.coord.v1.ExecOutput0\x01\x12>\n\nUploadFile\x12\x13.coord.v1.FileChunk\x1a\x19.coord.v1.FileTransferred(\x01\x12\x44\n\x0c\x44ownloadFile\x12\x1d.coord.v1.DownloadFileRequest\x1a\x13.coord.v1.FileChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63oord/v1/jobs.proto\x12\x08\x63oord.v1\x1a\x14\x63oord/v1/types.proto\"3\n\x0f\x45xecNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\"R\n\nExecOutput\x12\x0e\n\x06stdout\x18\x01 \x01(\x0c\x12\x0e\n\x06stderr\x18\x02 \x01(\x0c\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_exit_code\"8\n\tFileChunk\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\x0f\x46ileTransferred\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"4\n\x13\x44ownloadFileRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"7\n\x14InterruptNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"i\n\x10SubmitJobRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06\x62undle\x18\x03 \x01(\x0c\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x11\n\toverrides\x18\x05 \x03(\t\"/\n\x11SubmitJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.coord.v1.Job\"\x1c\n\rGetJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\":\n\x0fListJobsRequest\x12\x18\n\x10include_finished\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.coord.v1.Job\"/\n\x10\x43\x61ncelJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x0fWatchJobRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"o\n\x11StreamLogsRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x10\n\x08has_rank\x18\x05 \x01(\x08\x12\x0c\n\x04tail\x18\x06 \x01(\x05\"5\n\x10ListNodesRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x14\n\x0cinclude_gone\x18\x02 \x01(\x08\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.coord.v1.Node2\xc8\x05\n\nJobService\x12\x44\n\tSubmitJob\x12\x1a.coord.v1.SubmitJobRequest\x1a\x1b.coord.v1.SubmitJobResponse\x12\x30\n\x06GetJob\x12\x17.coord.v1.GetJobRequest\x1a\r.coord.v1.Job\x12\x41\n\x08ListJobs\x12\x19.coord.v1.ListJobsRequest\x1a\x1a.coord.v1.ListJobsResponse\x12\x36\n\tCancelJob\x12\x1a.coord.v1.CancelJobRequest\x1a\r.coord.v1.Job\x12;\n\x08WatchJob\x12\x19.coord.v1.WatchJobRequest\x1a\x12.coord.v1.JobEvent0\x01\x12>\n\nStreamLogs\x12\x1b.coord.v1.StreamLogsRequest\x1a\x11.coord.v1.LogLine0\x01\x12\x44\n\tListNodes\x12\x1a.coord.v1.ListNodesRequest\x1a\x1b.coord.v1.ListNodesResponse\x12?\n\rInterruptNode\x12\x1e.coord.v1.InterruptNodeRequest\x1a\x0e.coord.v1.Node\x12=\n\x08\x45xecNode\x12\x19.coord.v1.ExecNodeRequest\x1a\x14.coord.v1.ExecOutput0\x01\x12>\n\nUploadFile\x12\x13.coord.v1.FileChunk\x1a\x19.coord.v1.FileTransferred(\x01\x12\x44\n\x0c\x44ownloadFile\x12\x1d.coord.v1.DownloadFileRequest\x1a\x13.coord.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,25 +45,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERRUPTNODEREQUEST']._serialized_start=351
   _globals['_INTERRUPTNODEREQUEST']._serialized_end=406
   _globals['_SUBMITJOBREQUEST']._serialized_start=408
-  _globals['_SUBMITJOBREQUEST']._serialized_end=494
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=496
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=543
-  _globals['_GETJOBREQUEST']._serialized_start=545
-  _globals['_GETJOBREQUEST']._serialized_end=573
-  _globals['_LISTJOBSREQUEST']._serialized_start=575
-  _globals['_LISTJOBSREQUEST']._serialized_end=633
-  _globals['_LISTJOBSRESPONSE']._serialized_start=635
-  _globals['_LISTJOBSRESPONSE']._serialized_end=682
-  _globals['_CANCELJOBREQUEST']._serialized_start=684
-  _globals['_CANCELJOBREQUEST']._serialized_end=731
-  _globals['_WATCHJOBREQUEST']._serialized_start=733
-  _globals['_WATCHJOBREQUEST']._serialized_end=798
-  _globals['_STREAMLOGSREQUEST']._serialized_start=800
-  _globals['_STREAMLOGSREQUEST']._serialized_end=911
-  _globals['_LISTNODESREQUEST']._serialized_start=913
-  _globals['_LISTNODESREQUEST']._serialized_end=966
-  _globals['_LISTNODESRESPONSE']._serialized_start=968
-  _globals['_LISTNODESRESPONSE']._serialized_end=1018
-  _globals['_JOBSERVICE']._serialized_start=1021
-  _globals['_JOBSERVICE']._serialized_end=1733
+  _globals['_SUBMITJOBREQUEST']._serialized_end=513
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=515
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=562
+  _globals['_GETJOBREQUEST']._serialized_start=564
+  _globals['_GETJOBREQUEST']._serialized_end=592
+  _globals['_LISTJOBSREQUEST']._serialized_start=594
+  _globals['_LISTJOBSREQUEST']._serialized_end=652
+  _globals['_LISTJOBSRESPONSE']._serialized_start=654
+  _globals['_LISTJOBSRESPONSE']._serialized_end=701
+  _globals['_CANCELJOBREQUEST']._serialized_start=703
+  _globals['_CANCELJOBREQUEST']._serialized_end=750
+  _globals['_WATCHJOBREQUEST']._serialized_start=752
+  _globals['_WATCHJOBREQUEST']._serialized_end=817
+  _globals['_STREAMLOGSREQUEST']._serialized_start=819
+  _globals['_STREAMLOGSREQUEST']._serialized_end=930
+  _globals['_LISTNODESREQUEST']._serialized_start=932
+  _globals['_LISTNODESREQUEST']._serialized_end=985
+  _globals['_LISTNODESRESPONSE']._serialized_start=987
+  _globals['_LISTNODESRESPONSE']._serialized_end=1037
+  _globals['_JOBSERVICE']._serialized_start=1040
+  _globals['_JOBSERVICE']._serialized_end=1752
 # @@protoc_insertion_point(module_scope)

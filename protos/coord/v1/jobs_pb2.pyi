@@ -60,16 +60,18 @@ class InterruptNodeRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
-    __slots__ = ("spec_json", "source", "bundle", "dry_run")
+    __slots__ = ("spec_json", "source", "bundle", "dry_run", "overrides")
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDES_FIELD_NUMBER: _ClassVar[int]
     spec_json: str
     source: str
     bundle: bytes
     dry_run: bool
-    def __init__(self, spec_json: _Optional[str] = ..., source: _Optional[str] = ..., bundle: _Optional[bytes] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    overrides: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec_json: _Optional[str] = ..., source: _Optional[str] = ..., bundle: _Optional[bytes] = ..., dry_run: _Optional[bool] = ..., overrides: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
     __slots__ = ("job",)

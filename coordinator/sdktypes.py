@@ -1,0 +1,155 @@
+"""What the SDK hands out: plain dataclasses whose states are Python enums, never the wire's
+integers, so `print(job.state)` says `SUCCEEDED` and `job.state is JobState.SUCCEEDED` holds.
+
+Each type is built from its gRPC message in one place (`from_proto`); `as_dict` gives the
+JSON-ready form `coord --output json` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coord.v1 import types_pb2
+from coordinator.states import JobState, NodeState
+
+
+class LogStream(enum.StrEnum):
+    STDOUT = "STDOUT"
+    STDERR = "STDERR"
+    UNSPECIFIED = "UNSPECIFIED"
+
+
+def _enum(cls: type[enum.StrEnum], proto_enum, prefix: str, value: int):
+    return cls(proto_enum.Name(value).removeprefix(prefix))
+
+
+def _time(ts: Timestamp) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts.ToNanoseconds() / 1e9, tz=dt.UTC)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as JSON-ready values: enums by name, times in ISO 8601 (UTC)."""
+    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return as_dict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerExit:
+    """One rank's exit as coordd recorded it (`exit_code` negative: killed by that signal)."""
+
+    node_id: str
+    rank: int
+    exit_code: int
+    generation: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    id: str
+    name: str
+    state: JobState
+    generation: int
+    reason: str                 # why the job is in its state (failures, cancel)
+    spec_json: str              # the validated job spec coordd runs, as JSON
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    node_ids: list[str]         # current membership, ordered by group rank
+    restarts: int               # restarts charged to max_restarts
+    failed_workers: list[WorkerExit]
+    failure_log_tail: list[str]  # last log lines of the first failed worker
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_json or "{}")
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    @classmethod
+    def from_proto(cls, m: types_pb2.Job) -> Job:
+        return cls(m.id, m.name, _enum(JobState, types_pb2.JobState, "JOB_STATE_", m.state),
+                   m.generation, m.reason, m.spec_json, _time(m.created_at), _time(m.updated_at),
+                   list(m.node_ids), m.restarts,
+                   [WorkerExit(w.node_id, w.rank, w.exit_code, w.generation)
+                    for w in m.failed_workers], list(m.failure_log_tail))
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    cpus: int
+    gpus: int
+    memory_bytes: int
+    software: list[str]         # packages that change what coord offers, e.g. "torchft"
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    id: str
+    host: str
+    state: NodeState
+    job_id: str                 # "" when the node is not assigned
+    provider: str               # "local", "ssh", "aws" or "static" (an agent started by hand)
+    resources: Resources
+    last_heartbeat: dt.datetime
+
+    @classmethod
+    def from_proto(cls, m: types_pb2.Node) -> Node:
+        r = m.resources
+        return cls(m.id, m.host, _enum(NodeState, types_pb2.NodeState, "NODE_STATE_", m.state),
+                   m.job_id, m.provider, Resources(r.cpus, r.gpus, r.memory_bytes,
+                                                   list(r.software)), _time(m.last_heartbeat))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobEvent:
+    """Something that happened to a job. `kind` is one of the names listed in docs/sdk.md
+    ("state", "generation.started", ...); `data` holds its details, e.g. `data["cause"]`."""
+
+    seq: int
+    job_id: str
+    time: dt.datetime
+    kind: str
+    generation: int
+    message: str                # one line for a person
+    data: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, m: types_pb2.JobEvent) -> JobEvent:
+        return cls(m.seq, m.job_id, _time(m.time), m.kind, m.generation, m.message,
+                   json.loads(m.data_json or "{}"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLine:
+    job_id: str
+    generation: int
+    node_id: str
+    rank: int
+    stream: LogStream
+    seq: int                    # increasing within the job: the order lines were stored
+    time: dt.datetime
+    text: str
+
+    @classmethod
+    def from_proto(cls, m: types_pb2.LogLine) -> LogLine:
+        return cls(m.job_id, m.generation, m.node_id, m.rank,
+                   _enum(LogStream, types_pb2.LogStream, "LOG_STREAM_", m.stream), m.seq,
+                   _time(m.time), m.text)

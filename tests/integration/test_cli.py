@@ -1,0 +1,117 @@
+"""`coord` and the SDK against a real coordd: exit codes, overrides, output a script can read,
+node ids, a local node's agent as `ps` shows it, and the README's SDK example as written."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from coordinator.cli import app
+from coordinator.states import JobState
+from tests.integration.harness import ROOT, start_coordd, wait_for
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    coordd = start_coordd(tmp_path_factory.mktemp("cli") / "state", "--heartbeat-timeout", "3")
+    yield coordd
+    coordd.stop()
+
+
+def coord(server, *args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(app, list(args), env={**server.env, **(env or {})})
+
+
+def job_file(directory: Path, name: str, run: str, extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "job.toml"
+    path.write_text(f'name = "{name}"\nrun = "{run}"\n{extra}\n[nodes]\ncount = 2\n')
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
+    path = job_file(tmp_path / "q", "from-file", "echo K=$K")
+    result = coord(server, "submit", str(path), "--detach", "--nodes", "1", "--name", "quick",
+                   "--env", "K=v1")
+    assert result.exit_code == 0, result.output
+    job_id = re.search(r"submitted (\S+)", result.output)[1]
+    with server.client() as client:
+        assert client.wait(job_id, timeout=60).state is JobState.SUCCEEDED
+        assert [l.text for l in client.logs(job_id)] == ["K=v1"]
+    detail = coord(server, "status", "quick")
+    assert "overrides: --nodes 1 --name quick --env K" in detail.output
+    record = json.loads(coord(server, "status", job_id, "-o", "json").output)
+    assert record["state"] == "SUCCEEDED" and record["overrides"] == [
+        "--nodes 1", "--name quick", "--env K"]
+    assert json.loads(record["spec_json"])["nodes"]["count"] == 1
+    cancel = coord(server, "cancel", job_id)  # already ended: not "coordd unreachable"
+    assert cancel.exit_code == 5 and "already ended: SUCCEEDED" in cancel.output
+    assert job_id not in coord(server, "jobs").output  # active jobs only, as squeue
+    listing = coord(server, "jobs", "--all", "--fields", "id,state,nodes").output.splitlines()
+    assert listing[0].split() == ["ID", "STATE", "NODES"]
+    assert [job_id, "SUCCEEDED"] in [line.split()[:2] for line in listing]
+    nodes = json.loads(coord(server, "nodes", "--all", "-o", "json").output)
+    assert [n["id"].startswith("node-quick-") for n in nodes if n["job_id"] == job_id] == [True]
+
+
+@pytest.mark.timeout(120)
+def test_bad_input_is_2_and_a_refused_token_is_4(server, tmp_path):
+    path = job_file(tmp_path / "g", "globs", "true", 'files = ["*.py", "data/*.csv"]')
+    (path.parent / "train.py").write_text("")
+    refused = coord(server, "submit", str(path))
+    assert refused.exit_code == 2 and "files: 'data/*.csv' match no file" in refused.output
+    bad_nodes = coord(server, "submit", str(path), "--nodes", "0")
+    assert bad_nodes.exit_code == 2 and "--nodes (key 'nodes.count')" in bad_nodes.output
+    assert coord(server, "status", "no-such-job").exit_code == 2
+    wrong = coord(server, "jobs", env={"COORD_TOKEN": "not-the-token"})
+    assert wrong.exit_code == 4 and "wrong token" in wrong.output
+
+
+@pytest.mark.timeout(150)
+def test_a_followed_job_exits_with_its_state_and_ps_shows_coord_agent(server, tmp_path):
+    failing = job_file(tmp_path / "f", "fails", "exit 3")
+    assert coord(server, "submit", str(failing), "-N", "1").exit_code == 1
+    sleeper = job_file(tmp_path / "s", "sleeper", "sleep 60")
+    follow = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "submit", str(sleeper),
+                               "-N", "1"], env=server.env, stdout=subprocess.PIPE, text=True)
+    with server.client() as client:
+        job = wait_for(lambda: next((j for j in client.jobs(include_finished=False)
+                                     if j.name == "sleeper" and j.state is JobState.RUNNING),
+                                    None), 60, what="the sleeper to run")
+        [node] = job.node_ids
+        agent = server.node_pid(node)
+        assert Path(f"/proc/{agent}/comm").read_text().strip() == "coord-agent"
+        assert b"coord-agent" in Path(f"/proc/{agent}/cmdline").read_bytes()
+        assert coord(server, "cancel", job.id).exit_code == 0
+    assert follow.wait(60) == 3, follow.stdout.read()
+
+
+def readme_sdk_example() -> str:
+    """The code block after the README's `sdk-example` marker."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- sdk-example.*?-->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README.md has no sdk-example block"
+    return block[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_the_readme_sdk_example_prints_what_the_readme_says(server):
+    code = readme_sdk_example()
+    promised = [re.escape(p).replace(r"\.\.\.", ".*")
+                for p in re.findall(r"# prints: (.*)$", code, re.M)]
+    assert len(promised) == 2, code
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                            env=server.env, capture_output=True, text=True, timeout=140)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(re.fullmatch(promised[0], line) for line in lines), (promised[0], lines)
+    assert re.fullmatch(promised[1], lines[-1]), lines
