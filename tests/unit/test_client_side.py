@@ -129,14 +129,16 @@ def test_with_no_address_anywhere_coord_says_to_start_coordd(monkeypatch, tmp_pa
     assert "start one here with `coordd serve`" in result.output
 
 
-async def test_the_sdk_names_the_state_dir_address_it_tried(monkeypatch, tmp_path):
+async def test_the_sdk_never_tries_a_state_dir_address_no_coordd_holds(monkeypatch, tmp_path):
+    """A coordd.addr left by a coordd that crashed: the lock beside it is free, so the
+    client says no coordd runs there rather than trying a port someone else may own."""
     (tmp_path / "coordd.addr").write_text(f"127.0.0.1:{free_port()}\n")
     monkeypatch.delenv("COORD_ADDR", raising=False)
     monkeypatch.setenv("COORDD_STATE_DIR", str(tmp_path))
     monkeypatch.setattr("coordinator.sdk.CONFIG_PATH", tmp_path / "none.toml")
-    async with AsyncClient() as client:
-        with pytest.raises(errors.Unavailable, match=rf"address from {tmp_path}/coordd.addr\)"
-                                                     r": .*start it with `coordd serve`"):
+    with pytest.raises(errors.Unavailable, match=rf"no coordd runs on {tmp_path}; start one "
+                                                 r"here with `coordd serve`, or set"):
+        async with AsyncClient() as client:
             await client.get("x")
 
 
