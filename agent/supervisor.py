@@ -50,15 +50,17 @@ class Preparing:
 
 class Supervisor:
     def __init__(self, workdir: Path, outbox: Outbox,
-                 fetch_bundle: Callable[[str, str], Awaitable[bytes]]):
+                 fetch_bundle: Callable[[str, str], Awaitable[bytes]], cpus: int | None = None):
         self.workdir, self.outbox, self.fetch_bundle = workdir, outbox, fetch_bundle
+        self.cpus = cpus  # the cores this node's workers share; None: the host's, not split
         self.workers: dict[tuple[str, int, int], Worker] = {}
         self._prepared: dict[str, str] = {}  # job id -> bundle digest already unpacked
         self._tasks: set[asyncio.Task] = set()
         self._snapshot_dirs: set[Path] = set()
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
-        self.warm = WarmPool(MAX_LINE, worker_env({})) if WarmPool.enabled() else None
+        self.warm = (WarmPool(MAX_LINE, worker_env({}, workers=1, cpus=cpus))
+                     if WarmPool.enabled() else None)
 
     def prewarm(self) -> None:
         """Start a warm worker interpreter while this node is idle (if enabled)."""
@@ -149,7 +151,9 @@ class Supervisor:
 
     async def _start_one(self, msg: agent_pb2.StartWorkers, spec: agent_pb2.WorkerSpec,
                          job_dir: Path) -> None:
-        env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)})
+        env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)},
+                         workers=int(spec.env.get("LOCAL_WORLD_SIZE") or len(msg.workers)),
+                         cpus=self.cpus)
         try:
             proc = self.warm and await self.warm.take(msg.command, job_dir, env)
             warm = proc is not None
@@ -266,13 +270,26 @@ class Supervisor:
 AGENT_SECRETS = frozenset({"COORD_TOKEN"})
 
 
-def worker_env(job_env: dict[str, str]) -> dict[str, str]:
+def worker_env(job_env: dict[str, str], workers: int = 1,
+               cpus: int | None = None) -> dict[str, str]:
     """The agent's environment less its token, its Python first on PATH (`python` in a
     job means the node's environment, where coord and torch are installed), then the job's
-    variables."""
+    variables, then a thread count for each of the node's `workers` unless one is set."""
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
-    return {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+    env = {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+    return env | thread_env(env, workers, cpus)
+
+
+def thread_env(env: dict[str, str], workers: int, cpus: int | None) -> dict[str, str]:
+    """OMP_NUM_THREADS as torchrun sets it (1 when a node runs several workers), or the
+    node's share of cores split among its workers; never over a value already set. Without
+    it every worker's torch uses every core of the host, and they slow each other down."""
+    if "OMP_NUM_THREADS" in env:
+        return {}
+    if cpus is not None:
+        return {"OMP_NUM_THREADS": str(max(1, cpus // max(1, workers)))}
+    return {"OMP_NUM_THREADS": "1"} if workers > 1 else {}
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

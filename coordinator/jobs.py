@@ -28,6 +28,7 @@ from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
+from coordinator.workerenv import defaults, rank_env
 
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
@@ -219,7 +220,8 @@ class JobManager:
         lighthouse = await self.quorum_address(record, spec) if mode != "restart" else ""
         master = view.nodes[view.members[0]]
         port = self.nodes.free_port(master.id) or master.free_port  # fresh: reported just now
-        base = {**spec.env, "COORD_JOB_ID": record.id, "COORD_JOB_NAME": record.name,
+        base = {**spec.env, **defaults(spec.env), "COORD_JOB_ID": record.id,
+                "COORD_JOB_NAME": record.name,
                 "COORD_GENERATION": str(generation),
                 "COORD_CHECKPOINT_DIR": self.checkpoint_dir(record, spec)}
         # Joiners of running replicas, and every worker in mode "inprocess", are replicas
@@ -230,16 +232,15 @@ class JobManager:
             await self.nodes.set_state(node, NodeState.ASSIGNED, f"generation {record.generation}")
             workers = []
             for rank in view.ranks_of(node_id):
-                local_rank = rank % spec.nproc_per_node
                 env = {**base, "COORD_NODE_ID": node_id, "COORD_NODE_HOST": node.host,
-                       "LOCAL_RANK": str(local_rank),
-                       "LOCAL_WORLD_SIZE": str(spec.nproc_per_node),
-                       "GROUP_RANK": str(rank // spec.nproc_per_node),
-                       "MASTER_ADDR": master.host, "MASTER_PORT": str(port),
-                       "WORLD_SIZE": str(view.world_size), "RANK": str(rank)}
+                       **rank_env(rank=rank, world_size=view.world_size,
+                                  nproc_per_node=spec.nproc_per_node, master=(master.host, port),
+                                  restarts=record.restarts, max_restarts=spec.max_restarts,
+                                  job_id=record.id)}
                 if lighthouse:
                     env |= replica_env(node.host, rank, lighthouse, spec, joining, replica_only)
-                workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=local_rank, env=env))
+                workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=int(env["LOCAL_RANK"]),
+                                                    env=env))
             self.nodes.send(node_id, agent_pb2.CoordinatorMessage(start=agent_pb2.StartWorkers(
                 job_id=record.id, generation=generation, command=spec.run,
                 setup=spec.setup or "", bundle_digest=record.bundle_digest, workers=workers,
@@ -260,7 +261,8 @@ def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: b
            "COORD_FT_MIN_REPLICAS": str(spec.nodes.minimum * spec.nproc_per_node),
            "RUST_LOG": spec.env.get("RUST_LOG", "warn")}  # torchft logs every quorum at info
     if replica_only:
-        env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0"}
+        env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",
+                "ROLE_RANK": "0", "ROLE_WORLD_SIZE": "1"}
     return env
 
 

@@ -37,25 +37,35 @@ class LocalProvider(Provider):
         # records, so their state is current when coordd stops.
         self._adopted: dict[str, NodeRecord] = {}
         self._metadata: dict[str, MetadataStandIn] = {}
+        self._workers: dict[str, int] = {}  # node id -> its workers, to share the cores
         self.notice_poll_s = 0.5  # rehearsals should not take AWS's 5 s
 
     async def launch(self, nodes: list[NodeRecord], job: JobRecord, spec: JobSpec) -> None:
+        cpus = self._cpu_share(len(nodes), spec.nproc_per_node)
         for node in nodes:
             workdir = self.nodes_dir / node.id
             self._metadata[node.id] = await MetadataStandIn().start()
             proc = await self._spawn(node.id, workdir, self._metadata[node.id].endpoint,
-                                     warm=spec.nodes.spares > 0)
+                                     warm=spec.nodes.spares > 0, cpus=cpus)
+            self._workers[node.id] = spec.nproc_per_node
             self._procs[node.id] = proc
             node.host = "127.0.0.1"
             node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
             log.info("node.launched", node=node.id, pid=proc.pid, workdir=str(workdir))
+
+    def _cpu_share(self, count: int, nproc: int) -> int:
+        """The cores a new node's workers share: this machine's, split evenly among every
+        local worker (those of live nodes and the new ones), so they do not oversubscribe it."""
+        live = sum(n for node_id, n in self._workers.items() if node_id in self._procs)
+        per_worker = max(1, (os.cpu_count() or 1) // (live + count * nproc))
+        return per_worker * nproc
 
     def interrupt(self, node: NodeRecord, action: str) -> None:
         """Make the node's metadata announce an interruption, as EC2 would."""
         self._metadata[node.id].announce(action or "terminate")
 
     async def _spawn(self, node_id: str, workdir: Path, metadata: str,
-                     warm: bool) -> asyncio.subprocess.Process:
+                     warm: bool, cpus: int) -> asyncio.subprocess.Process:
         """One agent process. Local nodes share this machine's cores with everything else,
         so they keep a warm interpreter (see agent/warm.py) only for a job with spares, whose
         idle nodes are there to start at once; a COORD_AGENT_WARM_START set for coordd wins."""
@@ -67,6 +77,7 @@ class LocalProvider(Provider):
                 "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
                 "--imds-endpoint", metadata, "--imds-interval", str(self.notice_poll_s),
                 "--stop-grace", str(self.stop_grace_s),  # within the patience of terminate()
+                "--cpus", str(cpus),
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
                 env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env()})
@@ -87,6 +98,7 @@ class LocalProvider(Provider):
             log.warning("node.killed", node=node.id, pid=pid, processes=killed)
             await self._wait_gone(node.id, pid, 5)
         self._procs.pop(node.id, None)
+        self._workers.pop(node.id, None)
         if metadata := self._metadata.pop(node.id, None):
             await metadata.close()
 
