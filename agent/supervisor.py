@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 
@@ -21,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agent import control as control_lines
 from agent.fence import write_fence
 from agent.outbox import Outbox
+from agent.scratch import Scratch, snapshot_root
 from agent.warm import WarmPool
 from coord.v1 import agent_pb2, types_pb2
 
@@ -56,7 +56,8 @@ class Supervisor:
         self.workers: dict[tuple[str, int, int], Worker] = {}
         self._prepared: dict[str, str] = {}  # job id -> bundle digest already unpacked
         self._tasks: set[asyncio.Task] = set()
-        self._snapshot_dirs: set[Path] = set()
+        self.scratch = Scratch(snapshot_root(workdir), workdir)
+        self._scratch_of: set[tuple[str, str]] = set()  # (job id, node id) this agent used
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
         self.warm = (WarmPool(MAX_LINE, worker_env({}, workers=1, cpus=cpus))
@@ -151,7 +152,7 @@ class Supervisor:
 
     async def _start_one(self, msg: agent_pb2.StartWorkers, spec: agent_pb2.WorkerSpec,
                          job_dir: Path) -> None:
-        env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)},
+        env = worker_env({**self._scratch_env(spec), **spec.env},
                          workers=int(spec.env.get("LOCAL_WORLD_SIZE") or len(msg.workers)),
                          cpus=self.cpus)
         try:
@@ -173,13 +174,23 @@ class Supervisor:
                      pid=proc.pid)
         self.spawn(self._watch(worker))
 
-    def _snapshot_dir(self, spec: agent_pb2.WorkerSpec) -> str:
-        """Node-local memory for the trainer's per-step snapshots: it outlives the worker
-        processes (the next generation on this node restores from it) but not the node."""
-        root = Path("/dev/shm") if Path("/dev/shm").is_dir() else self.workdir
-        path = root / "coord-snapshots" / f"{spec.env['COORD_JOB_ID']}-{spec.env['COORD_NODE_ID']}"
-        self._snapshot_dirs.add(path)
-        return str(path)
+    def _scratch_env(self, spec: agent_pb2.WorkerSpec) -> dict[str, str]:
+        """Node-local memory for the trainer's per-step snapshots, which outlives the worker
+        processes (the next generation on this node restores from it) but not the node, and
+        the job's temp space (TMPDIR, unless the job sets its own)."""
+        job_id, node_id = spec.env["COORD_JOB_ID"], spec.env["COORD_NODE_ID"]
+        self._scratch_of.add((job_id, node_id))
+        tmp = self.scratch.tmp_dir(job_id)
+        tmp.mkdir(parents=True, exist_ok=True)
+        return {"TMPDIR": str(tmp),
+                "COORD_SNAPSHOT_DIR": str(self.scratch.snapshot_dir(job_id, node_id))}
+
+    async def forget(self, job_ids: Iterable[str]) -> None:
+        """Remove what this node keeps of jobs that ended (none that still runs here)."""
+        running = {w.job_id for w in self.workers.values()}
+        for job_id in set(job_ids) - running:
+            log.info("job.scratch_removed", job=job_id, reason="the job ended")
+            await asyncio.to_thread(self.scratch.remove_job, job_id)
 
     async def _watch(self, worker: Worker) -> None:
         proc = worker.process
@@ -262,8 +273,8 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for path in self._snapshot_dirs:  # the node is leaving: its memory goes with it
-            await asyncio.to_thread(shutil.rmtree, path, True)
+        for job_id, node_id in self._scratch_of:  # the node is leaving: its memory goes too
+            await asyncio.to_thread(self.scratch.remove_node, job_id, node_id)
 
 
 # The agent's join token: a job's code has no business holding it.

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
@@ -15,7 +16,7 @@ from agent.control import WORKER_FINISHED, WORKER_INPROCESS
 from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
-from coordinator.errors import Conflict, InvalidSpec
+from coordinator.errors import Conflict, InvalidSpec, NotFound
 from coordinator.logbudget import LogBudget
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
@@ -139,6 +140,20 @@ class JobManager:
                     await self.quorum_address(record, spec)
                 except QuorumUnavailable as exc:
                     log.error("quorum.unavailable", job=record.id, error=str(exc))
+
+    async def ended(self, job_ids: Iterable[str]) -> list[str]:
+        """Those of `job_ids` that ended, or that this coordd does not know."""
+        ended = []
+        for job_id in job_ids:
+            if job_id in self.runners:
+                continue
+            try:
+                record = await self.store.get_job(job_id)
+            except NotFound:
+                record = None
+            if record is None or record.id != job_id or record.state.terminal:
+                ended.append(job_id)
+        return ended
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)

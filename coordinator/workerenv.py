@@ -38,7 +38,7 @@ TABLE: tuple[Variable, ...] = (
            "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS"),
     # defaults a job may override in its [env]
     *_rows("coordd", False, "TORCH_NCCL_ASYNC_ERROR_HANDLING", "RUST_LOG"),
-    *_rows("agent", False, "OMP_NUM_THREADS", "PYTHONUNBUFFERED", "PATH"),
+    *_rows("agent", False, "OMP_NUM_THREADS", "TMPDIR", "PYTHONUNBUFFERED", "PATH"),
 )
 RESERVED = frozenset(v.name for v in TABLE if v.reserved)
 

@@ -4,6 +4,7 @@ its own with its own work directory, standing in for a host. No cloud account ne
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.scratch import ROOT_ENV, Scratch, snapshot_root
 from agent.warm import ENABLE_ENV
 from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
@@ -39,6 +41,10 @@ class LocalProvider(Provider):
         self._metadata: dict[str, MetadataStandIn] = {}
         self._workers: dict[str, int] = {}  # node id -> its workers, to share the cores
         self.notice_poll_s = 0.5  # rehearsals should not take AWS's 5 s
+        # This coordd's nodes keep their snapshots apart from other coordds' on this machine,
+        # so that sweeping the jobs it does not know never touches another's.
+        tag = hashlib.sha256(str(nodes_dir.resolve()).encode()).hexdigest()[:12]
+        self.snapshot_root = snapshot_root(nodes_dir) / f"coordd-{tag}"
 
     async def launch(self, nodes: list[NodeRecord], job: JobRecord, spec: JobSpec) -> None:
         cpus = self._cpu_share(len(nodes), spec.nproc_per_node)
@@ -80,7 +86,8 @@ class LocalProvider(Provider):
                 "--cpus", str(cpus),
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
-                env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env()})
+                env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env(),
+                     ROOT_ENV: str(self.snapshot_root)})
         finally:
             agent_log.close()
 
@@ -99,6 +106,8 @@ class LocalProvider(Provider):
             await self._wait_gone(node.id, pid, 5)
         self._procs.pop(node.id, None)
         self._workers.pop(node.id, None)
+        if workdir := node.provider_data.get("workdir"):  # its memory goes with the machine
+            await asyncio.to_thread(self._scratch(Path(workdir)).remove_node_everywhere, node.id)
         if metadata := self._metadata.pop(node.id, None):
             await metadata.close()
 
@@ -117,6 +126,24 @@ class LocalProvider(Provider):
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
         for metadata in self._metadata.values():
             await metadata.close()
+
+    def _scratch(self, workdir: Path) -> Scratch:
+        return Scratch(self.snapshot_root, workdir)
+
+    def scratch_jobs(self) -> list[str]:
+        """Jobs that any node of this coordd, live or gone, keeps snapshots or temp files of."""
+        workdirs = [p for p in self.nodes_dir.glob("*") if p.is_dir()]
+        return sorted({job for w in workdirs or [self.nodes_dir]
+                       for job in self._scratch(w).jobs()})
+
+    async def sweep(self, ended: list[str]) -> None:
+        """At start: remove what jobs that ended (or this coordd does not know) left behind,
+        on nodes SIGKILLed before they could remove it themselves."""
+        workdirs = [p for p in self.nodes_dir.glob("*") if p.is_dir()] or [self.nodes_dir]
+        for job_id in ended:
+            log.info("local.scratch_swept", job=job_id)
+            for workdir in workdirs:
+                await asyncio.to_thread(self._scratch(workdir).remove_job, job_id)
 
     async def gone(self, node: NodeRecord) -> bool:
         pid = node.provider_data.get("pid")
