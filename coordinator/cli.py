@@ -200,6 +200,9 @@ def logs(
     node: Annotated[str, typer.Option("--node", "-n", help="only this node")] = "",
     rank: Annotated[int | None, typer.Option("--rank", "-r", help="only this rank")] = None,
     tail: Annotated[int, typer.Option(help="only the last N lines")] = 0,
+    timestamps: Annotated[bool, typer.Option(
+        "--timestamps", "-t", help="prefix each line with the time its node read it (UTC)"
+    )] = False,
 ) -> None:
     """Print a job's worker output, each line prefixed with its node and rank.
 
@@ -209,6 +212,9 @@ def logs(
         async with AsyncClient() as client:
             async for line in client.logs(job, follow=follow, node=node, rank=rank, tail=tail):
                 prefix = "" if rank is not None else f"[dim]\\[{escape(line.node_id)} r{line.rank}][/] "
+                if timestamps:
+                    stamp = line.time.ToDatetime().isoformat(timespec="milliseconds")
+                    prefix = f"[dim]{stamp}Z[/] {prefix}"
                 console.print(prefix + escape(line.text))
         return 0
     run(go())

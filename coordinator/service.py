@@ -278,7 +278,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 await self.jobs.on_agent_event(session.node_id, message.event)
             case "leaving":
                 node = self.nodes.nodes[session.node_id]
-                if node.job_id:
+                if node.job_id and node.state.alive:  # not one coordd released (job ended)
                     await self.jobs.on_agent_event(session.node_id, agent_pb2.AgentEvent(
                         job_id=node.job_id, kind="node.leaving", message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)
