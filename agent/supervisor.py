@@ -279,6 +279,9 @@ class Supervisor:
 
 # The agent's join token: a job's code has no business holding it.
 AGENT_SECRETS = frozenset({"COORD_TOKEN"})
+# What torchrun sets for its workers unless set already (here rather than in coordd's
+# StartWorkers so that a warm interpreter, started before any job, has it too).
+TORCHRUN_DEFAULTS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
 
 
 def worker_env(job_env: dict[str, str], workers: int = 1,
@@ -288,7 +291,7 @@ def worker_env(job_env: dict[str, str], workers: int = 1,
     variables, then a thread count for each of the node's `workers` unless one is set."""
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
-    env = {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+    env = {**TORCHRUN_DEFAULTS, **inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
     return env | thread_env(env, workers, cpus)
 
 

@@ -29,7 +29,7 @@ from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
-from coordinator.workerenv import defaults, rank_env
+from coordinator.workerenv import rank_env
 
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
@@ -235,8 +235,7 @@ class JobManager:
         lighthouse = await self.quorum_address(record, spec) if mode != "restart" else ""
         master = view.nodes[view.members[0]]
         port = self.nodes.free_port(master.id) or master.free_port  # fresh: reported just now
-        base = {**spec.env, **defaults(spec.env), "COORD_JOB_ID": record.id,
-                "COORD_JOB_NAME": record.name,
+        base = {**spec.env, "COORD_JOB_ID": record.id, "COORD_JOB_NAME": record.name,
                 "COORD_GENERATION": str(generation),
                 "COORD_CHECKPOINT_DIR": self.checkpoint_dir(record, spec)}
         # Joiners of running replicas, and every worker in mode "inprocess", are replicas

@@ -37,8 +37,9 @@ TABLE: tuple[Variable, ...] = (
     *_rows("coordd", True, "REPLICA_GROUP_ID", "TORCHFT_LIGHTHOUSE", "TORCHFT_QUORUM_RETRIES",
            "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS"),
     # defaults a job may override in its [env]
-    *_rows("coordd", False, "TORCH_NCCL_ASYNC_ERROR_HANDLING", "RUST_LOG"),
-    *_rows("agent", False, "OMP_NUM_THREADS", "TMPDIR", "PYTHONUNBUFFERED", "PATH"),
+    *_rows("coordd", False, "RUST_LOG"),
+    *_rows("agent", False, "OMP_NUM_THREADS", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TMPDIR",
+           "PYTHONUNBUFFERED", "PATH"),
 )
 RESERVED = frozenset(v.name for v in TABLE if v.reserved)
 
@@ -60,8 +61,3 @@ def rank_env(*, rank: int, world_size: int, nproc_per_node: int, master: tuple[s
             # rank 0 hosts the store at MASTER_ADDR:MASTER_PORT (no torchrun agent holds it)
             "TORCHELASTIC_USE_AGENT_STORE": "False"}
 
-
-def defaults(job_env: dict[str, str]) -> dict[str, str]:
-    """What torchrun sets unless the job does."""
-    return {"TORCH_NCCL_ASYNC_ERROR_HANDLING": job_env.get("TORCH_NCCL_ASYNC_ERROR_HANDLING",
-                                                           "1")}

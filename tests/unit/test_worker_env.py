@@ -1,5 +1,7 @@
 """What a job's worker inherits from its agent."""
 
+import os
+
 from agent.supervisor import worker_env
 
 
@@ -23,13 +25,14 @@ def test_threads_follow_torchrun_unless_the_node_has_a_share_of_cores(monkeypatc
 def test_every_variable_coordd_sets_is_in_the_one_table():
     from coordinator.jobs import replica_env
     from coordinator.spec import JobSpec
-    from coordinator.workerenv import TABLE, defaults, rank_env
+    from coordinator.workerenv import TABLE, rank_env
 
     spec = JobSpec(name="a", run="x")
     names = {*rank_env(rank=3, world_size=4, nproc_per_node=2, master=("h", 1), restarts=0,
                        max_restarts=0, job_id="j"),
-             *replica_env("h", 3, "l:1", spec, joining=False, replica_only=True), *defaults({})}
+             *replica_env("h", 3, "l:1", spec, joining=False, replica_only=True)}
     assert names <= {v.name for v in TABLE}
+    assert set(worker_env({}, workers=2)) - set(os.environ) <= {v.name for v in TABLE}
 
 
 def test_the_docs_name_every_variable_a_worker_gets():
