@@ -4,6 +4,7 @@ its own with its own work directory, standing in for a host. No cloud account ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -126,6 +127,8 @@ class LocalProvider(Provider):
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
         for metadata in self._metadata.values():
             await metadata.close()
+        with contextlib.suppress(OSError):  # empty once no job of this coordd left anything
+            await asyncio.to_thread(self.snapshot_root.rmdir)
 
     def _scratch(self, workdir: Path) -> Scratch:
         return Scratch(self.snapshot_root, workdir)

@@ -66,6 +66,7 @@ def test_a_sigkilled_nodes_snapshots_are_gone_when_the_job_ends(shm, tmp_path):
     finally:
         coordd.stop()
     assert not leftovers(coordd.state_dir, shm, job.id)
+    assert list(shm.iterdir()) == []  # nor this coordd's own directory once it stopped
 
 
 @pytest.mark.timeout(120)
