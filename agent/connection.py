@@ -85,7 +85,8 @@ class Connection:
                                       running=self.supervisor.running(),
                                       free_port=free_port(self.host),
                                       incarnation=self.outbox.incarnation,
-                                      exited=self.supervisor.recent_exits())
+                                      exited=self.supervisor.recent_exits(),
+                                      scratch_jobs=self.supervisor.scratch.jobs())
         call = self.stub.Connect(self._requests(register), metadata=call_metadata(self.token))
         heartbeat: asyncio.Task | None = None
         try:
@@ -96,6 +97,7 @@ class Connection:
                     log.info("agent.registered", node=self.node_id)
                     heartbeat = asyncio.create_task(
                         self._heartbeat(message.registered.heartbeat_interval_s))
+                    await self.supervisor.forget(message.registered.finished_jobs)
                 else:
                     await self._obey(message)
         finally:

@@ -47,14 +47,15 @@ def default_host(coordinator: str) -> str:
 
 async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Path,
               stop_grace_s: float, imds_endpoint: str = "", imds_interval_s: float = 5.0,
-              ca_pem: bytes | None = None, insecure: bool = False) -> None:
+              ca_pem: bytes | None = None, insecure: bool = False,
+              cpus: int | None = None) -> None:
     outbox = Outbox()
     conn: Connection
 
     async def fetch_bundle(job_id: str, digest: str) -> bytes:
         return await conn.fetch_bundle(job_id, digest)
 
-    supervisor = Supervisor(workdir, outbox, fetch_bundle)
+    supervisor = Supervisor(workdir, outbox, fetch_bundle, cpus)
     supervisor.prewarm()  # before connecting: the interpreter warms while the node registers
     conn = Connection(coordinator, token, node_id, host, detect_resources(), outbox, supervisor,
                       stop_grace_s, ca_pem, insecure)
@@ -135,6 +136,10 @@ def main_command(
                                                help="EC2 metadata service to watch for spot "
                                                     "interruption notices (off when empty)")] = "",
     imds_interval: Annotated[float, typer.Option(help="seconds between notice polls")] = 5.0,
+    cpus: Annotated[int | None, typer.Option(
+        min=1, help="cores this node's workers share: each gets OMP_NUM_THREADS = CPUS / its "
+                    "workers unless the job sets it (default: torchrun's rule, 1 when a node "
+                    "runs several workers; the local provider sets each node's share)")] = None,
     log_level: str = "info",
 ) -> None:
     """Run a node agent.
@@ -146,7 +151,7 @@ def main_command(
     workdir = workdir.expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
     asyncio.run(run(coordinator, token, node_id, host or default_host(coordinator), workdir,
-                    stop_grace, imds_endpoint, imds_interval, ca_pem, insecure))
+                    stop_grace, imds_endpoint, imds_interval, ca_pem, insecure, cpus))
 
 
 def main() -> None:

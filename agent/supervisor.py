@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 
@@ -21,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agent import control as control_lines
 from agent.fence import write_fence
 from agent.outbox import Outbox
+from agent.scratch import Scratch, snapshot_root
 from agent.warm import WarmPool
 from coord.v1 import agent_pb2, types_pb2
 
@@ -50,15 +50,18 @@ class Preparing:
 
 class Supervisor:
     def __init__(self, workdir: Path, outbox: Outbox,
-                 fetch_bundle: Callable[[str, str], Awaitable[bytes]]):
+                 fetch_bundle: Callable[[str, str], Awaitable[bytes]], cpus: int | None = None):
         self.workdir, self.outbox, self.fetch_bundle = workdir, outbox, fetch_bundle
+        self.cpus = cpus  # the cores this node's workers share; None: the host's, not split
         self.workers: dict[tuple[str, int, int], Worker] = {}
         self._prepared: dict[str, str] = {}  # job id -> bundle digest already unpacked
         self._tasks: set[asyncio.Task] = set()
-        self._snapshot_dirs: set[Path] = set()
+        self.scratch = Scratch(snapshot_root(workdir), workdir)
+        self._scratch_of: set[tuple[str, str]] = set()  # (job id, node id) this agent used
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
-        self.warm = WarmPool(MAX_LINE, worker_env({})) if WarmPool.enabled() else None
+        self.warm = (WarmPool(MAX_LINE, worker_env({}, workers=1, cpus=cpus))
+                     if WarmPool.enabled() else None)
 
     def prewarm(self) -> None:
         """Start a warm worker interpreter while this node is idle (if enabled)."""
@@ -149,7 +152,9 @@ class Supervisor:
 
     async def _start_one(self, msg: agent_pb2.StartWorkers, spec: agent_pb2.WorkerSpec,
                          job_dir: Path) -> None:
-        env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)})
+        env = worker_env({**self._scratch_env(spec), **spec.env},
+                         workers=int(spec.env.get("LOCAL_WORLD_SIZE") or len(msg.workers)),
+                         cpus=self.cpus)
         try:
             proc = self.warm and await self.warm.take(msg.command, job_dir, env)
             warm = proc is not None
@@ -169,13 +174,23 @@ class Supervisor:
                      pid=proc.pid)
         self.spawn(self._watch(worker))
 
-    def _snapshot_dir(self, spec: agent_pb2.WorkerSpec) -> str:
-        """Node-local memory for the trainer's per-step snapshots: it outlives the worker
-        processes (the next generation on this node restores from it) but not the node."""
-        root = Path("/dev/shm") if Path("/dev/shm").is_dir() else self.workdir
-        path = root / "coord-snapshots" / f"{spec.env['COORD_JOB_ID']}-{spec.env['COORD_NODE_ID']}"
-        self._snapshot_dirs.add(path)
-        return str(path)
+    def _scratch_env(self, spec: agent_pb2.WorkerSpec) -> dict[str, str]:
+        """Node-local memory for the trainer's per-step snapshots, which outlives the worker
+        processes (the next generation on this node restores from it) but not the node, and
+        the job's temp space (TMPDIR, unless the job sets its own)."""
+        job_id, node_id = spec.env["COORD_JOB_ID"], spec.env["COORD_NODE_ID"]
+        self._scratch_of.add((job_id, node_id))
+        tmp = self.scratch.tmp_dir(job_id)
+        tmp.mkdir(parents=True, exist_ok=True)
+        return {"TMPDIR": str(tmp),
+                "COORD_SNAPSHOT_DIR": str(self.scratch.snapshot_dir(job_id, node_id))}
+
+    async def forget(self, job_ids: Iterable[str]) -> None:
+        """Remove what this node keeps of jobs that ended (none that still runs here)."""
+        running = {w.job_id for w in self.workers.values()}
+        for job_id in set(job_ids) - running:
+            log.info("job.scratch_removed", job=job_id, reason="the job ended")
+            await asyncio.to_thread(self.scratch.remove_job, job_id)
 
     async def _watch(self, worker: Worker) -> None:
         proc = worker.process
@@ -258,21 +273,37 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for path in self._snapshot_dirs:  # the node is leaving: its memory goes with it
-            await asyncio.to_thread(shutil.rmtree, path, True)
+        for job_id, node_id in self._scratch_of:  # the node is leaving: its memory goes too
+            await asyncio.to_thread(self.scratch.remove_node, job_id, node_id)
 
 
 # The agent's join token: a job's code has no business holding it.
 AGENT_SECRETS = frozenset({"COORD_TOKEN"})
+# What torchrun sets for its workers unless set already (here rather than in coordd's
+# StartWorkers so that a warm interpreter, started before any job, has it too).
+TORCHRUN_DEFAULTS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
 
 
-def worker_env(job_env: dict[str, str]) -> dict[str, str]:
+def worker_env(job_env: dict[str, str], workers: int = 1,
+               cpus: int | None = None) -> dict[str, str]:
     """The agent's environment less its token, its Python first on PATH (`python` in a
     job means the node's environment, where coord and torch are installed), then the job's
-    variables."""
+    variables, then a thread count for each of the node's `workers` unless one is set."""
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
-    return {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+    env = {**TORCHRUN_DEFAULTS, **inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+    return env | thread_env(env, workers, cpus)
+
+
+def thread_env(env: dict[str, str], workers: int, cpus: int | None) -> dict[str, str]:
+    """OMP_NUM_THREADS as torchrun sets it (1 when a node runs several workers), or the
+    node's share of cores split among its workers; never over a value already set. Without
+    it every worker's torch uses every core of the host, and they slow each other down."""
+    if "OMP_NUM_THREADS" in env:
+        return {}
+    if cpus is not None:
+        return {"OMP_NUM_THREADS": str(max(1, cpus // max(1, workers)))}
+    return {"OMP_NUM_THREADS": "1"} if workers > 1 else {}
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -254,6 +254,9 @@ def logs(
     node: Annotated[str, typer.Option("--node", "-n", help="only this node")] = "",
     rank: Annotated[int | None, typer.Option("--rank", "-r", help="only this rank")] = None,
     tail: Annotated[int, typer.Option(help="only the last N lines")] = 0,
+    timestamps: Annotated[bool, typer.Option(
+        "--timestamps/--no-timestamps", "-t", help="prefix each line with the time its node read it (UTC)"
+    )] = False,
 ) -> None:
     """Print a job's worker output, each line prefixed with its node and rank.
 
@@ -264,6 +267,9 @@ def logs(
             async for line in client.logs(job, follow=follow, node=node, rank=rank, tail=tail):
                 prefix = "" if rank is not None else \
                     f"[dim]\\[{escape(line.node_id)} r{line.rank}][/] "
+                if timestamps:  # UTC, when the line was read on its node
+                    stamp = line.time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                    prefix = f"[dim]{stamp}[/] {prefix}"
                 console.print(prefix + escape(line.text))
         return 0
     run(go())

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
@@ -16,7 +17,7 @@ from agent.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
 from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
-from coordinator.errors import Conflict, InvalidSpec
+from coordinator.errors import Conflict, InvalidSpec, NotFound
 from coordinator.logbudget import LogBudget
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
@@ -30,6 +31,7 @@ from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
+from coordinator.workerenv import rank_env
 
 MAX_OVERRIDES = 64  # flags recorded with a job: what a person typed, bounded for the store
 log = structlog.get_logger("coordinator.jobs")
@@ -149,6 +151,20 @@ class JobManager:
                     await self.quorum_address(record, spec)
                 except QuorumUnavailable as exc:
                     log.error("quorum.unavailable", job=record.id, error=str(exc))
+
+    async def ended(self, job_ids: Iterable[str]) -> list[str]:
+        """Those of `job_ids` that ended, or that this coordd does not know."""
+        ended = []
+        for job_id in job_ids:
+            if job_id in self.runners:
+                continue
+            try:
+                record = await self.store.get_job(job_id)
+            except NotFound:
+                record = None
+            if record is None or record.id != job_id or record.state.terminal:
+                ended.append(job_id)
+        return ended
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -278,16 +294,15 @@ class JobManager:
             await self.nodes.set_state(node, NodeState.ASSIGNED, f"generation {record.generation}")
             workers = []
             for rank in view.ranks_of(node_id):
-                local_rank = rank % spec.nproc_per_node
                 env = {**base, "COORD_NODE_ID": node_id, "COORD_NODE_HOST": node.host,
-                       "LOCAL_RANK": str(local_rank),
-                       "LOCAL_WORLD_SIZE": str(spec.nproc_per_node),
-                       "GROUP_RANK": str(rank // spec.nproc_per_node),
-                       "MASTER_ADDR": master.host, "MASTER_PORT": str(port),
-                       "WORLD_SIZE": str(view.world_size), "RANK": str(rank)}
+                       **rank_env(rank=rank, world_size=view.world_size,
+                                  nproc_per_node=spec.nproc_per_node, master=(master.host, port),
+                                  restarts=record.restarts, max_restarts=spec.max_restarts,
+                                  job_id=record.id)}
                 if lighthouse:
                     env |= replica_env(node.host, rank, lighthouse, spec, joining, replica_only)
-                workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=local_rank, env=env))
+                workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=int(env["LOCAL_RANK"]),
+                                                    env=env))
             self.nodes.send(node_id, agent_pb2.CoordinatorMessage(start=agent_pb2.StartWorkers(
                 job_id=record.id, generation=generation, command=spec.run,
                 setup=spec.setup or "", bundle_digest=record.bundle_digest, workers=workers,
@@ -308,7 +323,8 @@ def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: b
            "COORD_FT_MIN_REPLICAS": str(spec.nodes.minimum * spec.nproc_per_node),
            "RUST_LOG": spec.env.get("RUST_LOG", "warn")}  # torchft logs every quorum at info
     if replica_only:
-        env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0"}
+        env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",
+                "ROLE_RANK": "0", "ROLE_WORLD_SIZE": "1"}
     return env
 
 

@@ -84,6 +84,8 @@ class Coordinator:
             metrics.serve(s.metrics_listen)
         watchdog = asyncio.create_task(nodes.watch())
         await jobs.resume()
+        local = providers["local"]
+        await local.sweep(await jobs.ended(await asyncio.to_thread(local.scratch_jobs)))
         self.ready.set()
         try:
             await self._stop.wait()

@@ -184,6 +184,9 @@ def _check_register(register: agent_pb2.Register) -> None:
     if len(register.agent_version) > 64 or len(register.incarnation) > 64:
         raise InvalidSpec("fields 'register.agent_version' and 'register.incarnation': at "
                           "most 64 characters")
+    if len(register.scratch_jobs) > 1024 or any(len(j) > 128 for j in register.scratch_jobs):
+        raise InvalidSpec("field 'register.scratch_jobs': at most 1024 job ids of at most 128 "
+                          "characters")
     software = register.resources.software
     if len(software) > 32 or any(len(name) > 64 for name in software):
         raise InvalidSpec("field 'register.resources.software': at most 32 names of at most "
@@ -212,7 +215,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 self.jobs.on_worker_exit(session.node_id, change)
         yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
             node_id=session.node_id,
-            heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s))
+            heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s,
+            finished_jobs=await self.jobs.ended(first.register.scratch_jobs)))
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             while (message := await session.outbox.get()) is not None:
@@ -274,7 +278,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 await self.jobs.on_agent_event(session.node_id, message.event)
             case "leaving":
                 node = self.nodes.nodes[session.node_id]
-                if node.job_id:
+                if node.job_id and node.state.alive:  # not one coordd released (job ended)
                     await self.jobs.on_agent_event(session.node_id, agent_pb2.AgentEvent(
                         job_id=node.job_id, kind="node.leaving", message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)

@@ -16,16 +16,12 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coordinator.errors import InvalidSpec
+from coordinator.workerenv import RESERVED
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # fullmatch: `$` would allow "K\n"
-# Set by the agent for every worker: a job may not override them.
-RESERVED_ENV = frozenset({
-    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
-    "MASTER_PORT", "COORD_JOB_ID", "COORD_JOB_NAME", "COORD_GENERATION", "COORD_NODE_ID",
-    "COORD_CHECKPOINT_DIR", "REPLICA_GROUP_ID", "TORCHFT_LIGHTHOUSE", "TORCHFT_QUORUM_RETRIES",
-    "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS",
-})
+# Set by coord for every worker: a job may not override them.
+RESERVED_ENV = RESERVED
 MAX_COMMAND = 64 * 1024
 MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_ENTRIES = 256

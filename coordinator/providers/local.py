@@ -4,6 +4,8 @@ its own with its own work directory, standing in for a host. No cloud account ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import signal
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.scratch import ROOT_ENV, Scratch, snapshot_root
 from agent.warm import ENABLE_ENV
 from coordinator.errors import InvalidSpec
 from coordinator.providers.base import AgentAccess, Provider
@@ -50,14 +53,21 @@ class LocalProvider(Provider):
         # records, so their state is current when coordd stops.
         self._adopted: dict[str, NodeRecord] = {}
         self._metadata: dict[str, MetadataStandIn] = {}
+        self._workers: dict[str, int] = {}  # node id -> its workers, to share the cores
         self.notice_poll_s = 0.5  # rehearsals should not take AWS's 5 s
+        # This coordd's nodes keep their snapshots apart from other coordds' on this machine,
+        # so that sweeping the jobs it does not know never touches another's.
+        tag = hashlib.sha256(str(nodes_dir.resolve()).encode()).hexdigest()[:12]
+        self.snapshot_root = snapshot_root(nodes_dir) / f"coordd-{tag}"
 
     async def launch(self, nodes: list[NodeRecord], job: JobRecord, spec: JobSpec) -> None:
+        cpus = self._cpu_share(len(nodes), spec.nproc_per_node)
         for node in nodes:
             workdir = self.nodes_dir / node.id
             self._metadata[node.id] = await MetadataStandIn().start()
             proc = await self._spawn(node.id, workdir, self._metadata[node.id].endpoint,
-                                     warm=spec.nodes.spares > 0)
+                                     warm=spec.nodes.spares > 0, cpus=cpus)
+            self._workers[node.id] = spec.nproc_per_node
             self._procs[node.id] = proc
             node.host = "127.0.0.1"
             node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
@@ -82,12 +92,19 @@ class LocalProvider(Provider):
             f"settings local.agent_memory_mb, local.worker_memory_mb) and {available:.0f} MB "
             "is available")
 
+    def _cpu_share(self, count: int, nproc: int) -> int:
+        """The cores a new node's workers share: this machine's, split evenly among every
+        local worker (those of live nodes and the new ones), so they do not oversubscribe it."""
+        live = sum(n for node_id, n in self._workers.items() if node_id in self._procs)
+        per_worker = max(1, (os.cpu_count() or 1) // (live + count * nproc))
+        return per_worker * nproc
+
     def interrupt(self, node: NodeRecord, action: str) -> None:
         """Make the node's metadata announce an interruption, as EC2 would."""
         self._metadata[node.id].announce(action or "terminate")
 
     async def _spawn(self, node_id: str, workdir: Path, metadata: str,
-                     warm: bool) -> asyncio.subprocess.Process:
+                     warm: bool, cpus: int) -> asyncio.subprocess.Process:
         """One agent process. Local nodes share this machine's cores with everything else,
         so they keep a warm interpreter (see agent/warm.py) only for a job with spares, whose
         idle nodes are there to start at once; a COORD_AGENT_WARM_START set for coordd wins."""
@@ -99,9 +116,11 @@ class LocalProvider(Provider):
                 "--node-id", node_id, "--workdir", str(workdir), "--host", "127.0.0.1",
                 "--imds-endpoint", metadata, "--imds-interval", str(self.notice_poll_s),
                 "--stop-grace", str(self.stop_grace_s),  # within the patience of terminate()
+                "--cpus", str(cpus),
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
-                env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env()})
+                env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env(),
+                     ROOT_ENV: str(self.snapshot_root)})
         finally:
             agent_log.close()
 
@@ -119,6 +138,9 @@ class LocalProvider(Provider):
             log.warning("node.killed", node=node.id, pid=pid, processes=killed)
             await self._wait_gone(node.id, pid, 5)
         self._procs.pop(node.id, None)
+        self._workers.pop(node.id, None)
+        if workdir := node.provider_data.get("workdir"):  # its memory goes with the machine
+            await asyncio.to_thread(self._scratch(Path(workdir)).remove_node_everywhere, node.id)
         if metadata := self._metadata.pop(node.id, None):
             await metadata.close()
 
@@ -137,6 +159,26 @@ class LocalProvider(Provider):
         await asyncio.gather(*(self.terminate(node, lost=False) for node in pending))
         for metadata in self._metadata.values():
             await metadata.close()
+        with contextlib.suppress(OSError):  # empty once no job of this coordd left anything
+            await asyncio.to_thread(self.snapshot_root.rmdir)
+
+    def _scratch(self, workdir: Path) -> Scratch:
+        return Scratch(self.snapshot_root, workdir)
+
+    def scratch_jobs(self) -> list[str]:
+        """Jobs that any node of this coordd, live or gone, keeps snapshots or temp files of."""
+        workdirs = [p for p in self.nodes_dir.glob("*") if p.is_dir()]
+        return sorted({job for w in workdirs or [self.nodes_dir]
+                       for job in self._scratch(w).jobs()})
+
+    async def sweep(self, ended: list[str]) -> None:
+        """At start: remove what jobs that ended (or this coordd does not know) left behind,
+        on nodes SIGKILLed before they could remove it themselves."""
+        workdirs = [p for p in self.nodes_dir.glob("*") if p.is_dir()] or [self.nodes_dir]
+        for job_id in ended:
+            log.info("local.scratch_swept", job=job_id)
+            for workdir in workdirs:
+                await asyncio.to_thread(self._scratch(workdir).remove_job, job_id)
 
     async def gone(self, node: NodeRecord) -> bool:
         pid = node.provider_data.get("pid")

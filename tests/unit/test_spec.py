@@ -66,3 +66,15 @@ def test_json_from_the_wire_is_validated_with_its_source_named():
         parse_spec_json('{"name": "a", "run": "x", "max_restarts": -1}', "sdk-call")
     with pytest.raises(InvalidSpec, match="not valid JSON"):
         parse_spec_json("{", "sdk-call")
+
+
+@pytest.mark.parametrize("name", ["COORD_NODE_HOST", "COORD_SNAPSHOT_DIR", "TORCHELASTIC_RUN_ID",
+                                  "GROUP_WORLD_SIZE", "ROLE_RANK"])
+def test_a_variable_coord_sets_for_every_worker_is_refused_with_its_name(tmp_path, name):
+    with pytest.raises(InvalidSpec, match=f"'env'.*{name}.*set by coord"):
+        load(tmp_path, f'name = "a"\nrun = "x"\n[env]\n{name} = "3"')
+
+
+def test_a_default_coord_sets_may_be_overridden(tmp_path):
+    spec = load(tmp_path, 'name = "a"\nrun = "x"\n[env]\nOMP_NUM_THREADS = "4"')
+    assert spec.env["OMP_NUM_THREADS"] == "4"

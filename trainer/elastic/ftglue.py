@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import EnvironmentConfigError
-from .logs import get_logger
+from .logs import get_logger, quiet_torchft
 
 log = get_logger(__name__)
 
@@ -133,6 +133,7 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
                       store_addr=host, store_port=store.port, lighthouse_addr=lighthouse,
                       hostname=host, replica_id=replica_id)
     manager._client = ReplicaClient(manager._client, lambda: _close_group(pg, stall_s), stall_s)
+    quiet_torchft(manager)
     return manager, store
 
 

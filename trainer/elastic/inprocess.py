@@ -50,6 +50,7 @@ from .checkpoint import CheckpointStore
 from .errors import EnvironmentConfigError
 from .ftglue import make_manager
 from .logs import get_logger
+from .peerloss import PEER_LOST, discard_reason, reform_cause
 from .loop import Step
 from .sampler import GlobalSampler, plan_micro_batches
 from .snapshot import SnapshotStore
@@ -172,6 +173,7 @@ class InProcessContext(BoundObjects):
         self._floor = 0
         self._quorum: tuple[int, int | None] | None = None  # (size, rank) of the last quorum
         self._stale = False  # a step was discarded: plan the next by its own quorum
+        self._lost_peer = False  # ... because a peer vanished: the re-formation says so
         self._quorum_started = 0.0
         self._quorum_next = True  # agreed in the last step's all-reduce (or none yet)
         self._leaving = False  # this replica said so in the last step's all-reduce
@@ -311,7 +313,9 @@ class InProcessContext(BoundObjects):
             took = time.monotonic() - self._quorum_started
             self.reformations.append((self.state.step, size, took))
             self._log.info("reformed", step=self.state.step, old_size=self._quorum[0],
-                           new_size=size, took_s=round(took, 3))
+                           new_size=size, took_s=round(took, 3),
+                           cause=reform_cause(self._quorum[0], size, self._lost_peer))
+            self._lost_peer = False
         self._quorum, self._stale = (size, self._manager.participating_rank()), False
         return self._quorum
 
@@ -351,7 +355,10 @@ class InProcessContext(BoundObjects):
             self._manager._pg.abort()
             self.discarded += 1
             self._stale = True  # plan the redo by the next quorum
-            self._log.warning("step_discarded", step=step.number)
+            cause = discard_reason(self._manager.errored())
+            self._lost_peer = cause == PEER_LOST
+            if not self._lost_peer:  # a peer loss is said once, by the re-formation
+                self._log.warning("step_discarded", step=step.number, cause=cause)
         self._leaving = leaving
         self._zero_grads()
         return committed

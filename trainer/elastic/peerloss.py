@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from types import TracebackType
 
 import torch.distributed as dist
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, try again later".
 PEER_LOST_EXIT = 75
+PEER_LOST = "a peer replica was lost"
 _SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
           "NCCL communicator was aborted", "remote process exited", "ProcessGroupGloo")
 
@@ -35,10 +35,32 @@ def install() -> None:
         if not is_peer_loss(exc):
             previous(kind, exc, tb)
             return
-        traceback.print_exception(kind, exc, tb)
-        print(f"coord: a peer of this rank is gone; exiting with {PEER_LOST_EXIT}",
-              file=sys.stderr, flush=True)
+        print(f"coord: a peer of this rank is gone ({first_line(exc)}); exiting with "
+              f"{PEER_LOST_EXIT} so that the group re-forms", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(PEER_LOST_EXIT)
 
     sys.excepthook = hook
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line, short: gloo's messages run on with advice and emoji."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def discard_reason(error: BaseException | None) -> str:
+    """Why a replica's step was not committed, in a few words (torchft's `errored()`)."""
+    cause = getattr(error, "original_exception", error)
+    if cause is None:
+        return "a replica did not commit"
+    if is_peer_loss(cause):
+        return PEER_LOST
+    return f"{type(cause).__name__}: {first_line(cause)}"
+
+
+def reform_cause(old_size: int, new_size: int, lost_peer: bool) -> str:
+    """Why the replicas re-formed: the one line a person sees of a handled peer loss."""
+    if lost_peer:
+        return PEER_LOST
+    return "replicas joined" if new_size > old_size else "a peer replica left or was lost"

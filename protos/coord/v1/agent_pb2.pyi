@@ -48,7 +48,7 @@ class Leaving(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_id", "host", "resources", "agent_version", "running", "free_port", "incarnation", "exited")
+    __slots__ = ("node_id", "host", "resources", "agent_version", "running", "free_port", "incarnation", "exited", "scratch_jobs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class Register(_message.Message):
     FREE_PORT_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
+    SCRATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     host: str
     resources: _types_pb2.Resources
@@ -65,7 +66,8 @@ class Register(_message.Message):
     free_port: int
     incarnation: str
     exited: _containers.RepeatedCompositeFieldContainer[WorkerStateChange]
-    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., agent_version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningWorker, _Mapping]]] = ..., free_port: _Optional[int] = ..., incarnation: _Optional[str] = ..., exited: _Optional[_Iterable[_Union[WorkerStateChange, _Mapping]]] = ...) -> None: ...
+    scratch_jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., resources: _Optional[_Union[_types_pb2.Resources, _Mapping]] = ..., agent_version: _Optional[str] = ..., running: _Optional[_Iterable[_Union[RunningWorker, _Mapping]]] = ..., free_port: _Optional[int] = ..., incarnation: _Optional[str] = ..., exited: _Optional[_Iterable[_Union[WorkerStateChange, _Mapping]]] = ..., scratch_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunningWorker(_message.Message):
     __slots__ = ("job_id", "generation", "rank", "pid")
@@ -146,12 +148,14 @@ class Ack(_message.Message):
     def __init__(self, upto: _Optional[int] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("node_id", "heartbeat_interval_s")
+    __slots__ = ("node_id", "heartbeat_interval_s", "finished_jobs")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_JOBS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_interval_s: float
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
+    finished_jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., finished_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerSpec(_message.Message):
     __slots__ = ("rank", "local_rank", "env")

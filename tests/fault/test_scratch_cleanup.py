@@ -1,0 +1,117 @@
+"""Nothing a job keeps in a node's memory or temp space outlives it: not on a node SIGKILLed
+mid-job, and what an earlier crash left is swept at the next start of coordd and of an agent."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coordinator.providers.local import LocalProvider
+from coordinator.states import JobState
+from tests.integration.harness import ROOT, start_coordd, wait_for
+
+JOBS = Path(__file__).parents[1] / "integration" / "jobs"
+
+
+@pytest.fixture
+def shm(tmp_path, monkeypatch) -> Path:
+    """The snapshot root for this test's coordd and agents, in place of the shared one."""
+    root = tmp_path / "shm"
+    monkeypatch.setenv("COORD_SNAPSHOT_ROOT", str(root))
+    return root
+
+
+def leftovers(state_dir: Path, shm: Path, job_id: str) -> list[Path]:
+    return [*shm.glob(f"**/{job_id}"), *state_dir.glob(f"nodes/*/tmp/{job_id}")]
+
+
+def finish_a_job(client, tmp_path: Path, name: str, run: str, count: int = 1):
+    work = tmp_path / name
+    work.mkdir()
+    (work / "job.toml").write_text(textwrap.dedent(f"""
+        name = "{name}"
+        run = "{run}"
+        [nodes]
+        count = {count}
+    """))
+    for script in ("lines.py", "sleeper.py"):
+        shutil.copy(JOBS / script, work)
+    return client.submit(work / "job.toml")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_sigkilled_nodes_snapshots_are_gone_when_the_job_ends(shm, tmp_path):
+    coordd = start_coordd(tmp_path / "state", "--heartbeat-timeout", "3",
+                          env={"COORDD_STOP_GRACE_S": "3"})
+    try:
+        with coordd.client() as client:
+            work = tmp_path / "job"
+            shutil.copytree(ROOT / "examples" / "elastic", work)
+            job = client.submit(work / "job-restart.toml")
+            wait_for(lambda: len({p.parent for p in shm.glob(f"*/{job.id}/*/*")}) >= 3, 90,
+                     what="every node's snapshots")
+            coordd.kill_node(client.get(job.id).node_ids[1], signal.SIGKILL)
+            final = client.wait(job.id, timeout=150)
+            assert final.state == JobState.SUCCEEDED, final.reason
+            wait_for(lambda: not leftovers(coordd.state_dir, shm, job.id), 30,
+                     what="the job's snapshots and temp files to go")
+    finally:
+        coordd.stop()
+    assert not leftovers(coordd.state_dir, shm, job.id)
+    assert list(shm.iterdir()) == []  # nor this coordd's own directory once it stopped
+
+
+@pytest.mark.timeout(120)
+def test_what_a_crash_left_of_ended_jobs_is_swept_when_coordd_and_an_agent_start(
+        shm, tmp_path):
+    state = tmp_path / "state"
+    coordd = start_coordd(state)
+    with coordd.client() as client:
+        done = client.wait(finish_a_job(client, tmp_path, "done", "python lines.py 1").id, 60)
+    coordd.stop()
+    ours = LocalProvider(state / "nodes", None, 0).snapshot_root  # this coordd's part of shm
+    planted = [ours / done.id / "node-a" / "step-1", ours / "unknown-job-1" / "node-b" / "s",
+               state / "nodes" / "node-a" / "tmp" / done.id / "f"]
+    other_coordd = shm / "coordd-0123456789ab" / "unknown-job-2" / "node-c" / "s"
+    for path in (*planted, other_coordd):
+        path.mkdir(parents=True)
+
+    coordd = start_coordd(state)
+    agent = None
+    try:
+        wait_for(lambda: not any(p.exists() for p in planted), 30, what="coordd's sweep")
+        assert other_coordd.exists()  # another coordd's jobs are not this one's to judge
+        with coordd.client() as client:
+            running = finish_a_job(client, tmp_path, "running", "python sleeper.py")
+            agent_root = tmp_path / "agent-shm"
+            planted = [agent_root / done.id / "n" / "s", agent_root / "unknown-job-3" / "n" / "s"]
+            kept = agent_root / running.id / "n" / "s"
+            for path in (*planted, kept):
+                path.mkdir(parents=True)
+            agent = start_agent(coordd, tmp_path / "agent", agent_root)
+            wait_for(lambda: not any(p.exists() for p in planted), 30, what="the agent's sweep")
+            assert kept.exists()
+            client.cancel(running.id)
+    finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(30)
+        coordd.stop()
+
+
+def start_agent(coordd, workdir: Path, root: Path) -> subprocess.Popen:
+    """A node started by hand on a host that outlived an earlier agent."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.main", "--coordinator", coordd.address,
+         "--token", coordd.agent_token, "--ca", str(coordd.ca_path), "--node-id", "static-1",
+         "--workdir", str(workdir), "--host", "127.0.0.1"],
+        env={**os.environ, "COORD_SNAPSHOT_ROOT": str(root)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
