@@ -91,7 +91,7 @@ class InProcessConfig:
 
 @dataclass(frozen=True)
 class ReplicaEnv:
-    """What coord tells an in-process worker (see the README's variable table)."""
+    """What coord tells an in-process worker (see docs/worker-environment.md)."""
 
     replica: int  # unique in the job, never reused
     local_rank: int  # which GPU on this node
