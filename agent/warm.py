@@ -37,7 +37,7 @@ _STARTUP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "TORCH_", "PYTORCH_", "LD_")
 WARM_MAIN = """
 import importlib, json, os, runpy, sys
 import torch, torch.optim, torch.distributed  # the point: paid before the assignment arrives
-import torch._dynamo  # what the first optimizer step imports (~1 s)
+import torch._dynamo  # what the first optimizer step imports (slow, so paid here too)
 # Not torchft: its native logger reads RUST_LOG once, at import, before the job's is set.
 spec = json.loads(sys.stdin.readline())
 os.chdir(spec["cwd"])

@@ -26,11 +26,11 @@ starts) and, after that, kill of the quorum service (Lighthouse) -> training goi
 (torchrun --standalone, DistributedDataParallel + gloo, no fault tolerance), raw torchft and
 coord in-process, --rounds times in alternating order, and prints steps/s after a warm-up
 (median and spread) and each one's overhead against plain DDP. It does so twice: without step
-sleep (a ~12 ms step, nearly all of it synchronisation: the harshest case for a quorum
+sleep (a short step, nearly all of it synchronisation: the harshest case for a quorum
 service), and with --step-sleep (the issue's ~17 steps/s; the sleep stands for compute that
 leaves the CPU free, as a GPU step does).
 
-    .venv/bin/python bench/recovery.py                 # everything, about 12 minutes on 2 cores
+    .venv/bin/python bench/recovery.py                 # everything (run time: docs/benchmarks.md)
     .venv/bin/python bench/recovery.py --only torchft  # one row (or steady, coord-inprocess, ...)
 """
 

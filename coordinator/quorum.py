@@ -30,14 +30,14 @@ from pathlib import Path
 import structlog
 
 log = structlog.get_logger("coordinator.quorum")
-# torchft's Python `LighthouseServer` defaults (join timeout 100 ms) re-form in ~0.2 s; the
+# torchft's Python `LighthouseServer` defaults (join timeout 100 ms) keep a re-formation short; the
 # heartbeat timeout bounds how long a silent (frozen) replica keeps a quorum waiting, and how
-# long a replica killed between its quorum request and the quorum counts as healthy (5 s
-# stalls were seen with 5000 ms). Replicas heartbeat every 100 ms from a native thread.
+# long a replica killed between its quorum request and the quorum counts as healthy (quorums
+# stalled that long at 5000 ms). Replicas heartbeat every 100 ms from a native thread.
 JOIN_TIMEOUT_MS = 100
 HEARTBEAT_TIMEOUT_MS = 2000
 # A quorum that lost a member forms at the first check after the join timeout: torchft checks
-# every 100 ms (a re-formation took 100-200 ms), every 10 ms costs the Lighthouse little.
+# every 100 ms (up to one more interval per re-formation), every 10 ms costs the Lighthouse little.
 QUORUM_TICK_MS = 10
 RESTART_BACKOFF_S = (0.0, 0.1, 0.5, 1.0, 2.0)  # then 2 s between tries
 

@@ -291,8 +291,8 @@ JOB = JobRecord(id="job-1", name="j", spec_json="{}")
 
 
 def readme_example(first_line: str) -> dict:
-    """A TOML example from the README's "AWS provider" section."""
-    text = (ROOT / "README.md").read_text().split("## AWS provider", 1)[1]
+    """A TOML example from the "AWS provider" section of docs/providers.md."""
+    text = (ROOT / "docs" / "providers.md").read_text().split("## AWS provider", 1)[1]
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
     return tomllib.loads(next(b for b in blocks if b.startswith(first_line)))
 
@@ -300,7 +300,7 @@ def readme_example(first_line: str) -> dict:
 @pytest.mark.timeout(60)
 async def test_the_readme_example_launches_in_the_configured_vpc_zone_by_zone(bare_cloud,
                                                                               tmp_path):
-    """README: [aws.defaults] names a subnet, the job a zone, its fallback another zone. Each
+    """docs/providers.md: [aws.defaults] names a subnet, the job a zone, its fallback another zone. Each
     zone resolves to its subnet in the defaults' VPC (not the default VPC, not both)."""
     ec2c = bare_cloud.client
     vpc = ec2c.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]

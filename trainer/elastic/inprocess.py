@@ -78,7 +78,7 @@ class InProcessConfig:
     # Longest time between two quorums while nothing fails: about the most a joiner waits for
     # the running replicas to let it in (plus a step). Keep it under the Lighthouse's join
     # timeout (100 ms): joiners waiting longer could be given a quorum of their own. 0 asks
-    # for a quorum every step (torchft's way: on a 10 ms step its round trips cost ~10 %).
+    # for a quorum every step (torchft's way: its round trips then slow short steps).
     quorum_interval_s: float = 0.05
     max_micro_batch: int | None = None
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
@@ -92,7 +92,7 @@ class InProcessConfig:
 
 @dataclass(frozen=True)
 class ReplicaEnv:
-    """What coord tells an in-process worker (see the README's variable table)."""
+    """What coord tells an in-process worker (see docs/worker-environment.md)."""
 
     replica: int  # unique in the job, never reused
     local_rank: int  # which GPU on this node
@@ -219,7 +219,7 @@ class InProcessContext(BoundObjects):
             if self.env.job_id:  # under coord: where this start resumes from (0: fresh)
                 control.emit("restored", step=self.state.step)
         self.state.generation = self.env.generation
-        # The first optimizer step imports torch._dynamo (about 1 s here). A joiner doing
+        # The first optimizer step imports torch._dynamo, which is slow. A joiner doing
         # that after it joined would hold up the quorum it is in; do it before joining.
         importlib.import_module("torch._dynamo")
         self._manager = self._make_manager()
@@ -348,7 +348,7 @@ class InProcessContext(BoundObjects):
             self._advance(step, loss)
         else:
             # Close this replica's group: a peer may be waiting on it rather than on a dead
-            # one (gloo's ring: a survivor blocked 2.5 s, until a replacement made a quorum
+            # one (gloo's ring: a survivor stayed blocked until a replacement made a quorum
             # without it), or may have committed this step and go on without a quorum. Its
             # next all-reduce fails now, so it asks for one too; the failed commit makes the
             # Lighthouse give that quorum a new id, and with it a new group.
