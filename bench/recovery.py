@@ -483,7 +483,7 @@ def _steady_torchft(a: argparse.Namespace, work: Path, sleep: float) -> Path:
 
 def _steady_coord(a: argparse.Namespace, work: Path, sleep: float) -> Path:
     with coord_job(a, work, "inprocess", steady_args(a, sleep)) as (_, client, job_id, ckpt):
-        if client.wait(job_id, timeout=a.give_up_s).state != 5:
+        if client.wait(job_id, timeout=a.give_up_s).state is not JobState.SUCCEEDED:
             raise RunFailed("the job did not succeed")
         return ckpt
 
