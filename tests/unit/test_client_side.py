@@ -21,9 +21,10 @@ from coordinator.states import JobState, NodeState
 from tests.integration.harness import ROOT
 from tests.net import free_port
 
-DOCUMENTED = {errors.InvalidSpec: 2, errors.NotFound: 2, errors.Unavailable: 4,
-              errors.Unauthenticated: 4, errors.PermissionDenied: 4, errors.Conflict: 5,
-              errors.ResourceExhausted: 6, errors.CoordError: 7}
+DOCUMENTED = {errors.InvalidSpec: 2, errors.NotFound: 2, errors.PathDenied: 2,
+              errors.CoorddUnreachable: 4, errors.Unauthenticated: 4,
+              errors.PermissionDenied: 4, errors.Conflict: 5, errors.ResourceExhausted: 6,
+              errors.CoordError: 7, errors.Unavailable: 8, errors.ProviderError: 8}
 
 
 @pytest.mark.parametrize("cls", list(DOCUMENTED), ids=lambda c: c.__name__)
@@ -36,6 +37,15 @@ def test_every_error_exits_with_its_documented_code(cls):
 
 def test_cancelling_a_finished_job_is_not_the_unreachable_code():
     assert errors.exit_code(errors.from_status(errors.Conflict.code, "already ended")) == 5
+
+
+@pytest.mark.parametrize("error", [errors.ProviderError("ssh host a: unreachable"),
+                                   errors.PathDenied("node n: /x: permission denied")],
+                         ids=lambda e: type(e).__name__)
+def test_errors_coordd_raises_keep_their_class_whatever_their_code(error):
+    back = errors.from_status(error.code, str(error), errors.error_tag(error))
+    assert type(back) is type(error)
+    assert errors.exit_code(back) not in (errors.EXIT_UNREACHABLE, 7)
 
 
 def test_sdk_types_carry_enum_names_not_numbers():
