@@ -60,6 +60,13 @@ def test_sdk_types_carry_enum_names_not_numbers():
     assert event.data["cause"] == "node_lost"
 
 
+@pytest.mark.parametrize("value", [0, 99])
+def test_a_state_this_client_does_not_know_is_unknown_not_a_crash(value):
+    assert Job.from_proto(types_pb2.Job(id="a-1", state=value)).state is JobState.UNKNOWN
+    assert Node.from_proto(types_pb2.Node(id="n", state=value)).state is NodeState.UNKNOWN
+    assert str(LogLine.from_proto(types_pb2.LogLine(stream=99)).stream) == "UNKNOWN"
+
+
 def test_tables_print_ids_whole_however_long():
     long_id = "an-unusually-long-job-name-for-a-narrow-terminal-0123456789-1a2b3c4d"
     job = Job.from_proto(types_pb2.Job(id=long_id, name="n" * 50, state=3,
