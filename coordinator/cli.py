@@ -114,7 +114,7 @@ async def _submit(job_file: Path, follow: bool, dry_run: bool, overrides: Overri
         job = await client.submit(job_file, dry_run=dry_run, overrides=overrides or None)
         if dry_run:
             console.print(f"[green]ok:[/] {job_file} is valid")
-            console.print_json(job.spec_json)
+            console.print_json(cliout.masked_spec(job.spec_json))
             return 0
         console.print(f"submitted [bold]{job.id}[/] ({job.name})")
         if not follow:
@@ -167,7 +167,8 @@ def status(job: Annotated[str | None, typer.Argument(help="job id or name; none:
             record = await client.get(job)
             events = [e async for e in client.watch(record.id, follow=False)]
             if output is Output.json:
-                typer.echo(json.dumps({**as_dict(record), "overrides": _overrides(events),
+                typer.echo(json.dumps({**cliout.job_dict(record),
+                                       "overrides": _overrides(events),
                                        "events": [as_dict(e) for e in events]}, indent=2))
             else:
                 _job_detail(record, events)

@@ -52,6 +52,8 @@ def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
     assert record["state"] == "SUCCEEDED" and record["overrides"] == [
         "--nodes 1", "--name quick", "--env K"]
     assert json.loads(record["spec_json"])["nodes"]["count"] == 1
+    assert json.loads(record["spec_json"])["env"] == {"K": "***"}  # values may be secrets
+    assert "v1" not in coord(server, "jobs", "--all", "-o", "json").output
     cancel = coord(server, "cancel", job_id)  # already ended: not "coordd unreachable"
     assert cancel.exit_code == 5 and "already ended: SUCCEEDED" in cancel.output
     assert job_id not in coord(server, "jobs").output  # active jobs only, as squeue

@@ -3,6 +3,7 @@ node ids and what a person sees when coordd is not there."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import click
@@ -65,6 +66,15 @@ def test_a_state_this_client_does_not_know_is_unknown_not_a_crash(value):
     assert Job.from_proto(types_pb2.Job(id="a-1", state=value)).state is JobState.UNKNOWN
     assert Node.from_proto(types_pb2.Node(id="n", state=value)).state is NodeState.UNKNOWN
     assert str(LogLine.from_proto(types_pb2.LogLine(stream=99)).stream) == "UNKNOWN"
+
+
+def test_json_output_masks_job_env_values():
+    spec = '{"name": "j", "env": {"API_KEY": "s3cret", "K": "v"}, "nodes": {"count": 2}}'
+    job = Job.from_proto(types_pb2.Job(id="j-1", state=3, spec_json=spec))
+    text = cliout.as_json([job], cliout.JOB_FIELDS, None)
+    assert "s3cret" not in text
+    shown = json.loads(json.loads(text)[0]["spec_json"])
+    assert shown["env"] == {"API_KEY": "***", "K": "***"} and shown["nodes"]["count"] == 2
 
 
 def test_tables_print_ids_whole_however_long():
