@@ -28,12 +28,11 @@ from coordinator.reconciler.runner import (Cancel, JobRunner, NodeChanged, Worke
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
-from coordinator.spec import JobSpec, parse_spec_json
+from coordinator.spec import JobSpec, check_recorded_flags, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
 from coordinator.workerenv import rank_env
 
-MAX_OVERRIDES = 64  # flags recorded with a job: what a person typed, bounded for the store
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
@@ -65,6 +64,7 @@ class JobManager:
     async def submit(self, spec_json: str, source: str, bundle: bytes,
                      dry_run: bool, overrides: list[str] | None = None) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
+        overrides = check_recorded_flags(overrides or [])
         # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
         self.nodes.provider(spec).check_fits(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
@@ -81,7 +81,6 @@ class JobManager:
             await asyncio.to_thread(self._save_bundle, record.bundle_digest, bundle)
         await self.store.insert_job(record)
         self.metrics.job_added(record.state)
-        overrides = [flag[:200] for flag in (overrides or [])[:MAX_OVERRIDES]]
         await self.store.append_event(
             record.id, "state", 0, f"submitted from {source or '?'}" +
             (f" with {' '.join(overrides)}" if overrides else ""),

@@ -64,6 +64,19 @@ def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
     assert [n["id"].startswith("node-quick-") for n in nodes if n["job_id"] == job_id] == [True]
 
 
+async def test_coordd_records_only_the_shape_of_override_flags(server, tmp_path):
+    """A client (not ours) sending a value with --env, or anything else, is refused."""
+    from coord.v1 import jobs_pb2
+    from coordinator.errors import InvalidSpec
+    from coordinator.sdk import AsyncClient
+    spec = '{"name": "raw", "run": "true"}'
+    async with AsyncClient(server.address, server.token, ca=server.ca_path) as client:
+        for flags in (["--env TOKEN=secret"], ["rm -rf /"], ["--nodes 1"] * 300):
+            with pytest.raises(InvalidSpec, match="field 'overrides'"):
+                await client._call("SubmitJob", jobs_pb2.SubmitJobRequest(
+                    spec_json=spec, source="raw", dry_run=True, overrides=flags))
+
+
 @pytest.mark.timeout(120)
 def test_bad_input_is_2_and_a_refused_token_is_4(server, tmp_path):
     path = job_file(tmp_path / "g", "globs", "true", 'files = ["*.py", "data/*.csv"]')

@@ -118,6 +118,14 @@ def test_overrides_are_validated_like_the_file_and_name_the_flag(tmp_path):
                                                                  "--env TOKEN"]
 
 
+def test_a_bad_value_in_the_file_is_not_blamed_on_a_flag(tmp_path):
+    job = write_job(tmp_path, 'spares = -1\n[env]\n"BAD KEY" = "x"\n')
+    with pytest.raises(errors.InvalidSpec) as refused:
+        load_job_file(job, Overrides(nodes=2, env={"LR": "0.1"}))
+    assert "key 'nodes.spares'" in str(refused.value) and "key 'env'" in str(refused.value)
+    assert "--nodes" not in str(refused.value) and "--env" not in str(refused.value)
+
+
 def test_a_files_glob_that_matches_nothing_is_refused_naming_it(tmp_path):
     (tmp_path / "train.py").write_text("")
     bundle.pack(tmp_path, ["*.py"])
