@@ -34,10 +34,11 @@ LOST_KILL_AFTER_S = 30.0
 LEGACY_JOB_PREFIX = re.compile(r"(?<=.-)[0-9a-f]{8}(?=-)")
 
 
-def agent_command() -> list[str]:
-    """The installed `coord-agent` script beside this interpreter, so `ps` and `pgrep
-    coord-agent` find a local node's agent; `python -m agent.main` where none is installed."""
-    script = Path(sys.executable).parent / "coord-agent"
+def agent_command(bin_dir: Path | None = None) -> list[str]:
+    """The installed `coord-agent` script beside this interpreter (in `bin_dir`), so `ps`
+    and `pgrep coord-agent` find a local node's agent; `python -m agent.main` where none is
+    installed."""
+    script = (bin_dir or Path(sys.executable).parent) / "coord-agent"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "agent.main"]

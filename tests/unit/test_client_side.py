@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import click
 import pytest
@@ -139,8 +140,13 @@ def test_node_ids_do_not_look_like_job_ids():
     assert node.startswith("node-mnist5k-digits-") and not job_id.match(node)
 
 
-def test_local_nodes_run_the_installed_coord_agent_script():
-    assert agent_command()[0].endswith("/coord-agent")
+def test_local_nodes_run_the_installed_coord_agent_script_else_the_module(tmp_path):
+    assert agent_command(tmp_path) == [sys.executable, "-m", "agent.main"]
+    script = tmp_path / "coord-agent"
+    script.write_text("#!/bin/sh\n")
+    assert agent_command(tmp_path) == [sys.executable, "-m", "agent.main"]  # not executable
+    script.chmod(0o755)
+    assert agent_command(tmp_path) == [str(script)]
 
 
 def test_connection_refused_is_one_line_with_the_address_its_source_and_what_to_do(
