@@ -94,6 +94,7 @@ class Connection:
                 body = message.WhichOneof("body")
                 if body == "registered":
                     self.node_id = message.registered.node_id
+                    self.supervisor.coordd_id = message.registered.coordd_id
                     log.info("agent.registered", node=self.node_id)
                     heartbeat = asyncio.create_task(
                         self._heartbeat(message.registered.heartbeat_interval_s))

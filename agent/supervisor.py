@@ -58,6 +58,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task] = set()
         self.scratch = Scratch(snapshot_root(workdir), workdir)
         self._scratch_of: set[tuple[str, str]] = set()  # (job id, node id) this agent used
+        self.coordd_id = ""  # the coordd this agent registered with (Registered.coordd_id)
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
         self.warm = (WarmPool(MAX_LINE, worker_env({}, workers=1, cpus=cpus))
@@ -180,17 +181,17 @@ class Supervisor:
         the job's temp space (TMPDIR, unless the job sets its own)."""
         job_id, node_id = spec.env["COORD_JOB_ID"], spec.env["COORD_NODE_ID"]
         self._scratch_of.add((job_id, node_id))
-        tmp = self.scratch.tmp_dir(job_id)
-        tmp.mkdir(parents=True, exist_ok=True)
-        return {"TMPDIR": str(tmp),
+        self.scratch.create(job_id, node_id, self.coordd_id)
+        return {"TMPDIR": str(self.scratch.tmp_dir(job_id)),
                 "COORD_SNAPSHOT_DIR": str(self.scratch.snapshot_dir(job_id, node_id))}
 
     async def forget(self, job_ids: Iterable[str]) -> None:
-        """Remove what this node keeps of jobs that ended (none that still runs here)."""
+        """Remove what this node keeps of jobs that ended (none that still runs here), of
+        those this agent's coordd made."""
         running = {w.job_id for w in self.workers.values()}
         for job_id in set(job_ids) - running:
             log.info("job.scratch_removed", job=job_id, reason="the job ended")
-            await asyncio.to_thread(self.scratch.remove_job, job_id)
+            await asyncio.to_thread(self.scratch.remove_job, job_id, self.coordd_id)
 
     async def _watch(self, worker: Worker) -> None:
         proc = worker.process

@@ -20,13 +20,36 @@ EXCLUDED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", ".mypy_cache"
                            "node_modules", ".ruff_cache"})
 
 
+PATTERN_HELP = ("a pattern is a path relative to the job file's folder ('train.py', "
+                "'./train.py'), a folder ('data' or 'data/': everything in it) or a glob "
+                "('*.py', 'data/*.csv', '**/*.py': '**/' matches no folder too)")
+
+
+def _variants(root: Path, pattern: str) -> set[str]:
+    """The fnmatch patterns `pattern` stands for: without a leading './', a folder as
+    everything in it, and each '**/' also as nothing (a file at that level)."""
+    while pattern.startswith("./"):
+        pattern = pattern[2:]
+    if pattern in ("", "."):
+        return {"*"}
+    if pattern.endswith("/") or (root / pattern).is_dir():
+        pattern = pattern.rstrip("/") + "/**"
+    parts = pattern.split("**/")
+    found = {parts[0]}
+    for part in parts[1:]:
+        found = {head + glue + part for head in found for glue in ("**/", "")}
+    return found
+
+
 def _selected(root: Path, patterns: list[str]) -> list[Path]:
     chosen, matched = [], set()
+    wanted = {p: _variants(root, p) for p in patterns}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if any(part in EXCLUDED_DIRS for part in rel.parts) or not path.is_file():
             continue
-        hits = {p for p in patterns if fnmatch.fnmatch(rel.as_posix(), p)}
+        hits = {p for p, forms in wanted.items()
+                if any(fnmatch.fnmatch(rel.as_posix(), form) for form in forms)}
         if patterns and not hits:
             continue
         matched |= hits
@@ -35,7 +58,7 @@ def _selected(root: Path, patterns: list[str]) -> list[Path]:
     # nodes later, so it is refused here, at submit.
     if missing := [p for p in patterns if p not in matched]:
         raise InvalidSpec(f"files: {', '.join(repr(p) for p in missing)} match no file under "
-                          f"{root}")
+                          f"{root}; {PATTERN_HELP}")
     return chosen
 
 

@@ -36,6 +36,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]})
 
+ACTIVE_SHOWN, ENDED_SHOWN = 1000, 100  # coordd answers at most 1000 jobs a call
 EXIT_FOR_STATE = {JobState.SUCCEEDED: 0, JobState.FAILED: 1, JobState.CANCELLED: 3}
 JobArg = Annotated[str, typer.Argument(help="job id or name (the newest job of that name)")]
 
@@ -114,7 +115,7 @@ async def _submit(job_file: Path, follow: bool, dry_run: bool, overrides: Overri
         job = await client.submit(job_file, dry_run=dry_run, overrides=overrides or None)
         if dry_run:
             console.print(f"[green]ok:[/] {job_file} is valid")
-            console.print_json(job.spec_json)
+            console.print_json(cliout.masked_spec(job.spec_json))
             return 0
         console.print(f"submitted [bold]{job.id}[/] ({job.name})")
         if not follow:
@@ -167,7 +168,8 @@ def status(job: Annotated[str | None, typer.Argument(help="job id or name; none:
             record = await client.get(job)
             events = [e async for e in client.watch(record.id, follow=False)]
             if output is Output.json:
-                typer.echo(json.dumps({**as_dict(record), "overrides": _overrides(events),
+                typer.echo(json.dumps({**cliout.job_dict(record),
+                                       "overrides": _overrides(events),
                                        "events": [as_dict(e) for e in events]}, indent=2))
             else:
                 _job_detail(record, events)
@@ -233,9 +235,14 @@ def jobs_command(
 
 
 async def _list_jobs(client: AsyncClient, all_: bool) -> list[Job]:
-    """Active jobs, newest first; with `all_` the ended ones after them."""
-    jobs = await client.jobs(include_finished=all_)
-    return sorted(jobs, key=lambda j: j.terminal)  # stable: newest first within each
+    """Active jobs, newest first; with `all_` the newest ended ones after them. Asked for
+    apart: the newest jobs may all have ended, and an older active one must still show."""
+    active = await client.jobs(include_finished=False, limit=ACTIVE_SHOWN)
+    if not all_:
+        return active
+    ended = [j for j in await client.jobs(include_finished=True, limit=ENDED_SHOWN)
+             if j.terminal]
+    return active + ended
 
 
 def _print_jobs(jobs: list[Job], output: Output, fields: str) -> None:

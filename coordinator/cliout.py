@@ -17,6 +17,7 @@ from coordinator.sdktypes import Job, Node, plain, as_dict
 
 STATE_COLOUR = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
                 "RECONFIGURING": "magenta", "LOST": "red", "GONE": "bright_black"}
+MASK = "***"  # what the CLI shows in place of a job's env values
 REASON_WIDTH = 60  # the table's reason column only; JSON carries it whole
 
 Field = Callable[[Any], Any]
@@ -73,10 +74,28 @@ def table(rows: Sequence[Any], fields: dict[str, Field], names: list[str]) -> st
     return "\n".join(lines)
 
 
+def masked_spec(spec_json: str) -> str:
+    """A job's spec with its [env] values masked: they often carry secrets, and output is
+    pasted into tickets and logs."""
+    try:
+        spec = json.loads(spec_json)
+    except ValueError:
+        return ""
+    if isinstance(spec, dict) and isinstance(spec.get("env"), dict):
+        spec["env"] = {key: MASK for key in spec["env"]}
+    return json.dumps(spec)
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as `-o json` prints it: every field, env values masked."""
+    return {**as_dict(job), "spec_json": masked_spec(job.spec_json)}
+
+
 def as_json(rows: Sequence[Job | Node], fields: dict[str, Field], names: list[str] | None
             ) -> str:
     """Every field of each object, or only `names` (the `--fields` ones)."""
     if names is None:
-        return json.dumps([as_dict(row) for row in rows], indent=2)
+        return json.dumps([job_dict(row) if isinstance(row, Job) else as_dict(row)
+                           for row in rows], indent=2)
     return json.dumps([{name: plain(fields[name](row)) for name in names} for row in rows],
                       indent=2)

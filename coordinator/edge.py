@@ -9,7 +9,7 @@ import time
 import grpc
 import structlog
 
-from coordinator.errors import CoordError
+from coordinator.errors import ERROR_KEY, CoordError, error_tag
 
 log = structlog.get_logger("coordinator.edge")
 # Status details travel in trailers, which clients cap (8 KiB by default): a longer message
@@ -24,7 +24,7 @@ def rpc(method):
 
     async def fail(context, exc: Exception) -> None:
         if isinstance(exc, CoordError):
-            await context.abort(exc.code, str(exc)[:MAX_DETAIL])
+            await context.abort(exc.code, str(exc)[:MAX_DETAIL], ((ERROR_KEY, error_tag(exc)),))
         log.exception("rpc.internal_error", method=name)
         await context.abort(grpc.StatusCode.INTERNAL,
                             f"internal error in {name}: {exc!r}"[:MAX_DETAIL])

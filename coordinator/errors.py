@@ -44,15 +44,23 @@ class PermissionDenied(CoordError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class PathDenied(PermissionDenied):
+    """A path on a node that its user may not read or write: fix the path."""
+
+
 class ResourceExhausted(CoordError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(CoordError):
-    """A dependency (coordd, a provider, a host) cannot be reached now; try again later."""
+    """A dependency (a provider, a host) cannot be reached now; try again later."""
 
     code = grpc.StatusCode.UNAVAILABLE
     retryable = True
+
+
+class CoorddUnreachable(Unavailable):
+    """The client cannot reach coordd itself (or has no address for one)."""
 
 
 class ProviderError(CoordError):
@@ -77,11 +85,24 @@ _BY_CODE = {
     for cls in (InvalidSpec, NotFound, Conflict, Unauthenticated, PermissionDenied,
                 ResourceExhausted, Unavailable)
 }
+# Trailing metadata naming the class of an error coordd raised itself (coordinator/edge.py):
+# a status without it comes from gRPC (coordd unreachable) or an interceptor (a token refused).
+ERROR_KEY = "coord-error"
+_BY_NAME = {cls.__name__: cls for cls in (
+    InvalidSpec, NotFound, Conflict, AlreadyRunning, Unauthenticated, PermissionDenied,
+    PathDenied, ResourceExhausted, Unavailable, ProviderError)}
 
 
-def from_status(code: grpc.StatusCode, details: str) -> CoordError:
-    """The client-side mirror of the server mapping."""
-    return _BY_CODE.get(code, CoordError)(details or code.name)
+def error_tag(exc: CoordError) -> str:
+    """The name of the nearest class of `exc` that clients know."""
+    return next((cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _BY_NAME),
+                "CoordError")
+
+
+def from_status(code: grpc.StatusCode, details: str, tag: str = "") -> CoordError:
+    """The client-side mirror of the server mapping: by the class coordd named, else by code."""
+    cls = _BY_NAME.get(tag) or _BY_CODE.get(code, CoordError)
+    return cls(details or code.name)
 
 
 # What `coord` exits with, in one table (docs/cli.md shows the same). 0, 1 and 3 are a followed
@@ -91,12 +112,15 @@ EXIT_UNREACHABLE = 4
 EXIT_CODES: dict[type[CoordError], int] = {
     InvalidSpec: EXIT_BAD_INPUT,         # the job file, a flag, a path: fix the input
     NotFound: EXIT_BAD_INPUT,            # no such job or node
-    Unavailable: EXIT_UNREACHABLE,       # coordd cannot be reached
+    PathDenied: EXIT_BAD_INPUT,          # a path on a node its user may not use
+    CoorddUnreachable: EXIT_UNREACHABLE,  # coordd cannot be reached
     Unauthenticated: EXIT_UNREACHABLE,   # coordd refused the token
-    PermissionDenied: EXIT_UNREACHABLE,  # coordd refused this token (or a node, the file)
+    PermissionDenied: EXIT_UNREACHABLE,  # coordd refused this token (or the provider coordd)
     Conflict: 5,                         # not in this state: the job already ended, node gone
     ResourceExhausted: 6,                # a limit was reached: a node's disk, a quota
     CoordError: 7,                       # anything else coordd reports (an internal error)
+    Unavailable: 8,                      # coordd answered: a host or provider it needs did not
+    ProviderError: 8,                    # a provider could not make, reach or remove a node
 }
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 from coordinator.errors import AlreadyRunning
@@ -149,3 +150,13 @@ class InstanceLock:
         data = body.encode() + b"\n"
         os.pwrite(self._fd, data, 0)
         os.ftruncate(self._fd, len(data))
+
+
+def load_or_create_id(path: Path) -> str:
+    """This coordd's identity (in EC2 tags and the owner marks of its jobs' node folders):
+    created once in its state directory."""
+    if path.exists():
+        return path.read_text().strip()
+    identity = uuid.uuid4().hex[:16]
+    path.write_text(identity + "\n")
+    return identity

@@ -17,7 +17,7 @@ from agent.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
 from coord.v1 import agent_pb2
 from coordinator import bundle as bundles
 from coordinator.bus import Bus
-from coordinator.errors import Conflict, InvalidSpec, NotFound
+from coordinator.errors import Conflict, InvalidSpec
 from coordinator.logbudget import LogBudget
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
@@ -28,12 +28,11 @@ from coordinator.reconciler.runner import (Cancel, JobRunner, NodeChanged, Worke
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
-from coordinator.spec import JobSpec, parse_spec_json
+from coordinator.spec import JobSpec, check_recorded_flags, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
 from coordinator.workerenv import rank_env
 
-MAX_OVERRIDES = 64  # flags recorded with a job: what a person typed, bounded for the store
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
@@ -52,6 +51,7 @@ class JobManager:
                                     settings.max_log_bytes_per_job)
         self.quorums: dict[str, QuorumService] = {}  # in-process jobs' Lighthouses
         self._tasks: set[asyncio.Task] = set()
+        self.coordd_id = ""  # set by the server: the id agents mark this coordd's folders with
 
     @property
     def bundle_dir(self) -> Path:
@@ -64,6 +64,7 @@ class JobManager:
     async def submit(self, spec_json: str, source: str, bundle: bytes,
                      dry_run: bool, overrides: list[str] | None = None) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
+        overrides = check_recorded_flags(overrides or [])
         # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
         self.nodes.provider(spec).check_fits(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
@@ -80,7 +81,6 @@ class JobManager:
             await asyncio.to_thread(self._save_bundle, record.bundle_digest, bundle)
         await self.store.insert_job(record)
         self.metrics.job_added(record.state)
-        overrides = [flag[:200] for flag in (overrides or [])[:MAX_OVERRIDES]]
         await self.store.append_event(
             record.id, "state", 0, f"submitted from {source or '?'}" +
             (f" with {' '.join(overrides)}" if overrides else ""),
@@ -153,18 +153,18 @@ class JobManager:
                     log.error("quorum.unavailable", job=record.id, error=str(exc))
 
     async def ended(self, job_ids: Iterable[str]) -> list[str]:
-        """Those of `job_ids` that ended, or that this coordd does not know."""
-        ended = []
-        for job_id in job_ids:
-            if job_id in self.runners:
-                continue
-            try:
-                record = await self.store.get_job(job_id)
-            except NotFound:
-                record = None
-            if record is None or record.id != job_id or record.state.terminal:
-                ended.append(job_id)
-        return ended
+        """Those of `job_ids` that ended, or that this coordd does not know (what an agent
+        holds of them goes only where its owner mark names this coordd: see agent/scratch.py)."""
+        asked = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in self.runners]
+        states = await self.store.job_states(asked)
+        return [job_id for job_id in asked
+                if job_id not in states or states[job_id].terminal]
+
+    async def known_ended(self, job_ids: Iterable[str]) -> set[str]:
+        """Those of `job_ids` this coordd knows, and that ended."""
+        states = await self.store.job_states(list(dict.fromkeys(job_ids)))
+        return {job_id for job_id, state in states.items()
+                if state.terminal and job_id not in self.runners}
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)

@@ -27,7 +27,7 @@ import grpc
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator import bundle, transfer
 from coordinator.auth import call_metadata
-from coordinator.errors import CoordError, Unavailable, from_status
+from coordinator.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
 from coordinator.instance import live_address
 from coordinator.settings import default_state_dir
 from coordinator.sdktypes import Job, JobEvent, LogLine, LogStream, Node
@@ -35,9 +35,6 @@ from coordinator.spec import JobSpec, Overrides, load_job_file, parse_spec
 from coordinator.states import JobState, NodeState
 from coordinator.transport import ca_bytes, open_channel, truthy
 
-# How gRPC words a failure to reach the server, as opposed to an Unavailable coordd raised.
-TRANSPORT = ("failed to connect", "connection refused", "socket closed", "dns resolution",
-             "handshake", "connection reset", "unreachable")
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
     "config.toml"
 
@@ -69,7 +66,7 @@ def resolve(address: str | None = None, token: str | None = None,
                              (live_address(state), str(state / "coordd.addr")))
     token = token or env.get("COORD_TOKEN") or file.get("token") or _read(state / "token")
     if not address:
-        raise Unavailable(f"no coordd address: none in COORD_ADDR or {CONFIG_PATH}, and no "
+        raise CoorddUnreachable(f"no coordd address: none in COORD_ADDR or {CONFIG_PATH}, and no "
                           f"coordd runs on {state}; start one here with `coordd serve`, or set "
                           "COORD_ADDR=HOST:PORT")
     if truthy(env.get("COORD_INSECURE") or file.get("insecure")):
@@ -84,12 +81,12 @@ def _first(*candidates: tuple[str | None, str]) -> tuple[str, str]:
     return next(((value, where) for value, where in candidates if value), ("", ""))
 
 
-def unreachable(target: Target, details: str) -> Unavailable:
+def unreachable(target: Target, details: str) -> CoorddUnreachable:
     """One line for a person: which address was tried, where it came from, what to do."""
     why = "connection refused" if "refused" in details.lower() else details.splitlines()[0][:160]
     hint = ("start it with `coordd serve`" if target.source.endswith("coordd.addr")
             else f"check {target.source}, or start one with `coordd serve`")
-    return Unavailable(f"cannot reach coordd at {target.address} (address from "
+    return CoorddUnreachable(f"cannot reach coordd at {target.address} (address from "
                        f"{target.source}): {why}; {hint}")
 
 
@@ -142,10 +139,12 @@ class AsyncClient:
         await self._channel.close()
 
     def _error(self, exc: grpc.aio.AioRpcError) -> CoordError:
-        details = (exc.details() or "").lower()
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details for m in TRANSPORT):
+        """coordd tags the errors it raises (coordinator/edge.py); an untagged UNAVAILABLE
+        is gRPC's own: coordd could not be reached."""
+        tag = dict(exc.trailing_metadata() or ()).get(ERROR_KEY, "")
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and not tag:
             return unreachable(self.target, exc.details() or "")
-        return from_status(exc.code(), exc.details())
+        return from_status(exc.code(), exc.details(), tag)
 
     async def _call(self, method: str, request) -> Any:
         try:

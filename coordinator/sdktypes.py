@@ -23,10 +23,16 @@ class LogStream(enum.StrEnum):
     STDOUT = "STDOUT"
     STDERR = "STDERR"
     UNSPECIFIED = "UNSPECIFIED"
+    UNKNOWN = "UNKNOWN"  # a stream this client does not know (a newer coordd)
 
 
 def _enum(cls: type[enum.StrEnum], proto_enum, prefix: str, value: int):
-    return cls(proto_enum.Name(value).removeprefix(prefix))
+    """The enum member of a wire value; UNKNOWN for a number this client does not know (a
+    newer coordd) or one the enum has no member for (unset: 0)."""
+    try:
+        return cls(proto_enum.Name(value).removeprefix(prefix))
+    except ValueError:
+        return cls("UNKNOWN")
 
 
 def _time(ts: Timestamp) -> dt.datetime:

@@ -15,7 +15,7 @@ from coordinator import statedir, tls
 from coordinator.auth import AuthInterceptor, TokenStore, bootstrap
 from coordinator.bus import Bus
 from coordinator.edge import DecodeGuard
-from coordinator.instance import InstanceLock
+from coordinator.instance import InstanceLock, load_or_create_id
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
@@ -61,6 +61,7 @@ class Coordinator:
         store = await Store.open(s.db_path)
         metrics, bus = Metrics(), Bus()
         jobs = JobManager(store, bus, s, metrics)
+        jobs.coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")
         access = AgentAccess(self.advertised, agent_token,
                              files.ca_pem.decode() if files else None, insecure=files is None)
         providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s,
@@ -84,8 +85,7 @@ class Coordinator:
             metrics.serve(s.metrics_listen)
         watchdog = asyncio.create_task(nodes.watch())
         await jobs.resume()
-        local = providers["local"]
-        await local.sweep(await jobs.ended(await asyncio.to_thread(local.scratch_jobs)))
+        await sweep_local(providers["local"], jobs)
         self.ready.set()
         try:
             await self._stop.wait()
@@ -160,3 +160,13 @@ async def run(settings: CoorddSettings,
     if coordinator.ready.is_set() and on_ready is not None:
         on_ready(coordinator)
     await serving
+
+
+async def sweep_local(local: LocalProvider, jobs: JobManager) -> None:
+    """What this coordd's local nodes left of jobs that ended: in its own layout (marked with
+    its id), and in the flat layout agents used before (jobs it knows ended, only)."""
+    held = await asyncio.to_thread(local.scratch_jobs, jobs.coordd_id)
+    await local.sweep(await jobs.ended(held), jobs.coordd_id)
+    legacy = await asyncio.to_thread(local.legacy_snapshots)
+    ended = await jobs.known_ended({job for jobs_of in legacy.values() for job in jobs_of})
+    await local.sweep_legacy([path for path, of in legacy.items() if of & ended])

@@ -216,7 +216,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
             node_id=session.node_id,
             heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s,
-            finished_jobs=await self.jobs.ended(first.register.scratch_jobs)))
+            finished_jobs=await self.jobs.ended(first.register.scratch_jobs),
+            coordd_id=self.jobs.coordd_id))
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             while (message := await session.outbox.get()) is not None:

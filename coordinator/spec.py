@@ -209,14 +209,39 @@ class Overrides:
                 + [f"--name {self.name}"] * (self.name is not None)
                 + [f"--env {key}" for key in self.env])
 
-    def flag_for(self, loc: tuple) -> str | None:
-        """The flag that set the key an error is about, if one did."""
-        for key, flag, given in ((("nodes",), "--nodes", self.nodes is not None),
-                                 (("name",), "--name", self.name is not None),
-                                 (("env",), "--env", bool(self.env))):
-            if given and tuple(loc[:1]) == key:
+    def _keys(self) -> dict[tuple, str]:
+        """The exact keys the flags set, each with its flag."""
+        keys = {("nodes", "count"): "--nodes"} if self.nodes is not None else {}
+        keys |= {("name",): "--name"} if self.name is not None else {}
+        return keys | {("env", key): "--env" for key in self.env}
+
+    def flag_for(self, loc: tuple, message: str = "") -> str | None:
+        """The flag that set the key an error is about: the key itself, or the table holding
+        it when the error names it (min vs count; an env key's rule)."""
+        loc = tuple(str(part) for part in loc)
+        for key, flag in self._keys().items():
+            if loc == key or (key[:len(loc)] == loc and
+                              re.search(rf"\b{re.escape(key[-1])}\b", message)):
                 return flag
         return None
+
+
+# What coordd records of a submit's flags (Overrides.describe): their shape only, bounded.
+RECORDED_FLAG_RE = re.compile(r"--nodes \d{1,7}|--name [A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+                              r"|--env [A-Za-z_][A-Za-z0-9_]{0,127}")
+MAX_RECORDED_FLAGS = 1 + 1 + MAX_ENV_ENTRIES
+
+
+def check_recorded_flags(flags: list[str]) -> list[str]:
+    """The `overrides` a client sent with a submit, as coordd records them; InvalidSpec for
+    anything but `--nodes N`, `--name NAME`, `--env KEY` (never a value)."""
+    if len(flags) > MAX_RECORDED_FLAGS:
+        raise InvalidSpec(f"field 'overrides': at most {MAX_RECORDED_FLAGS} flags")
+    for flag in flags:
+        if not RECORDED_FLAG_RE.fullmatch(flag):
+            raise InvalidSpec(f"field 'overrides': {flag[:80]!r} is not '--nodes N', "
+                              "'--name NAME' or '--env KEY'")
+    return list(flags)
 
 
 def parse_env_flags(values: list[str]) -> dict[str, str]:
@@ -232,7 +257,7 @@ def parse_env_flags(values: list[str]) -> dict[str, str]:
 
 def _describe(error: dict, overrides: Overrides | None) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    flag = overrides.flag_for(error["loc"]) if overrides else None
+    flag = overrides.flag_for(error["loc"], error["msg"]) if overrides else None
     where = f"{flag} (key '{key}')" if flag else f"key '{key}'"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"

@@ -15,6 +15,7 @@ class JobState(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"  # SDK only: a state this client does not know (a newer coordd)
 
     @property
     def terminal(self) -> bool:
@@ -35,6 +36,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     _J.SUCCEEDED: frozenset(),
     _J.FAILED: frozenset(),
     _J.CANCELLED: frozenset(),
+    _J.UNKNOWN: frozenset(),
 }
 
 
@@ -46,6 +48,7 @@ class NodeState(enum.StrEnum):
     SUSPECT = "SUSPECT"
     LOST = "LOST"
     GONE = "GONE"
+    UNKNOWN = "UNKNOWN"  # SDK only: a state this client does not know (a newer coordd)
 
     @property
     def alive(self) -> bool:
@@ -64,6 +67,7 @@ NODE_TRANSITIONS: dict[NodeState, frozenset[NodeState]] = {
     _N.SUSPECT: frozenset({_N.READY, _N.ASSIGNED, _N.DRAINING, _N.LOST, _N.GONE}),
     _N.LOST: frozenset({_N.GONE}),
     _N.GONE: frozenset(),
+    _N.UNKNOWN: frozenset(),
 }
 
 

@@ -225,6 +225,14 @@ class Store:
         async with self.engine.connect() as conn:
             return [JobRecord.from_row(r) for r in await conn.execute(query)]
 
+    async def job_states(self, job_ids: list[str]) -> dict[str, JobState]:
+        """The state of each of `job_ids` this store knows, in one query."""
+        if not job_ids:
+            return {}
+        query = sa.select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(job_ids))
+        async with self.engine.connect() as conn:
+            return {row.id: JobState(row.state) for row in await conn.execute(query)}
+
     # nodes ----------------------------------------------------------------------------
     async def save_node(self, node: NodeRecord) -> None:
         row = node.to_row()

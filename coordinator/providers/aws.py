@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import random
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tenacity import (AsyncRetrying, retry_if_exception, stop_after_attempt,
                       wait_exponential_jitter)
 
 from coordinator.errors import CoordError, PartialLaunch, ProviderError
+from coordinator.instance import load_or_create_id
 from coordinator.providers import ec2
 from coordinator.providers.base import AgentAccess, JobEvents, Provider
 from coordinator.settings import AwsSettings
@@ -38,15 +38,6 @@ from coordinator.states import NodeState
 from coordinator.store import JobRecord, NodeRecord
 
 log = structlog.get_logger("coordinator.providers.aws")
-
-
-def load_or_create_id(path: Path) -> str:
-    """This coordd's identity in tags: created once in its state directory."""
-    if path.exists():
-        return path.read_text().strip()
-    identity = uuid.uuid4().hex[:16]
-    path.write_text(identity + "\n")
-    return identity
 
 
 class AwsProvider(Provider):

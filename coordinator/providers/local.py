@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
+import shutil
 import signal
 import sys
 from collections.abc import Mapping
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.scratch import ROOT_ENV, Scratch, snapshot_root
+from agent.scratch import ROOT_ENV, Scratch, owner, snapshot_root
 from agent.warm import ENABLE_ENV
 from coordinator.errors import InvalidSpec
 from coordinator.providers.base import AgentAccess, Provider
@@ -28,15 +30,25 @@ from coordinator.store import JobRecord, NodeRecord
 log = structlog.get_logger("coordinator.providers.local")
 # A node that stopped answering (frozen) gets this long to act on SIGTERM before SIGKILL.
 LOST_KILL_AFTER_S = 30.0
+# Where a job id (NAME-8 hex digits, see JobManager.submit) may end in a flat folder's name.
+LEGACY_JOB_PREFIX = re.compile(r"(?<=.-)[0-9a-f]{8}(?=-)")
 
 
-def agent_command() -> list[str]:
-    """The installed `coord-agent` script beside this interpreter, so `ps` and `pgrep
-    coord-agent` find a local node's agent; `python -m agent.main` where none is installed."""
-    script = Path(sys.executable).parent / "coord-agent"
+def agent_command(bin_dir: Path | None = None) -> list[str]:
+    """The installed `coord-agent` script beside this interpreter (in `bin_dir`), so `ps`
+    and `pgrep coord-agent` find a local node's agent; `python -m agent.main` where none is
+    installed."""
+    script = (bin_dir or Path(sys.executable).parent) / "coord-agent"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
     return [sys.executable, "-m", "agent.main"]
+
+
+def legacy_job_ids(name: str) -> set[str]:
+    """The job ids (NAME-8 hex digits) a flat snapshot folder's name `JOB_ID-NODE_ID` may
+    start with."""
+    return {name[:m.end()] for m in LEGACY_JOB_PREFIX.finditer(name)
+            if name[m.end():m.end() + 1] == "-" and m.end() + 1 < len(name)}
 
 
 class LocalProvider(Provider):
@@ -93,10 +105,11 @@ class LocalProvider(Provider):
             "is available")
 
     def _cpu_share(self, count: int, nproc: int) -> int:
-        """The cores a new node's workers share: this machine's, split evenly among every
-        local worker (those of live nodes and the new ones), so they do not oversubscribe it."""
+        """The cores a new node's workers share: those coordd may run on, split evenly among
+        every local worker (those of live nodes and the new ones), so they do not oversubscribe
+        them."""
         live = sum(n for node_id, n in self._workers.items() if node_id in self._procs)
-        per_worker = max(1, (os.cpu_count() or 1) // (live + count * nproc))
+        per_worker = max(1, len(os.sched_getaffinity(0)) // (live + count * nproc))
         return per_worker * nproc
 
     def interrupt(self, node: NodeRecord, action: str) -> None:
@@ -165,20 +178,37 @@ class LocalProvider(Provider):
     def _scratch(self, workdir: Path) -> Scratch:
         return Scratch(self.snapshot_root, workdir)
 
-    def scratch_jobs(self) -> list[str]:
-        """Jobs that any node of this coordd, live or gone, keeps snapshots or temp files of."""
+    def scratch_jobs(self, coordd_id: str) -> list[str]:
+        """Jobs of `coordd_id` that any node of this coordd, live or gone, keeps snapshots or
+        temp files of."""
         workdirs = [p for p in self.nodes_dir.glob("*") if p.is_dir()]
         return sorted({job for w in workdirs or [self.nodes_dir]
-                       for job in self._scratch(w).jobs()})
+                       for job in self._scratch(w).jobs(coordd_id)})
 
-    async def sweep(self, ended: list[str]) -> None:
+    async def sweep(self, ended: list[str], coordd_id: str) -> None:
         """At start: remove what jobs that ended (or this coordd does not know) left behind,
         on nodes SIGKILLed before they could remove it themselves."""
         workdirs = [p for p in self.nodes_dir.glob("*") if p.is_dir()] or [self.nodes_dir]
         for job_id in ended:
             log.info("local.scratch_swept", job=job_id)
             for workdir in workdirs:
-                await asyncio.to_thread(self._scratch(workdir).remove_job, job_id)
+                await asyncio.to_thread(self._scratch(workdir).remove_job, job_id, coordd_id)
+
+    def legacy_snapshots(self) -> dict[Path, set[str]]:
+        """Snapshot folders of the flat layout agents used before (`ROOT/JOB_ID-NODE_ID`),
+        each with the job ids its name may start with."""
+        found = {}
+        with contextlib.suppress(OSError):
+            for path in self.snapshot_root.parent.iterdir():
+                if path.is_dir() and not path.is_symlink() and owner(path) is None:
+                    if candidates := legacy_job_ids(path.name):
+                        found[path] = candidates
+        return found
+
+    async def sweep_legacy(self, paths: list[Path]) -> None:
+        for path in paths:
+            log.info("local.legacy_snapshots_swept", path=str(path))
+            await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def gone(self, node: NodeRecord) -> bool:
         pid = node.provider_data.get("pid")

@@ -11,7 +11,7 @@ import posixpath
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from coordinator.errors import (Conflict, CoordError, InvalidSpec, NotFound, PermissionDenied,
+from coordinator.errors import (Conflict, CoordError, InvalidSpec, NotFound, PathDenied,
                                ResourceExhausted)
 
 CHUNK = 1 << 20  # one gRPC message of file data, both ways
@@ -47,7 +47,7 @@ def path_error(node_id: str, path: str, exc: OSError) -> CoordError:
         case errno.ENOTDIR:
             return InvalidSpec(f"{where}: a parent of it is not a directory")
         case errno.EACCES | errno.EPERM:
-            return PermissionDenied(f"{where}: permission denied")
+            return PathDenied(f"{where}: permission denied")
         case errno.ENOSPC | errno.EDQUOT:
             return ResourceExhausted(f"{where}: {exc.strerror or 'no space left'}")
     return Conflict(f"{where}: {exc.strerror or exc}")

@@ -52,8 +52,10 @@ def tail(text: str | bytes, chars: int = TAIL_CHARS) -> str:
 
 async def connect(host: SshHost, timeout: float, step: str = "connect"
                   ) -> asyncssh.SSHClientConnection:
-    options: dict = {"port": host.port, "username": host.user, "connect_timeout": timeout,
+    options: dict = {"port": host.port, "connect_timeout": timeout,
                      "keepalive_interval": KEEPALIVE_S, "keepalive_count_max": KEEPALIVE_COUNT}
+    if host.user:  # else asyncssh's default, the user coordd runs as (None is refused)
+        options["username"] = host.user
     if host.key_file:
         try:
             options["client_keys"] = [await asyncio.to_thread(asyncssh.read_private_key,

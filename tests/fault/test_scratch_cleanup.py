@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.scratch import MARK
 from coordinator.providers.local import LocalProvider
 from coordinator.states import JobState
 from tests.integration.harness import ROOT, start_coordd, wait_for
@@ -29,7 +30,7 @@ def shm(tmp_path, monkeypatch) -> Path:
 
 
 def leftovers(state_dir: Path, shm: Path, job_id: str) -> list[Path]:
-    return [*shm.glob(f"**/{job_id}"), *state_dir.glob(f"nodes/*/tmp/{job_id}")]
+    return [*shm.glob(f"**/{job_id}"), *state_dir.glob(f"nodes/*/.coord-tmp/{job_id}")]
 
 
 def finish_a_job(client, tmp_path: Path, name: str, run: str, count: int = 1):
@@ -77,34 +78,49 @@ def test_what_a_crash_left_of_ended_jobs_is_swept_when_coordd_and_an_agent_start
     with coordd.client() as client:
         done = client.wait(finish_a_job(client, tmp_path, "done", "python lines.py 1").id, 60)
     coordd.stop()
+    me = (state / "coordd-id").read_text().strip()
     ours = LocalProvider(state / "nodes", None, 0).snapshot_root  # this coordd's part of shm
-    planted = [ours / done.id / "node-a" / "step-1", ours / "unknown-job-1" / "node-b" / "s",
-               state / "nodes" / "node-a" / "tmp" / done.id / "f"]
-    other_coordd = shm / "coordd-0123456789ab" / "unknown-job-2" / "node-c" / "s"
-    for path in (*planted, other_coordd):
-        path.mkdir(parents=True)
+    planted = [mark(ours / done.id, me) / "node-a" / "step-1",
+               mark(ours / "unknown-0123abcd", me) / "node-b" / "s",
+               mark(state / "nodes" / "node-a" / ".coord-tmp" / done.id, me) / "f",
+               shm / f"{done.id}-node-a"]  # the flat layout of agents before marks
+    kept = [shm / "coordd-0123456789ab" / "unknown-job-2" / "node-c" / "s",  # another coordd's
+            mark(ours / "theirs-0123abcd", "another-coordd") / "n",
+            ours / "not-coords", shm / "unknown-0123abcd-node-a"]
+    for path in (*planted, *kept):
+        path.mkdir(parents=True, exist_ok=True)
 
     coordd = start_coordd(state)
     agent = None
     try:
         wait_for(lambda: not any(p.exists() for p in planted), 30, what="coordd's sweep")
-        assert other_coordd.exists()  # another coordd's jobs are not this one's to judge
+        assert all(p.exists() for p in kept)  # what is not this coordd's is not its to judge
         with coordd.client() as client:
             running = finish_a_job(client, tmp_path, "running", "python sleeper.py")
             agent_root = tmp_path / "agent-shm"
-            planted = [agent_root / done.id / "n" / "s", agent_root / "unknown-job-3" / "n" / "s"]
-            kept = agent_root / running.id / "n" / "s"
-            for path in (*planted, kept):
-                path.mkdir(parents=True)
+            planted = [mark(agent_root / done.id, me) / "n" / "s",
+                       mark(agent_root / "unknown-0123abcd", me) / "n" / "s"]
+            kept = [mark(agent_root / running.id, me) / "n" / "s",
+                    mark(agent_root / "theirs-0123abcd", "another-coordd") / "n",
+                    agent_root / "coordd-0123456789ab" / "job-1" / "n", agent_root / ("x" * 200)]
+            for path in (*planted, *kept):
+                path.mkdir(parents=True, exist_ok=True)
             agent = start_agent(coordd, tmp_path / "agent", agent_root)
             wait_for(lambda: not any(p.exists() for p in planted), 30, what="the agent's sweep")
-            assert kept.exists()
+            assert all(p.exists() for p in kept)
             client.cancel(running.id)
     finally:
         if agent is not None:
             agent.send_signal(signal.SIGTERM)
             agent.wait(30)
         coordd.stop()
+
+
+def mark(folder: Path, coordd_id: str) -> Path:
+    """A job folder as an agent of `coordd_id` makes it."""
+    folder.mkdir(parents=True)
+    (folder / MARK).write_text(coordd_id)
+    return folder
 
 
 def start_agent(coordd, workdir: Path, root: Path) -> subprocess.Popen:

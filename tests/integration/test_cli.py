@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.states import JobState
+from coordinator.store import JobRecord
 from tests.integration.harness import ROOT, start_coordd, wait_for
 
 
@@ -52,6 +54,8 @@ def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
     assert record["state"] == "SUCCEEDED" and record["overrides"] == [
         "--nodes 1", "--name quick", "--env K"]
     assert json.loads(record["spec_json"])["nodes"]["count"] == 1
+    assert json.loads(record["spec_json"])["env"] == {"K": "***"}  # values may be secrets
+    assert "v1" not in coord(server, "jobs", "--all", "-o", "json").output
     cancel = coord(server, "cancel", job_id)  # already ended: not "coordd unreachable"
     assert cancel.exit_code == 5 and "already ended: SUCCEEDED" in cancel.output
     assert job_id not in coord(server, "jobs").output  # active jobs only, as squeue
@@ -60,6 +64,35 @@ def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
     assert [job_id, "SUCCEEDED"] in [line.split()[:2] for line in listing]
     nodes = json.loads(coord(server, "nodes", "--all", "-o", "json").output)
     assert [n["id"].startswith("node-quick-") for n in nodes if n["job_id"] == job_id] == [True]
+
+
+def test_jobs_all_shows_an_active_job_older_than_the_newest_hundred(server, tmp_path):
+    path = job_file(tmp_path / "old", "old-active", "sleep 120")
+    old = re.search(r"submitted (\S+)", coord(server, "submit", str(path), "--detach").output)[1]
+    try:
+        with sqlite3.connect(server.state_dir / "coord.db") as db:  # 100 newer, ended jobs
+            rows = [JobRecord(id=f"ended-{i:08x}", name="ended", spec_json="{}",
+                              state=JobState.SUCCEEDED).to_row() for i in range(100)]
+            db.executemany(f"insert into jobs ({', '.join(rows[0])}) values "
+                           f"({', '.join('?' * len(rows[0]))})", [tuple(r.values()) for r in rows])
+        listed = [j["id"] for j in json.loads(coord(server, "jobs", "--all", "-o", "json",
+                                                   "--fields", "id").output)]
+        assert old in listed and {r["id"] for r in rows} <= set(listed)
+    finally:
+        coord(server, "cancel", old)
+
+
+async def test_coordd_records_only_the_shape_of_override_flags(server, tmp_path):
+    """A client (not ours) sending a value with --env, or anything else, is refused."""
+    from coord.v1 import jobs_pb2
+    from coordinator.errors import InvalidSpec
+    from coordinator.sdk import AsyncClient
+    spec = '{"name": "raw", "run": "true"}'
+    async with AsyncClient(server.address, server.token, ca=server.ca_path) as client:
+        for flags in (["--env TOKEN=secret"], ["rm -rf /"], ["--nodes 1"] * 300):
+            with pytest.raises(InvalidSpec, match="field 'overrides'"):
+                await client._call("SubmitJob", jobs_pb2.SubmitJobRequest(
+                    spec_json=spec, source="raw", dry_run=True, overrides=flags))
 
 
 @pytest.mark.timeout(120)

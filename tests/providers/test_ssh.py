@@ -26,7 +26,7 @@ from coordinator.providers.sshboot import stop_script
 from coordinator.providers.sshhost import HostError, complete, connect, exit_code
 from coordinator.settings import SshHost, SshSettings
 from coordinator.states import JobState, NodeState
-from coordinator.store import JobRecord, NodeRecord
+from coordinator.store import JobRecord, NodeRecord, Store
 from tests.integration.harness import start_coordd, wait_for
 from tests.providers.sshd import Sshd, start_sshd
 
@@ -311,3 +311,28 @@ async def test_a_command_that_never_answers_and_a_dropped_connection_are_host_er
     dropped.exit_status, dropped.exit_signal = None, None  # what asyncssh leaves then
     with pytest.raises(HostError, match="connection to theta broke"):
         exit_code(dropped, host_entry, "exec")
+
+
+@pytest.mark.timeout(60)
+def test_a_host_coordd_cannot_reach_is_its_error_not_an_unreachable_coordd(tmp_path):
+    """coordd answers; the ssh host of a node does not. `coord exec` says which host and
+    exits with the provider code (8), not "cannot reach coordd" (4)."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+
+    async def seed() -> None:  # a node coordd placed on the host before it went down
+        store = await Store.open(state / "coord.db")
+        await store.save_node(NodeRecord(id="node-on-down", provider="ssh",
+                                         state=NodeState.READY, host="127.0.0.1",
+                                         provider_data={"host": "down", "workdir": "/w"}))
+        await store.close()
+    asyncio.run(seed())
+    down = {"name": "down", "address": "127.0.0.1", "port": 1, "remote_dir": str(tmp_path)}
+    (tmp_path / "coordd.toml").write_text(toml({"connect_timeout_s": 5, "hosts": [down]}))
+    coordd = start_coordd(state, env={"COORDD_CONFIG": str(tmp_path / "coordd.toml")})
+    try:
+        result = coordd.cli("exec", "node-on-down", "--", "true")
+    finally:
+        coordd.stop()
+    assert result.returncode == 8, result.stderr
+    assert "ssh host down" in result.stderr and "cannot reach coordd" not in result.stderr

@@ -43,3 +43,24 @@ def test_oversized_workdir_is_refused_with_advice(tmp_path):
     (tmp_path / "data.bin").write_bytes(__import__("os").urandom(4096))
     with pytest.raises(InvalidSpec, match="files"):
         bundle.pack(tmp_path, limit=1024)
+
+
+@pytest.mark.parametrize("patterns, shipped", [
+    (["./train.py"], ["train.py"]),
+    (["data"], ["data/a.csv", "data/sub/b.csv"]),
+    (["data/"], ["data/a.csv", "data/sub/b.csv"]),
+    (["**/*.py"], ["pkg/mod.py", "train.py"]),
+    (["pkg/**/*.py"], ["pkg/mod.py"]),
+])
+def test_files_patterns_people_write_select_what_they_mean(tmp_path, patterns, shipped):
+    for rel in ("train.py", "pkg/mod.py", "data/a.csv", "data/sub/b.csv", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    with tarfile.open(fileobj=io.BytesIO(bundle.pack(tmp_path, patterns)), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == shipped
+
+
+def test_a_pattern_matching_nothing_is_refused_saying_what_is_accepted(tmp_path):
+    (tmp_path / "train.py").write_text("")
+    with pytest.raises(InvalidSpec, match=r"'data/' match no file .*a folder \('data' or"):
+        bundle.pack(tmp_path, ["train.py", "data/"])

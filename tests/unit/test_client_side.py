@@ -3,7 +3,9 @@ node ids and what a person sees when coordd is not there."""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 
 import click
 import pytest
@@ -21,9 +23,10 @@ from coordinator.states import JobState, NodeState
 from tests.integration.harness import ROOT
 from tests.net import free_port
 
-DOCUMENTED = {errors.InvalidSpec: 2, errors.NotFound: 2, errors.Unavailable: 4,
-              errors.Unauthenticated: 4, errors.PermissionDenied: 4, errors.Conflict: 5,
-              errors.ResourceExhausted: 6, errors.CoordError: 7}
+DOCUMENTED = {errors.InvalidSpec: 2, errors.NotFound: 2, errors.PathDenied: 2,
+              errors.CoorddUnreachable: 4, errors.Unauthenticated: 4,
+              errors.PermissionDenied: 4, errors.Conflict: 5, errors.ResourceExhausted: 6,
+              errors.CoordError: 7, errors.Unavailable: 8, errors.ProviderError: 8}
 
 
 @pytest.mark.parametrize("cls", list(DOCUMENTED), ids=lambda c: c.__name__)
@@ -38,6 +41,15 @@ def test_cancelling_a_finished_job_is_not_the_unreachable_code():
     assert errors.exit_code(errors.from_status(errors.Conflict.code, "already ended")) == 5
 
 
+@pytest.mark.parametrize("error", [errors.ProviderError("ssh host a: unreachable"),
+                                   errors.PathDenied("node n: /x: permission denied")],
+                         ids=lambda e: type(e).__name__)
+def test_errors_coordd_raises_keep_their_class_whatever_their_code(error):
+    back = errors.from_status(error.code, str(error), errors.error_tag(error))
+    assert type(back) is type(error)
+    assert errors.exit_code(back) not in (errors.EXIT_UNREACHABLE, 7)
+
+
 def test_sdk_types_carry_enum_names_not_numbers():
     job = Job.from_proto(types_pb2.Job(id="a-1", state=types_pb2.JOB_STATE_SUCCEEDED))
     assert job.state is JobState.SUCCEEDED and str(job.state) == "SUCCEEDED" and job.terminal
@@ -48,6 +60,22 @@ def test_sdk_types_carry_enum_names_not_numbers():
     event = JobEvent.from_proto(types_pb2.JobEvent(kind="generation.started",
                                                    data_json='{"cause": "node_lost"}'))
     assert event.data["cause"] == "node_lost"
+
+
+@pytest.mark.parametrize("value", [0, 99])
+def test_a_state_this_client_does_not_know_is_unknown_not_a_crash(value):
+    assert Job.from_proto(types_pb2.Job(id="a-1", state=value)).state is JobState.UNKNOWN
+    assert Node.from_proto(types_pb2.Node(id="n", state=value)).state is NodeState.UNKNOWN
+    assert str(LogLine.from_proto(types_pb2.LogLine(stream=99)).stream) == "UNKNOWN"
+
+
+def test_json_output_masks_job_env_values():
+    spec = '{"name": "j", "env": {"API_KEY": "s3cret", "K": "v"}, "nodes": {"count": 2}}'
+    job = Job.from_proto(types_pb2.Job(id="j-1", state=3, spec_json=spec))
+    text = cliout.as_json([job], cliout.JOB_FIELDS, None)
+    assert "s3cret" not in text
+    shown = json.loads(json.loads(text)[0]["spec_json"])
+    assert shown["env"] == {"API_KEY": "***", "K": "***"} and shown["nodes"]["count"] == 2
 
 
 def test_tables_print_ids_whole_however_long():
@@ -91,6 +119,14 @@ def test_overrides_are_validated_like_the_file_and_name_the_flag(tmp_path):
                                                                  "--env TOKEN"]
 
 
+def test_a_bad_value_in_the_file_is_not_blamed_on_a_flag(tmp_path):
+    job = write_job(tmp_path, 'spares = -1\n[env]\n"BAD KEY" = "x"\n')
+    with pytest.raises(errors.InvalidSpec) as refused:
+        load_job_file(job, Overrides(nodes=2, env={"LR": "0.1"}))
+    assert "key 'nodes.spares'" in str(refused.value) and "key 'env'" in str(refused.value)
+    assert "--nodes" not in str(refused.value) and "--env" not in str(refused.value)
+
+
 def test_a_files_glob_that_matches_nothing_is_refused_naming_it(tmp_path):
     (tmp_path / "train.py").write_text("")
     bundle.pack(tmp_path, ["*.py"])
@@ -104,8 +140,13 @@ def test_node_ids_do_not_look_like_job_ids():
     assert node.startswith("node-mnist5k-digits-") and not job_id.match(node)
 
 
-def test_local_nodes_run_the_installed_coord_agent_script():
-    assert agent_command()[0].endswith("/coord-agent")
+def test_local_nodes_run_the_installed_coord_agent_script_else_the_module(tmp_path):
+    assert agent_command(tmp_path) == [sys.executable, "-m", "agent.main"]
+    script = tmp_path / "coord-agent"
+    script.write_text("#!/bin/sh\n")
+    assert agent_command(tmp_path) == [sys.executable, "-m", "agent.main"]  # not executable
+    script.chmod(0o755)
+    assert agent_command(tmp_path) == [str(script)]
 
 
 def test_connection_refused_is_one_line_with_the_address_its_source_and_what_to_do(

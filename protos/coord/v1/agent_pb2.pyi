@@ -148,14 +148,16 @@ class Ack(_message.Message):
     def __init__(self, upto: _Optional[int] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("node_id", "heartbeat_interval_s", "finished_jobs")
+    __slots__ = ("node_id", "heartbeat_interval_s", "finished_jobs", "coordd_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     FINISHED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    COORDD_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_interval_s: float
     finished_jobs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., finished_jobs: _Optional[_Iterable[str]] = ...) -> None: ...
+    coordd_id: str
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., finished_jobs: _Optional[_Iterable[str]] = ..., coordd_id: _Optional[str] = ...) -> None: ...
 
 class WorkerSpec(_message.Message):
     __slots__ = ("rank", "local_rank", "env")
