@@ -136,8 +136,8 @@ def part_train(sizes: Sizes) -> list[dict]:
     what = f"ResNet-50 train step, batch {sizes.batch}, {sizes.image} px"
     return [row("train", f"{what}: bf16 autocast + channels_last", best[True], "img/s",
                 "fp32, contiguous (cuDNN's TF32 default)", best[False],
-                best[True] / best[False], f"best of {sizes.rounds - 1} rounds of "
-                f"{sizes.steps} steps, no DDP, {torch.__version__}")]
+                best[True] / best[False], f"after a warm-up round, best of "
+                f"{sizes.rounds - 1} x {sizes.steps} steps, no DDP, {torch.__version__}")]
 
 
 def _device(sizes: Sizes):
@@ -198,7 +198,7 @@ def part_dali(sizes: Sizes) -> list[dict]:
         cpu = _pipeline_rate(files, sizes, threads, None)
     where = "CPU operators (smoke)" if sizes.smoke else "mixed decoding on GPU 0"
     return [row("dali", f"train_pipeline, {where}", gpu, "img/s",
-                f"CPU operators, {threads} threads", cpu, gpu / cpu,
+                f"CPU operators, threads={threads}", cpu, gpu / cpu,
                 f"{len(files)} JPEGs {width}x{height} -> {sizes.crop} px, batch "
                 f"{sizes.dali_batch}, {sizes.passes} timed passes after one warm-up")]
 
@@ -235,8 +235,8 @@ def _environment(smoke: bool) -> str:
 
     import torch
 
-    card = "CPU (smoke)" if smoke or not torch.cuda.is_available() else \
-        f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    card = "CPU (smoke)" if smoke else "no CUDA device" if not torch.cuda.is_available() \
+        else f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     dali = next((f"{d.metadata['Name']} {d.version}" for d in md.distributions()
                  if (d.metadata["Name"] or "").startswith("nvidia-dali")), "no DALI")
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {card}  torch "
@@ -256,10 +256,11 @@ def report(results: Path, smoke: bool) -> int:
         print("   --cpu-smoke: tiny sizes on the CPU; the figures test code paths, not speed")
     missing = [p for p in PARTS if not any(r["part"] == p for r in rows)]
     for r in rows:
-        print(f"\n[{r['part']}] {r.get('figure', '')}")
         if "skipped" in r or "error" in r:
-            print(f"   not measured: {r.get('skipped') or r.get('error')}")
+            what = f" {r['figure']}:" if "figure" in r else ""
+            print(f"\n[{r['part']}]{what} not measured: {r.get('skipped') or r.get('error')}")
             continue
+        print(f"\n[{r['part']}] {r['figure']}")
         print(f"   {_fmt(r['value'], r['unit']):>14}   vs {r['baseline']}: "
               f"{_fmt(r['base_value'], r['unit'])}")
         verdict = "met" if r["met"] else "NOT met"
