@@ -58,8 +58,8 @@ class Sizes:
     threads: int | None  # DALI threads; None: the ResNet-50 recipe's own
 
 
-GPU = Sizes(False, batch=256, image=224, width=64, steps=15, rounds=3, jpegs=2048,
-            jpeg_hw=(375, 500), dali_batch=128, crop=224, passes=3, threads=None)
+GPU = Sizes(False, batch=256, image=224, width=64, steps=15, rounds=3, jpegs=1024,
+            jpeg_hw=(375, 500), dali_batch=128, crop=224, passes=4, threads=None)
 SMOKE = Sizes(True, batch=4, image=32, width=4, steps=2, rounds=2, jpegs=32,
               jpeg_hw=(48, 64), dali_batch=8, crop=32, passes=1, threads=1)
 

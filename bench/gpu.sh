@@ -32,8 +32,7 @@ results=$(mktemp /tmp/coord-gpu-bench.XXXXXX)
 part() {  # NAME LIMIT_S
   echo "== $1 (at most $2 s)"
   timeout -k 10 "$2" "$PY" bench/gpu.py "${MODE[@]}" --results "$results" "$1"
-  [ $? -ge 124 ] && echo "== $1 stopped at its limit of $2 s"
-  return 0
+  case $? in 124|137) echo "== $1 stopped at its limit of $2 s" ;; esac
 }
 part train 120
 part dali 120
@@ -41,5 +40,5 @@ part nccl 90
 "$PY" bench/gpu.py "${MODE[@]}" --results "$results" report
 code=$?
 [ -n "${OUT:-}" ] && cp "$results" "$OUT/gpu-results.jsonl"
-rm -f "$results"
+rm -rf "$results" ${site:+"$site"}
 exit $code

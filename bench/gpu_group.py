@@ -57,7 +57,7 @@ def _drop() -> None:
         if abort is None:
             raise NotImplementedError
         abort()
-    except (NotImplementedError, RuntimeError):
+    except (NotImplementedError, RuntimeError, ValueError):
         dist.destroy_process_group()
 
 
