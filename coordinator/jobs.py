@@ -29,7 +29,7 @@ from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
 from coordinator.spec import JobSpec, parse_spec_json
 from coordinator.states import JobState, NodeState
-from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
+from coordinator.store import EventRecord, JobRecord, LogRecord, NodeRecord, Store
 
 MAX_OVERRIDES = 64  # flags recorded with a job: what a person typed, bounded for the store
 log = structlog.get_logger("coordinator.jobs")
@@ -121,7 +121,8 @@ class JobManager:
                       scale_up_min_runtime_s=s.scale_up_min_runtime_s,
                       initial_full_wait_s=s.initial_full_wait_s, mode=fault_mode(spec))
 
-    def _start_runner(self, record: JobRecord, spec: JobSpec) -> None:
+    def _start_runner(self, record: JobRecord, spec: JobSpec,
+                      history: list[EventRecord] | None = None) -> None:
         view = JobView(job_id=record.id, state=record.state, generation=record.generation,
                        restarts=record.restarts, policy=self._policy(spec),
                        members=list(record.node_ids), state_since=time.time())
@@ -129,6 +130,9 @@ class JobManager:
             if node.job_id == record.id:
                 view.nodes[node.id] = self.nodes.view(node)
         runner = JobRunner(record, spec, view, self)
+        # What the job's checkpoints allow is known before its task exists: a stop before
+        # the runner's first turn must not take a resumable job for one without a checkpoint.
+        runner.resume.replay(history or [])
         self.runners[record.id] = runner
         task = self.spawn(runner.run())
         task.add_done_callback(lambda t: self._runner_done(record.id, t))
@@ -143,7 +147,7 @@ class JobManager:
         for record in await self.store.list_jobs(include_finished=False, limit=1000):
             self.metrics.job_added(record.state)
             spec = parse_spec_json(record.spec_json, record.id)
-            self._start_runner(record, spec)
+            self._start_runner(record, spec, await self.store.events_after(record.id))
             if record.generation and fault_mode(spec) != "restart":
                 try:  # supervised again, on its old port
                     await self.quorum_address(record, spec)

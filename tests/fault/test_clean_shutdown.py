@@ -149,6 +149,12 @@ def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path, 
         assert [entry["job"] for entry in said] == [job.id]
         assert "resumes from its newest checkpoint" in said[0]["message"]
 
+        # Started and stopped at once (before its reconciler's first turn, perhaps): the
+        # job stays one to resume.
+        start_coordd(state)
+        again = subprocess.run([str(BIN / "coordd"), "stop", "--state-dir", str(state)],
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
         server = start_coordd(state)
         with server.client() as client:
             final = client.wait(job.id, timeout=200)
