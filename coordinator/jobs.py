@@ -39,6 +39,8 @@ _STEP_REPORTS = {WORKER_CHECKPOINT: CheckpointCommitted, WORKER_RESTORED: Worker
 # Recorded when a job in mode "auto" cannot run a generation in-process (`coord status` shows it).
 AUTO_RESTART = "mode.restart"
 INSTALL_HINT = "pip install 'coord[elastic]'"
+# Recorded at submit when the job's nodes fit the machine but not the memory available now.
+FIT_WARNING = "resources.tight"
 
 
 class JobManager:
@@ -63,7 +65,7 @@ class JobManager:
                      dry_run: bool, overrides: list[str] | None = None) -> JobRecord:
         spec = parse_spec_json(spec_json, source or "job spec")
         # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
-        self.nodes.provider(spec).check_fits(spec, source or "job spec")
+        fit_warning = self.nodes.provider(spec).check_fits(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
             raise InvalidSpec(f"{source}: fault_tolerance.mode = 'inprocess' needs torchft where "
                               f"coordd runs ({INSTALL_HINT})")
@@ -83,6 +85,9 @@ class JobManager:
             record.id, "state", 0, f"submitted from {source or '?'}" +
             (f" with {' '.join(overrides)}" if overrides else ""),
             {"new": "PENDING", "overrides": overrides})
+        if fit_warning:
+            await self.store.append_event(record.id, FIT_WARNING, 0, fit_warning, {})
+            log.warning(FIT_WARNING, job=record.id, message=fit_warning)
         self._start_runner(record, spec)
         return record
 
