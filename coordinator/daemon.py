@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from coordinator import instance, logs, statedir
+from coordinator import instance, logs, statedir, stopreport
 from coordinator.errors import AlreadyRunning, StateDirRefused
 from coordinator.quorum import public_host
 from coordinator.settings import CoorddSettings, default_state_dir
@@ -150,8 +150,9 @@ def stop(state_dir: StateDir = None, config: Config = None,
     Exit code 0: it stopped; 3: none ran; 1: still running after --timeout. Local nodes stop
     with coordd: see docs/coordd.md for what that does to running jobs.
     """
-    directory = _settings(state_dir, config).state_dir
-    started = time.monotonic()
+    settings = _settings(state_dir, config)
+    directory = settings.state_dir
+    started, asked_at = time.monotonic(), time.time()
     try:
         found = instance.stop(directory, timeout)
     except (TimeoutError, OSError) as exc:
@@ -161,6 +162,8 @@ def stop(state_dir: StateDir = None, config: Config = None,
         typer.echo(f"no coordd runs on {directory}{_stale_note(directory)}")
         raise typer.Exit(NOT_RUNNING)
     typer.echo(f"coordd (pid {found.pid}) stopped after {time.monotonic() - started:.1f} s")
+    for line in stopreport.outcomes(settings.db_path, asked_at):
+        typer.echo(f"  {line}")
 
 
 def _stale_note(directory: Path) -> str:
