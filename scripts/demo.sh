@@ -32,7 +32,8 @@ fi
 echo "coordd is listening on $addr (log: $COORDD_STATE_DIR/coordd.log)"
 rc=0
 .venv/bin/coord submit "${1:-examples/allreduce/job.toml}" || rc=$?
-[ $rc = 0 ] || echo "the job did not succeed (exit $rc); coordd's log: $COORDD_STATE_DIR/coordd.log, its output: $OUT" >&2
+[ $rc = 0 ] || echo "the job did not succeed (exit $rc); coordd's log:" \
+  "$COORDD_STATE_DIR/coordd.log, its output: $OUT" >&2
 echo "this was the light install: in-process recovery (torchft) and the fast trainer"
 echo "(examples/imagenet) come with: bash scripts/setup.sh   (see docs/install.md)"
 exit $rc
