@@ -15,6 +15,8 @@ an AgentEvent of kind `worker.KIND`, with the worker's rank added to the JSON. K
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from typing import Any
 
 PREFIX = "::coord::"
@@ -23,11 +25,18 @@ WORKER_FINISHED = "worker.finished"
 WORKER_CHECKPOINT = "worker.checkpoint"
 WORKER_RESTORED = "worker.restored"
 _MAX_LINE = 4096  # a control line is short; a longer one is an ordinary log line
+# Workers emit from several threads (a checkpoint writer beside the training loop).
+_WRITE = threading.Lock()
 
 
 def emit(kind: str, **data: Any) -> None:
-    """Worker side: say `kind` to coord, through the agent that reads this stdout."""
-    print(f"{PREFIX}{kind} {json.dumps(data)}", flush=True)
+    """Worker side: say `kind` to coord, through the agent that reads this stdout. The line
+    and its newline go in one write (print() makes two, and another thread's output could
+    land between them and garble the line)."""
+    line = f"{PREFIX}{kind} {json.dumps(data)}\n"
+    with _WRITE:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def parse(text: str, rank: int) -> tuple[str, dict[str, Any]] | None:

@@ -25,6 +25,7 @@ from coordinator.transport import ca_bytes
 log = structlog.get_logger("agent")
 app = typer.Typer(add_completion=False)
 OPTIONAL_SOFTWARE = ("torchft",)
+OWNER_ONLY = 0o077  # the umask of the agent and of everything it starts
 
 
 def detect_resources() -> types_pb2.Resources:
@@ -146,6 +147,9 @@ def main_command(
 
     Example: coord-agent --coordinator 10.0.0.5:7070 --token "$(cat agent-token)" --ca ca.pem
     """
+    # Job files, bundles and snapshots hold the job's data: owner-only, however the agent was
+    # started (an ssh session's umask is usually 022).
+    os.umask(OWNER_ONLY)
     logs.configure(log_level)
     ca_pem = ca_bytes(ca or os.environ.get("COORD_CA_PEM") or os.environ.get("COORD_CA"))
     workdir = workdir.expanduser()

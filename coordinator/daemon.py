@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from coordinator import instance, logs, statedir
-from coordinator.errors import AlreadyRunning
+from coordinator import instance, logs, statedir, stopreport
+from coordinator.errors import AlreadyRunning, StateDirRefused
+from coordinator.quorum import public_host
 from coordinator.settings import CoorddSettings, default_state_dir
 
 NOT_RUNNING = 3  # as an LSB init script's `status` says "program is not running"
@@ -27,6 +28,8 @@ app.add_typer(token_app, name="token")
 StateDir = Annotated[Path | None, typer.Option(help="coordd's state directory (env "
                                                "COORDD_STATE_DIR; default "
                                                "~/.local/state/coord)")]
+Config = Annotated[Path | None, typer.Option(help="the TOML file coordd serve was given "
+                                             "(its state_dir) [env COORDD_CONFIG]")]
 
 
 @app.callback()
@@ -74,7 +77,11 @@ def serve(
     except ValidationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    statedir.create(settings.state_dir)
+    try:
+        statedir.create(settings.state_dir)
+    except StateDirRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings.log_path.parent.mkdir(parents=True, exist_ok=True)
     logs.configure_daemon(settings.log_level, settings.log_path, settings.log_format)
     from coordinator.server import run
@@ -97,22 +104,30 @@ def _banner(coordinator) -> None:
              f"  state dir: {s.state_dir} (owner-only)",
              f"  log file:  {s.log_path}",
              f"  coord:     {here}"]
-    if coordinator.advertised().rpartition(":")[0] not in LOOPBACK:
+    if (reachable := _reachable(coordinator)).rpartition(":")[0] not in LOOPBACK:
         ca = "" if s.insecure_plaintext else f" COORD_CA={s.tls_dir / 'ca.pem'}"
-        lines.append(f"             elsewhere: COORD_ADDR={coordinator.advertised()} "
+        lines.append(f"             elsewhere: COORD_ADDR={reachable} "
                      f"COORD_TOKEN=<{s.token_path}>{ca}")
     lines.append("  stop it:   coordd stop (or Ctrl-C)")
     typer.echo("\n".join(lines))
 
 
+def _reachable(coordinator) -> str:
+    """The address a client elsewhere uses: for a wildcard listen, this machine's name."""
+    host, _, port = coordinator.advertised().rpartition(":")
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        return f"{public_host(coordinator.settings)}:{port}"
+    return coordinator.advertised()
+
+
 @app.command()
-def status(state_dir: StateDir = None) -> None:
+def status(state_dir: StateDir = None, config: Config = None) -> None:
     """Whether a coordd runs on the state directory, and where.
 
     Exit code 0: it runs; 3: none runs (a coordd.addr left by one that crashed is reported
     as stale).
     """
-    directory = _settings(state_dir).state_dir
+    directory = _settings(state_dir, config).state_dir
     try:
         found = instance.running(directory)
     except OSError as exc:
@@ -127,7 +142,7 @@ def status(state_dir: StateDir = None) -> None:
 
 
 @app.command()
-def stop(state_dir: StateDir = None,
+def stop(state_dir: StateDir = None, config: Config = None,
          timeout: Annotated[float, typer.Option(help="seconds to wait for it to end")] = 120.0
          ) -> None:
     """Stop the coordd running on the state directory cleanly, and wait until it has ended.
@@ -135,8 +150,9 @@ def stop(state_dir: StateDir = None,
     Exit code 0: it stopped; 3: none ran; 1: still running after --timeout. Local nodes stop
     with coordd: see docs/coordd.md for what that does to running jobs.
     """
-    directory = _settings(state_dir).state_dir
-    started = time.monotonic()
+    settings = _settings(state_dir, config)
+    directory = settings.state_dir
+    started, asked_at = time.monotonic(), time.time()
     try:
         found = instance.stop(directory, timeout)
     except (TimeoutError, OSError) as exc:
@@ -146,6 +162,8 @@ def stop(state_dir: StateDir = None,
         typer.echo(f"no coordd runs on {directory}{_stale_note(directory)}")
         raise typer.Exit(NOT_RUNNING)
     typer.echo(f"coordd (pid {found.pid}) stopped after {time.monotonic() - started:.1f} s")
+    for line in stopreport.outcomes(settings.db_path, asked_at):
+        typer.echo(f"  {line}")
 
 
 def _stale_note(directory: Path) -> str:
@@ -161,8 +179,14 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _settings(state_dir: Path | None) -> CoorddSettings:
-    return CoorddSettings(**({"state_dir": state_dir} if state_dir else {}))
+def _settings(state_dir: Path | None, config: Path | None = None) -> CoorddSettings:
+    if config:
+        os.environ["COORDD_CONFIG"] = str(config)
+    try:
+        return CoorddSettings(**({"state_dir": state_dir} if state_dir else {}))
+    except ValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _tokens(state_dir: Path | None):

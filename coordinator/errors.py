@@ -40,6 +40,10 @@ class AlreadyRunning(Conflict):
     """Another coordd holds the state directory."""
 
 
+class StateDirRefused(CoordError):
+    """The state directory given is not coordd's to take over (it holds other files)."""
+
+
 class PermissionDenied(CoordError):
     code = grpc.StatusCode.PERMISSION_DENIED
 

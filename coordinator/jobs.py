@@ -32,6 +32,7 @@ from coordinator.spec import JobSpec, check_recorded_flags, parse_spec_json
 from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
 from coordinator.workerenv import rank_env
+from coordinator.store import EventRecord, JobRecord, LogRecord, NodeRecord, Store
 
 log = structlog.get_logger("coordinator.jobs")
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
@@ -40,6 +41,8 @@ _STEP_REPORTS = {WORKER_CHECKPOINT: CheckpointCommitted, WORKER_RESTORED: Worker
 # Recorded when a job in mode "auto" cannot run a generation in-process (`coord status` shows it).
 AUTO_RESTART = "mode.restart"
 INSTALL_HINT = "pip install 'coord[elastic]'"
+# Recorded at submit when the job's nodes fit the machine but not the memory available now.
+FIT_WARNING = "resources.tight"
 
 
 class JobManager:
@@ -66,7 +69,7 @@ class JobManager:
         spec = parse_spec_json(spec_json, source or "job spec")
         overrides = check_recorded_flags(overrides or [])
         # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
-        self.nodes.provider(spec).check_fits(spec, source or "job spec")
+        fit_warning = self.nodes.provider(spec).check_fits(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
             raise InvalidSpec(f"{source}: fault_tolerance.mode = 'inprocess' needs torchft where "
                               f"coordd runs ({INSTALL_HINT})")
@@ -85,6 +88,9 @@ class JobManager:
             record.id, "state", 0, f"submitted from {source or '?'}" +
             (f" with {' '.join(overrides)}" if overrides else ""),
             {"new": "PENDING", "overrides": overrides})
+        if fit_warning:
+            await self.store.append_event(record.id, FIT_WARNING, 0, fit_warning, {})
+            log.warning(FIT_WARNING, job=record.id, message=fit_warning)
         self._start_runner(record, spec)
         return record
 
@@ -123,7 +129,8 @@ class JobManager:
                       scale_up_min_runtime_s=s.scale_up_min_runtime_s,
                       initial_full_wait_s=s.initial_full_wait_s, mode=fault_mode(spec))
 
-    def _start_runner(self, record: JobRecord, spec: JobSpec) -> None:
+    def _start_runner(self, record: JobRecord, spec: JobSpec,
+                      history: list[EventRecord] | None = None) -> None:
         view = JobView(job_id=record.id, state=record.state, generation=record.generation,
                        restarts=record.restarts, policy=self._policy(spec),
                        members=list(record.node_ids), state_since=time.time())
@@ -131,6 +138,9 @@ class JobManager:
             if node.job_id == record.id:
                 view.nodes[node.id] = self.nodes.view(node)
         runner = JobRunner(record, spec, view, self)
+        # What the job's checkpoints allow is known before its task exists: a stop before
+        # the runner's first turn must not take a resumable job for one without a checkpoint.
+        runner.resume.replay(history or [])
         self.runners[record.id] = runner
         task = self.spawn(runner.run())
         task.add_done_callback(lambda t: self._runner_done(record.id, t))
@@ -145,7 +155,7 @@ class JobManager:
         for record in await self.store.list_jobs(include_finished=False, limit=1000):
             self.metrics.job_added(record.state)
             spec = parse_spec_json(record.spec_json, record.id)
-            self._start_runner(record, spec)
+            self._start_runner(record, spec, await self.store.events_after(record.id))
             if record.generation and fault_mode(spec) != "restart":
                 try:  # supervised again, on its old port
                     await self.quorum_address(record, spec)

@@ -39,8 +39,7 @@ class Coordinator:
         return self.settings.advertise or self.address
 
     async def serve(self) -> None:
-        s = self.settings
-        await asyncio.to_thread(statedir.create, s.state_dir)
+        s = self.settings  # the state directory exists: `coordd serve` created it
         lock = InstanceLock(s.state_dir, s.log_path)
         await asyncio.to_thread(lock.acquire)
         try:

@@ -57,8 +57,10 @@ class Provider(abc.ABC):
     async def close(self) -> None:
         """coordd is shutting down cleanly."""
 
-    def check_fits(self, spec: JobSpec, source: str) -> None:
-        """At submit: raise InvalidSpec when the job's nodes can never all run here."""
+    def check_fits(self, spec: JobSpec, source: str) -> str:
+        """At submit: raise InvalidSpec when the job's nodes can never all run here; a
+        warning for the job's events when they may not fit now ("" for none)."""
+        return ""
 
     async def gone(self, node: NodeRecord) -> bool:
         """True when the provider knows that the node's machine or agent no longer exists, so

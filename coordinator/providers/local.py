@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import dataclasses
 import os
 import re
 import shutil
@@ -32,6 +33,10 @@ log = structlog.get_logger("coordinator.providers.local")
 LOST_KILL_AFTER_S = 30.0
 # Where a job id (NAME-8 hex digits, see JobManager.submit) may end in a flat folder's name.
 LEGACY_JOB_PREFIX = re.compile(r"(?<=.-)[0-9a-f]{8}(?=-)")
+# The memory local nodes may never count on (docs/install.md): a share of the machine's, at
+# least a floor, for the system, coordd and the rest of what runs here.
+RESERVED_SHARE = 0.10
+RESERVED_MIN_MB = 1024.0
 
 
 def agent_command(bin_dir: Path | None = None) -> list[str]:
@@ -85,24 +90,11 @@ class LocalProvider(Provider):
             node.provider_data = {"pid": proc.pid, "workdir": str(workdir)}
             log.info("node.launched", node=node.id, pid=proc.pid, workdir=str(workdir))
 
-    def check_fits(self, spec: JobSpec, source: str) -> None:
+    def check_fits(self, spec: JobSpec, source: str) -> str:
         """Every node is an agent and its workers on this machine: refuse a job whose nodes
-        cannot all have the memory each takes (jobs already running hold theirs)."""
-        available = available_memory_mb()
-        if available is None:
-            return
-        s, n = self.settings, spec.nodes
-        per_node = s.agent_memory_mb + spec.nproc_per_node * s.worker_memory_mb
-        fit = int(available // per_node) if per_node else n.count + n.spares
-        if n.count + n.spares <= fit:
-            return
-        asked = f"nodes.count = {n.count}" + (f" + nodes.spares = {n.spares}" if n.spares else "")
-        raise InvalidSpec(
-            f"{source}: {asked}: at most {fit} local node(s) fit this machine: each takes about "
-            f"{per_node:.0f} MB (an agent, {s.agent_memory_mb:g} MB, and nproc_per_node = "
-            f"{spec.nproc_per_node} worker(s) of at least {s.worker_memory_mb:g} MB; coordd "
-            f"settings local.agent_memory_mb, local.worker_memory_mb) and {available:.0f} MB "
-            "is available")
+        cannot all have the memory each takes; warn when they fit only the idle machine."""
+        memory = read_memory()
+        return fit_verdict(spec, self.settings, source, memory) if memory else ""
 
     def _cpu_share(self, count: int, nproc: int) -> int:
         """The cores a new node's workers share: those coordd may run on, split evenly among
@@ -241,13 +233,62 @@ class LocalProvider(Provider):
         return not await asyncio.to_thread(session_pids, sid)
 
 
-def available_memory_mb() -> float | None:
-    """MemAvailable of /proc/meminfo in MB; None where there is none (not Linux)."""
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """This machine's memory (MB): in all, and what is available now (/proc/meminfo)."""
+
+    total_mb: float
+    available_mb: float
+
+    @property
+    def reserved_mb(self) -> float:
+        """Kept for the system, coordd and whatever else runs here."""
+        return max(RESERVED_MIN_MB, RESERVED_SHARE * self.total_mb)
+
+    @property
+    def usable_mb(self) -> float:
+        return max(0.0, self.total_mb - self.reserved_mb)
+
+
+def fit_verdict(spec: JobSpec, s: LocalSettings, source: str, memory: Memory) -> str:
+    """InvalidSpec when the job's nodes could never all run on this machine (they do not fit
+    its memory less the reserve); a warning ("" if none) when they fit that, but not the
+    memory available now: other work may end, so the job is taken, with that said."""
+    n = spec.nodes
+    per_node = s.agent_memory_mb + spec.nproc_per_node * s.worker_memory_mb
+    wanted = n.count + n.spares
+    asked = f"nodes.count = {n.count}" + (f" + nodes.spares = {n.spares}" if n.spares else "")
+    each = (f"each takes about {per_node:.0f} MB (an agent, {s.agent_memory_mb:g} MB, and "
+            f"nproc_per_node = {spec.nproc_per_node} worker(s) of at least "
+            f"{s.worker_memory_mb:g} MB; coordd settings local.agent_memory_mb, "
+            "local.worker_memory_mb)")
+    if wanted > (fit := _fit(per_node, memory.usable_mb, wanted)):
+        raise InvalidSpec(
+            f"{source}: {asked}: at most {fit} local node(s) fit this machine: {each}, and "
+            f"it has {memory.total_mb:.0f} MB, {memory.reserved_mb:.0f} MB of it kept for "
+            "the system")
+    if wanted > (now := _fit(per_node, memory.available_mb, wanted)):
+        return (f"{asked}: only {now} local node(s) fit the memory available now "
+                f"({memory.available_mb:.0f} MB; {each}): the job's nodes may run short of "
+                "memory until other work on this machine ends")
+    return ""
+
+
+def _fit(per_node: float, memory_mb: float, wanted: int) -> int:
+    return int(memory_mb // per_node) if per_node else wanted
+
+
+def read_memory() -> Memory | None:
+    """MemTotal and MemAvailable of /proc/meminfo; None where there is none (not Linux)."""
+    found: dict[str, float] = {}
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+                key, _, value = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    found[key] = int(value.split()[0]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(found) < 2:
+        return None
+    return Memory(found["MemTotal"], found["MemAvailable"])

@@ -42,11 +42,13 @@ class WorkerRestored:
 
 @dataclasses.dataclass
 class ResumeState:
-    """What the runner knows about the job's checkpoints: the newest step reported, and the
-    step a clean stop promised the job resumes from (until a start resumed)."""
+    """What the runner knows about the job's checkpoints: the newest step reported, the step
+    a clean stop promised the job resumes from (until a start resumed), and, once the job's
+    workers are found to have started over instead, the reason it must fail."""
 
     checkpoint_step: int | None = None
     expected_from: int | None = None
+    started_over: str = ""
     checkpointed_in: set[int] = dataclasses.field(default_factory=set)  # worker generations
     restored_in: set[int] = dataclasses.field(default_factory=set)
 
@@ -54,13 +56,11 @@ class ResumeState:
         """After a coordd restart, from the job's event log."""
         for event in events:
             data = json.loads(event.data_json)
-            if event.kind in (CHECKPOINTED, RESUMED):
-                self.note_checkpoint(data.get("step", 0))
-                generations = self.checkpointed_in if event.kind == CHECKPOINTED \
-                    else self.restored_in
-                generations.add(data.get("worker_generation"))
-                if event.kind == RESUMED:
-                    self.expected_from = None
+            generation, step = data.get("worker_generation"), data.get("step", 0)
+            if event.kind == CHECKPOINTED:
+                self.first_checkpoint(CheckpointCommitted(generation, "", 0, step))
+            elif event.kind == RESUMED:
+                self.restored(WorkerRestored(generation, "", 0, step))
             elif event.kind == STOPPED:
                 self.expected_from = data.get("checkpoint_step") if data.get("resume") else None
 
@@ -68,23 +68,33 @@ class ResumeState:
         self.checkpoint_step = max(step, self.checkpoint_step or 0)
 
     def first_checkpoint(self, event: CheckpointCommitted) -> bool:
-        """Note the checkpoint; True for its worker generation's first."""
+        """Note the checkpoint; True for its worker generation's first. Where a clean stop
+        promised a resume, that first checkpoint also tells (for a script that does not say
+        `restored`) whether the generation resumed or started over."""
         self.note_checkpoint(event.step)
-        first = event.generation not in self.checkpointed_in
+        if event.generation in self.checkpointed_in:
+            return False
         self.checkpointed_in.add(event.generation)
-        return first
+        self._check_resumed_from(event.step)
+        return True
 
-    def restored(self, event: WorkerRestored) -> str:
-        """RESUMED for a generation's first report of a resume (record it), the reason to
-        fail for a fresh start of a job a clean stop promised would resume, else ""."""
+    def restored(self, event: WorkerRestored) -> bool:
+        """True for a generation's first report that it resumed from a checkpoint (record
+        it). A start below the step a clean stop promised sets `started_over`."""
         if event.generation in self.restored_in:
-            return ""
+            return False
         self.restored_in.add(event.generation)
         if event.step > 0:
             self.note_checkpoint(event.step)
-            self.expected_from = None
-            return RESUMED
-        return started_over(self.expected_from) if self.expected_from is not None else ""
+        self._check_resumed_from(event.step)
+        return event.step > 0
+
+    def _check_resumed_from(self, step: int) -> None:
+        if self.expected_from is None:
+            return
+        if step < self.expected_from:
+            self.started_over = started_over(self.expected_from)
+        self.expected_from = None
 
     def stop_message(self) -> str:
         return ("coordd is stopping, and this job's local nodes stop with it (its workers "
@@ -100,8 +110,9 @@ class ResumeState:
 
 NO_CHECKPOINT = ("coordd was stopped while the job ran on local nodes, which stop with it, and "
                  "no worker had reported a checkpoint to resume from (trainer.elastic reports "
-                 "its checkpoints; a script prints `::coord::checkpoint {\"step\": N}`; see "
-                 "docs/coordd.md)")
+                 "its checkpoints; a script of your own prints `::coord::checkpoint "
+                 "{\"step\": N}` after each durable checkpoint and `::coord::restored "
+                 "{\"step\": N}` when it resumes from one; see docs/coordd.md)")
 
 
 def started_over(expected: int) -> str:

@@ -95,7 +95,6 @@ class JobRunner:
         generation on without restarting workers, and joiners take fresh slots)."""
         latest, confirmed, joined, finished, highest = None, set(), [], [], -1
         events = await self.m.store.events_after(self.record.id)
-        self.resume.replay(events)
         for event in events:
             if event.kind in ("generation.started", "generation.reformed"):
                 latest = event
@@ -171,13 +170,11 @@ class JobRunner:
             if self.resume.first_checkpoint(event):
                 await self.event(CHECKPOINTED, f"{event.node_id}: worker {event.rank} committed "
                                  f"a checkpoint of step {event.step}", **where)
-        elif self._counts(event):
-            outcome = self.resume.restored(event)
-            if outcome == RESUMED:
-                await self.event(RESUMED, f"{event.node_id}: worker {event.rank} resumed from "
-                                 f"the checkpoint of step {event.step}", **where)
-            elif outcome:
-                self.view.fail_reason = outcome
+        elif self._counts(event) and self.resume.restored(event):
+            await self.event(RESUMED, f"{event.node_id}: worker {event.rank} resumed from "
+                             f"the checkpoint of step {event.step}", **where)
+        if self.resume.started_over:
+            self.view.fail_reason = self.resume.started_over
 
     async def on_coordd_stop(self) -> None:
         """coordd stops cleanly (this runner's loop has ended): say what that does to the job,

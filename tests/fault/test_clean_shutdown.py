@@ -57,11 +57,10 @@ def integrity(state_dir) -> str:
         return db.execute("PRAGMA integrity_check").fetchone()[0]
 
 
-def sigterm_and_time(process: subprocess.Popen) -> float:
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    return time.monotonic() - started
+def coordd_stop(state_dir) -> subprocess.CompletedProcess:
+    """`coordd stop`: SIGTERM to the coordd on `state_dir`, and wait until it has ended."""
+    return subprocess.run([str(BIN / "coordd"), "stop", "--state-dir", str(state_dir)],
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.timeout(180)
@@ -71,10 +70,16 @@ def test_sigterm_to_coordd_stops_everything_it_started_and_restarts_cleanly(tmp_
         job = submit(server, tmp_path)
         agents = [server.node_pid(n) for n in job.node_ids]
         assert len(job_pids(job.id)) == 4  # two workers, two children
-        took = sigterm_and_time(server.process)
+        started = time.monotonic()
+        stop = coordd_stop(server.state_dir)
+        took = time.monotonic() - started
         # gRPC grace (2 s) + agents stopping workers (grace, then SIGKILL) + slack for 2 cores
         assert took < STOP_GRACE_S + 12, f"coordd took {took:.1f} s to stop"
-        assert server.process.returncode == 0
+        assert stop.returncode == 0 and server.process.wait(5) == 0, stop.stderr
+        # The person who stopped it is told what became of the job, and why.
+        told = " ".join(stop.stdout.split())
+        assert f"job {job.id} (stubborn): FAILED: coordd was stopped" in told
+        assert "no worker had reported a checkpoint" in told
         assert job_pids(job.id) == []
         assert all(session_pids(sid) == [] for sid in agents)
         assert integrity(server.state_dir) == "ok"
@@ -140,15 +145,21 @@ def test_a_clean_stop_resumes_a_checkpointing_job_from_its_checkpoint(tmp_path, 
             wait_for(lambda: "checkpoint.committed" in kinds(client, job.id), 120,
                      what="the job's first checkpoint")
             before = client.get(job.id)
-        stop = subprocess.run([str(BIN / "coordd"), "stop", "--state-dir", str(state)],
-                              capture_output=True, text=True, timeout=120)
+        stop = coordd_stop(state)
         assert stop.returncode == 0, stop.stderr
+        assert f"job {job.id} (resumer): its local nodes stopped; it resumes from its " \
+               "checkpoint" in stop.stdout
         assert not job_pids(job.id)
         said = [json.loads(line) for line in server.log_path.read_text().splitlines()
                 if '"job.interrupted"' in line]
         assert [entry["job"] for entry in said] == [job.id]
         assert "resumes from its newest checkpoint" in said[0]["message"]
 
+        # Started and stopped at once (before its reconciler's first turn, perhaps): the
+        # job stays one to resume.
+        start_coordd(state)
+        again = coordd_stop(state)
+        assert again.returncode == 0, again.stderr
         server = start_coordd(state)
         with server.client() as client:
             final = client.wait(job.id, timeout=200)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -72,6 +73,32 @@ def test_a_loose_state_dir_is_fixed_at_start_and_a_fresh_one_is_never_readable(t
     assert open_to_others(fresh) == []
 
 
+def test_coordd_tightens_its_own_entries_only_and_refuses_a_directory_in_use(tmp_path):
+    home = tmp_path / "home"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "todo.txt").write_text("x")
+    (home / "notes" / "todo.txt").chmod(0o644)
+    refused = coordd("serve", "--state-dir", str(home), "--listen", "127.0.0.1:0")
+    assert refused.returncode == 2
+    assert f"{home} is not empty and holds nothing of coord's" in refused.stderr
+    assert stat.S_IMODE((home / "notes" / "todo.txt").stat().st_mode) == 0o644
+    assert not (home / "coordd.log").exists()
+
+    # A state directory that also holds someone else's file: coord's entries are tightened,
+    # below a loose one of them too; the stranger is left alone.
+    state = tmp_path / "state"
+    (state / "nodes" / "n1").mkdir(parents=True)
+    (state / "nodes").chmod(0o755)
+    (state / "nodes" / "n1" / "out.txt").write_text("x")
+    (state / "nodes" / "n1" / "out.txt").chmod(0o644)
+    (state / "theirs.txt").write_text("x")
+    (state / "theirs.txt").chmod(0o644)
+    start_coordd(state).stop()
+    assert stat.S_IMODE((state / "nodes").stat().st_mode) == 0o700
+    assert stat.S_IMODE((state / "nodes" / "n1" / "out.txt").stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "theirs.txt").stat().st_mode) == 0o644
+
+
 @pytest.mark.timeout(120)
 def test_status_and_stop_find_the_running_coordd_and_a_second_one_refuses(tmp_path):
     state = tmp_path / "state"
@@ -101,6 +128,25 @@ def test_status_and_stop_find_the_running_coordd_and_a_second_one_refuses(tmp_pa
         server.stop()
     again = coordd("stop", "--state-dir", str(state))
     assert again.returncode == 3 and f"no coordd runs on {state}" in again.stdout
+
+
+@pytest.mark.timeout(120)
+def test_a_wildcard_listen_names_this_machine_and_status_stop_read_the_config(tmp_path):
+    state, config = tmp_path / "state", tmp_path / "coordd.toml"
+    config.write_text(f'state_dir = "{state}"\n')
+    server = start_coordd(state, listen="0.0.0.0:0")
+    try:
+        port = server.address.rpartition(":")[2]
+        banner = wait_for(lambda: "stop it:" in (text := (state / "coordd.out").read_text())
+                          and text, 10, what="the lines saying where coordd is")
+        assert f"COORD_ADDR={socket.gethostname()}:{port} " in banner
+        assert "COORD_ADDR=0.0.0.0" not in banner
+        status = coordd("status", "--config", str(config))
+        assert status.returncode == 0 and f"state dir {state}" in status.stdout, status.stderr
+        stopped = coordd("stop", "--config", str(config))
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        server.stop()
 
 
 @pytest.mark.timeout(120)

@@ -1,4 +1,5 @@
-"""The local provider refuses at submit a job whose nodes cannot all run on this machine."""
+"""The local provider refuses at submit a job whose nodes cannot all run on this machine, and
+takes, with a warning, one that fits the machine but not the memory free at the moment."""
 
 from __future__ import annotations
 
@@ -7,7 +8,41 @@ import textwrap
 
 import pytest
 
+from coordinator.errors import InvalidSpec
 from coordinator.localcluster import start_coordd
+from coordinator.providers.local import Memory, fit_verdict
+from coordinator.settings import LocalSettings
+from coordinator.spec import JobSpec
+
+# One node of nproc_per_node = 1 takes 100 MB here.
+SMALL = LocalSettings(agent_memory_mb=20, worker_memory_mb=80)
+
+
+def spec(count: int) -> JobSpec:
+    return JobSpec(name="j", run="true", nodes={"count": count})
+
+
+def test_nodes_that_fit_the_machine_but_not_its_free_memory_are_taken_with_a_warning():
+    busy = Memory(total_mb=20_000, available_mb=2_000)  # 18000 MB usable: 180 nodes
+    warning = fit_verdict(spec(50), SMALL, "job.toml", busy)
+    assert "nodes.count = 50: only 20 local node(s) fit the memory available now" in warning
+    assert fit_verdict(spec(20), SMALL, "job.toml", busy) == ""
+
+
+def test_nodes_beyond_the_machine_less_its_reserve_are_refused_saying_how_many_fit():
+    idle = Memory(total_mb=20_000, available_mb=19_800)
+    assert fit_verdict(spec(180), SMALL, "job.toml", idle) == ""
+    with pytest.raises(InvalidSpec) as refused:
+        fit_verdict(spec(181), SMALL, "job.toml", idle)
+    assert "job.toml: nodes.count = 181: at most 180 local node(s) fit this machine" in str(
+        refused.value)
+    assert "it has 20000 MB, 2000 MB of it kept for the system" in str(refused.value)
+
+
+def test_the_reserve_is_a_share_of_the_machine_with_a_floor():
+    assert Memory(total_mb=4_096, available_mb=0).reserved_mb == 1024
+    assert Memory(total_mb=65_536, available_mb=0).reserved_mb == pytest.approx(6553.6)
+    assert Memory(total_mb=512, available_mb=0).usable_mb == 0
 
 
 def job_file(tmp_path, count: int):

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -127,8 +128,9 @@ def test_two_node_job_over_ssh_and_the_node_verbs(sshd, tmp_path):
     go = tmp_path / "go"
     try:
         with coordd.client() as client:
-            job = client.submit(job_file(tmp_path, f"while [ ! -e {go} ]; do sleep 0.1; done; "
-                                         "echo rank $RANK of $WORLD_SIZE done", count=2))
+            job = client.submit(job_file(tmp_path, f"echo x > mine.txt; while [ ! -e {go} ]; "
+                                         "do sleep 0.1; done; echo rank $RANK of $WORLD_SIZE "
+                                         "done", count=2))
             wait_for(lambda: client.get(job.id).state == JobState.RUNNING, 60,
                      interval=0.2, what="the job to run on both ssh hosts")
             nodes = client.nodes(job.id)
@@ -142,6 +144,12 @@ def test_two_node_job_over_ssh_and_the_node_verbs(sshd, tmp_path):
                 "the agent token is visible on a command line"
             assert agent_token not in coordd.log_path.read_bytes(), "coordd logged the token"
             node, workdir = placed["beta"], remote / "beta" / "work"
+            # The agent came up in an ssh session (umask 022 here): what the job writes, and
+            # its unpacked directory, are the owner's only all the same.
+            written = wait_for(lambda: list(workdir.glob(f"jobs/{job.id}/mine.txt")), 30,
+                               what="the worker's file")[0]
+            assert stat.S_IMODE(written.stat().st_mode) == 0o600
+            assert stat.S_IMODE(written.parent.stat().st_mode) == 0o700
 
             # exec through the CLI: output streamed back, the command's exit code kept
             result = coordd.cli("exec", node, "--", "echo out; echo err >&2; pwd; exit 7")
