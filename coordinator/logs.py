@@ -16,17 +16,19 @@ def configure(level: str = "info", json: bool | None = None, stream=sys.stderr) 
     renderer = (structlog.processors.JSONRenderer() if use_json
                 else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*_enrich(), renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+
+def _enrich() -> list:
+    """What every entry carries, whichever way it is rendered."""
+    return [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info]
 
 
 TERMINAL_FORMATS = ("plain", "console", "json")
@@ -40,13 +42,7 @@ def configure_daemon(level: str, log_file: Path, terminal: str = "plain",
     file = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (process-long)
     sink = _DaemonSink(file, terminal, stream)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            lambda _logger, _name, event: ((event,), {}),
-        ],
+        processors=[*_enrich(), lambda _logger, _name, event: ((event,), {})],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *_args: sink,
         cache_logger_on_first_use=False,
