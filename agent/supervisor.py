@@ -20,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import control as control_lines
 from agent.fence import write_fence
+from agent.lifeline import Lifeline
 from agent.outbox import Outbox
 from agent.warm import WarmPool
 from coord.v1 import agent_pb2, types_pb2
@@ -35,6 +36,7 @@ class Worker:
     generation: int
     rank: int
     process: asyncio.subprocess.Process
+    lifeline: Lifeline  # closed when the worker exits (see agent/lifeline.py)
     keep_warm: bool = False  # see StartWorkers.keep_warm
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -151,17 +153,14 @@ class Supervisor:
                          job_dir: Path) -> None:
         env = worker_env({**spec.env, "COORD_SNAPSHOT_DIR": self._snapshot_dir(spec)})
         try:
-            proc = self.warm and await self.warm.take(msg.command, job_dir, env)
-            warm = proc is not None
-            proc = proc or await asyncio.create_subprocess_exec(
-                "bash", "-c", msg.command, cwd=job_dir, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE)
+            taken = self.warm and await self.warm.take(msg.command, job_dir, env)
+            warm = taken is not None
+            proc, lifeline = taken or await _spawn_cold(msg.command, job_dir, env)
         except OSError as exc:
             self._report(msg.job_id, msg.generation, spec.rank,
                          agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
             return
-        worker = Worker(msg.job_id, msg.generation, spec.rank, proc, msg.keep_warm)
+        worker = Worker(msg.job_id, msg.generation, spec.rank, proc, lifeline, msg.keep_warm)
         self.workers[(msg.job_id, msg.generation, spec.rank)] = worker
         log.info("worker.started", job=msg.job_id, generation=msg.generation, rank=spec.rank,
                  pid=proc.pid, warm=warm)
@@ -185,6 +184,7 @@ class Supervisor:
             self._pump(proc.stderr, worker.job_id, worker.generation, worker.rank,
                        types_pb2.LOG_STREAM_STDERR))
         code = await proc.wait()
+        worker.lifeline.close()
         worker.done.set()
         log.info("worker.exited", job=worker.job_id, generation=worker.generation,
                  rank=worker.rank, code=code)
@@ -230,6 +230,14 @@ class Supervisor:
                 del self._exits[next(iter(self._exits))]
         self.outbox.put(agent_pb2.AgentMessage(worker_state=change))
 
+    def reconfigure(self, msg: agent_pb2.Reconfigure) -> None:
+        """coordd re-formed the job's replicas in place: tell its running workers."""
+        dropped = [r for r in msg.env.get("COORD_DROPPED_REPLICAS", "").split(",") if r]
+        log.info("agent.reformed", job=msg.job_id, generation=msg.generation, dropped=dropped)
+        for worker in self.workers.values():
+            if worker.job_id == msg.job_id and not worker.done.is_set():
+                worker.lifeline.send("reformed", generation=msg.generation, dropped=dropped)
+
     # stop ----------------------------------------------------------------------------
     async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:
         """Stop the workers of `job_id` (every job when None) of `generation` or older."""
@@ -273,6 +281,22 @@ def worker_env(job_env: dict[str, str]) -> dict[str, str]:
     path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
     return {**inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
+
+
+async def _spawn_cold(command: str, job_dir: Path,
+                      env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Lifeline]:
+    lifeline = Lifeline()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, cwd=job_dir, env={**env, **lifeline.env()},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE,
+            pass_fds=(lifeline.read_fd,))
+    except OSError:
+        lifeline.close()
+        raise
+    lifeline.spawned()
+    return proc, lifeline
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

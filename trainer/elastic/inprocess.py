@@ -48,7 +48,8 @@ from agent import control
 from .bound import BoundObjects
 from .checkpoint import CheckpointStore
 from .errors import EnvironmentConfigError
-from .ftglue import make_manager
+from . import lifeline
+from .ftglue import Fence, make_manager
 from .logs import get_logger
 from .loop import Step
 from .sampler import GlobalSampler, plan_micro_batches
@@ -175,7 +176,9 @@ class InProcessContext(BoundObjects):
         self._leaving = False  # this replica said so in the last step's all-reduce
         self._manager = None
         self._store = None
+        self._fence = Fence()  # replicas coordd dropped, told through the lifeline
         self._log = log.bind(replica=env.replica, generation=env.generation)
+        lifeline.watch(self._on_lifeline)
 
     @property
     def rank(self) -> int | None:
@@ -227,8 +230,13 @@ class InProcessContext(BoundObjects):
             min_replicas=self.env.min_replicas, device=self.device,
             timeout_s=self.config.timeout_s, quorum_timeout_s=self.config.quorum_timeout_s,
             stall_s=self.config.stall_s,
-            load_state=self._load_state, state=self._state_dict)
+            load_state=self._load_state, state=self._state_dict, fence=self._fence)
         return manager
+
+    def _on_lifeline(self, message: dict[str, Any]) -> None:
+        """coordd re-formed the replicas (lifeline thread): the dropped ones no longer count."""
+        if message.get("kind") == "reformed" and message.get("dropped"):
+            self._fence.drop(message["dropped"])
 
     def _state_dict(self) -> dict[str, Any]:
         model, optimizer, scheduler = self._require_bound()
@@ -323,11 +331,14 @@ class InProcessContext(BoundObjects):
                             device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                           for p in params] + [tail])
-        self._manager.allreduce(flat).wait()
+        self._fence.wait(self._manager.allreduce(flat))
         if self.state.step < self._floor:
             self._manager.report_error(RuntimeError(
                 f"joined at step {self.state.step}, below the durable step {self._floor}: "
                 "waiting to heal from a replica that holds the job's state"))
+        if dropped := self._fence.counts_dropped():
+            self._manager.report_error(RuntimeError(
+                f"the quorum has replicas coord dropped ({', '.join(dropped)}): not counted"))
         committed = self._manager.should_commit()
         if committed:
             _unflatten_into_grads(flat, params)
