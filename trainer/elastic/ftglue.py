@@ -52,10 +52,12 @@ class Fence:
         self._dropped: set[str] = set()
         self._members: set[str] = set()
         self._waiting: threading.Event | None = None  # set to stop waiting for an all-reduce
-        self.close_group: Callable[[], None] = lambda: None  # set by make_manager
+        # Leaves this replica's group, with a collective pending in it (make_manager).
+        self.close_group: Callable[[], None] = lambda: None
 
     def drop(self, replicas: Iterable[str]) -> None:
-        """Never count these again; close this replica's group now if one is in it."""
+        """Never count these again; stop waiting for a collective now if one is in it (the
+        step is then discarded and the group left)."""
         with self._lock:
             self._dropped.update(replicas)
             hit = sorted(self._dropped & self._members)
@@ -63,8 +65,7 @@ class Fence:
                 self._waiting.set()
         if hit:
             log.warning("quorum.member_dropped", replicas=hit,
-                        action="leaving this replica's group: coord dropped a member")
-            self.close_group()
+                        action="this step is discarded and redone without it")
 
     def wait(self, work: Any) -> None:
         """Wait for `work` (torchft's managed all-reduce) to end, or for coord to drop a member
@@ -88,6 +89,8 @@ class Fence:
                 self._waiting = None
         if inner.get_future().done():
             work.wait()  # torchft's continuations and error reporting
+        else:
+            self.close_group()  # the collective is given up: the group cannot be used again
 
     def quorum(self, replica_ids: Iterable[str]) -> None:
         """The quorum torchft is about to configure the next group for."""
@@ -205,21 +208,19 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
     return manager, store
 
 
+# Groups left with a collective pending in them. They are kept, not closed: closing a gloo
+# group (or freeing it) waits for its collective to end, with a frozen peer until the
+# collective's timeout, and holds up every thread of the process meanwhile. A frozen peer is
+# rare; the few groups it leaves behind cost some idle sockets.
+_ABANDONED: list[Any] = []
+
+
 def _abandon_group(pg: Any) -> None:
     """Take this replica's group out of use at once; torchft makes a new one at the next
-    quorum. Closing a gloo group waits for the collective in it to end (with a frozen peer:
-    its timeout), so that is left to a thread of its own."""
-    old, pg._pg = pg._pg, None
-    if old is not None:
-        threading.Thread(target=_close_quietly, args=(old,), name="coord-abandoned-group",
-                         daemon=True).start()
-
-
-def _close_quietly(group: Any) -> None:
-    try:
-        group.abort()
-    except Exception as exc:  # an abandoned group: nothing depends on how it ends
-        log.info("quorum.abandoned_group", error=repr(exc))
+    quorum."""
+    if pg._pg is not None:
+        _ABANDONED.append(pg._pg)
+        pg._pg = None
 
 
 def _close_group(pg: Any, stall_s: float) -> None:
