@@ -10,6 +10,8 @@ the agent holds the write end. Two things travel on it:
   nobody counts until a timeout ends it. Nothing else on a node learns of the agent's death
   as fast or as surely: no heartbeat to tune, no polling, and no way for a stale process to
   miss it.
+- the agent's liveness: it writes a ping every PING_S, so a worker whose agent hangs (a frozen
+  or stuck agent: coordd drops the node) leaves too, after a silence of several pings;
 - messages from coordd about the running replicas (one JSON object a line), such as which
   replicas coordd dropped from the membership: the library refuses to count them and stops
   waiting on them at once (see trainer/elastic/lifeline.py).
@@ -29,6 +31,7 @@ import structlog
 
 log = structlog.get_logger("agent.lifeline")
 ENV = "COORD_LIFELINE_FD"
+PING_S = 1.0  # the worker side (trainer/elastic/lifeline.py) allows a silence of several
 
 
 class Lifeline:
@@ -52,7 +55,9 @@ class Lifeline:
         line = json.dumps({"kind": kind, **data}).encode() + b"\n"
         try:
             os.write(self._write_fd, line)
-        except (BlockingIOError, BrokenPipeError, OSError) as exc:
+        except BlockingIOError:  # a worker that does not read: nothing waits for it
+            pass
+        except OSError as exc:
             log.info("lifeline.not_sent", kind=kind, error=str(exc))
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import control as control_lines
 from agent.fence import write_fence
-from agent.lifeline import Lifeline
+from agent.lifeline import PING_S, Lifeline
 from agent.outbox import Outbox
 from agent.warm import WarmPool
 from coord.v1 import agent_pb2, types_pb2
@@ -61,6 +61,7 @@ class Supervisor:
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
         self.warm = WarmPool(MAX_LINE, worker_env({})) if WarmPool.enabled() else None
+        self._pinging: asyncio.Task | None = None
 
     def prewarm(self) -> None:
         """Start a warm worker interpreter while this node is idle (if enabled)."""
@@ -162,6 +163,8 @@ class Supervisor:
             return
         worker = Worker(msg.job_id, msg.generation, spec.rank, proc, lifeline, msg.keep_warm)
         self.workers[(msg.job_id, msg.generation, spec.rank)] = worker
+        if self._pinging is None:
+            self._pinging = asyncio.get_running_loop().create_task(self._ping())
         log.info("worker.started", job=msg.job_id, generation=msg.generation, rank=spec.rank,
                  pid=proc.pid, warm=warm)
         self._report(msg.job_id, msg.generation, spec.rank, agent_pb2.WORKER_PHASE_RUNNING,
@@ -230,6 +233,13 @@ class Supervisor:
                 del self._exits[next(iter(self._exits))]
         self.outbox.put(agent_pb2.AgentMessage(worker_state=change))
 
+    async def _ping(self) -> None:
+        """Tell every worker this agent still runs (see agent/lifeline.py)."""
+        while True:
+            for worker in list(self.workers.values()):
+                worker.lifeline.send("ping")
+            await asyncio.sleep(PING_S)
+
     def reconfigure(self, msg: agent_pb2.Reconfigure) -> None:
         """coordd re-formed the job's replicas in place: tell its running workers."""
         dropped = [r for r in msg.env.get("COORD_DROPPED_REPLICAS", "").split(",") if r]
@@ -263,7 +273,7 @@ class Supervisor:
         if self.warm is not None:
             await self.warm.close()
         await self.stop(None, 2**62, grace_s)
-        for task in list(self._tasks):
+        for task in [*self._tasks, *filter(None, [self._pinging])]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for path in self._snapshot_dirs:  # the node is leaving: its memory goes with it

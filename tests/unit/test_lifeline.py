@@ -65,3 +65,21 @@ def test_a_worker_that_never_reads_never_blocks_its_agent():
 def test_outside_coord_nothing_is_watched():
     from trainer.elastic import lifeline
     assert lifeline.watch(environ={}) is False
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_agent_hangs_leaves_after_the_silence():
+    line = Lifeline()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from trainer.elastic import lifeline; lifeline.SILENCE_S = 1.0\n"
+         + WORKER.replace("from trainer.elastic import lifeline\n", "")],
+        env={**line.env(), "PATH": ""}, pass_fds=(line.read_fd,), stdout=subprocess.PIPE,
+        text=True, cwd=sys.path[0] or None)
+    line.spawned()
+    assert proc.stdout.readline().strip() == "watching"
+    for _ in range(3):  # pings keep it
+        line.send("ping")
+        time.sleep(0.5)
+    assert proc.poll() is None
+    assert proc.wait(10) == AGENT_LOST_EXIT  # an agent that hangs sends nothing
+    line.close()

@@ -3,7 +3,7 @@
 The agent hands each worker the read end of a pipe only it can write to; its descriptor
 number is in COORD_LIFELINE_FD. One thread reads it:
 
-- end-of-file: the agent is gone (killed, crashed). coordd no longer counts this node, so a
+- end-of-file, or no ping for SILENCE_S: the agent is gone (killed, crashed) or hangs. coordd no longer counts this node, so a
   replica here must not take part in another step: the worker exits at once with
   AGENT_LOST_EXIT, from whatever it was doing. Exiting is the one stop that works at any
   moment (in a collective, waiting for a quorum, in the user's code), and it loses nothing:
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import stat
 import threading
 from collections.abc import Callable, Mapping
@@ -33,6 +34,9 @@ log = get_logger(__name__)
 ENV = "COORD_LIFELINE_FD"
 # EX_UNAVAILABLE from sysexits.h: the service this worker depends on (its agent) is gone.
 AGENT_LOST_EXIT = 69
+# The agent pings every second (agent/lifeline.py); this much silence is an agent that hangs,
+# whose node coordd drops, not a busy one.
+SILENCE_S = 10.0
 
 Handler = Callable[[dict[str, Any]], None]
 _handlers: dict[str, Handler] = {}
@@ -73,21 +77,31 @@ def _pipe_fd(raw: str) -> int | None:
 
 
 def _read(fd: int) -> None:
-    with os.fdopen(fd, "rb") as pipe:
-        for line in pipe:
-            try:
-                message = json.loads(line)
-                with _lock:
-                    handler = _handlers["message"]
-                handler(message)
-            except Exception as exc:  # a bad line or handler must not end the watch
-                log.warning("lifeline_message_failed", error=repr(exc))
-    agent_lost()
+    pending = b""
+    while select.select([fd], [], [], SILENCE_S)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            agent_lost("is gone")
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            _handle(line)
+    agent_lost(f"sent nothing for {SILENCE_S:g} s")
 
 
-def agent_lost() -> None:
+def _handle(line: bytes) -> None:
+    try:
+        message = json.loads(line)
+        if message.get("kind") != "ping":
+            with _lock:
+                handler = _handlers["message"]
+            handler(message)
+    except Exception as exc:  # a bad line or handler must not end the watch
+        log.warning("lifeline_message_failed", error=repr(exc))
+
+
+def agent_lost(how: str) -> None:
     """Leave now: this replica is outside the job's membership."""
     with contextlib.suppress(Exception):  # its output went to the agent: maybe nowhere now
         log.error("agent_lost", action=f"exiting with {AGENT_LOST_EXIT}: this worker's agent "
-                                       "is gone, so coord no longer counts it")
+                                       f"{how}, so coord no longer counts it")
     os._exit(AGENT_LOST_EXIT)
