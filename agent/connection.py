@@ -129,6 +129,8 @@ class Connection:
                          reason=stop.reason)
                 self.supervisor.spawn(self.supervisor.stop(stop.job_id, stop.generation,
                                                            stop.grace_s))
+            case "reconfigure":
+                self.supervisor.reconfigure(message.reconfigure)
             case "drain":
                 log.info("agent.drain", reason=message.drain.reason)
                 await self.supervisor.close(message.drain.grace_s or self.stop_grace_s)

@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent import control as control_lines
 from agent.fence import write_fence
+from agent.lifeline import PING_S, Lifeline
 from agent.outbox import Outbox
 from agent.scratch import Scratch, snapshot_root
 from agent.warm import WarmPool
@@ -35,6 +36,7 @@ class Worker:
     generation: int
     rank: int
     process: asyncio.subprocess.Process
+    lifeline: Lifeline  # closed when the worker exits (see agent/lifeline.py)
     keep_warm: bool = False  # see StartWorkers.keep_warm
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -63,6 +65,7 @@ class Supervisor:
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
         self.warm = (WarmPool(MAX_LINE, worker_env({}, workers=1, cpus=cpus))
                      if WarmPool.enabled() else None)
+        self._pinging: asyncio.Task | None = None
 
     def prewarm(self) -> None:
         """Start a warm worker interpreter while this node is idle (if enabled)."""
@@ -157,18 +160,17 @@ class Supervisor:
                          workers=int(spec.env.get("LOCAL_WORLD_SIZE") or len(msg.workers)),
                          cpus=self.cpus)
         try:
-            proc = self.warm and await self.warm.take(msg.command, job_dir, env)
-            warm = proc is not None
-            proc = proc or await asyncio.create_subprocess_exec(
-                "bash", "-c", msg.command, cwd=job_dir, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE)
+            taken = self.warm and await self.warm.take(msg.command, job_dir, env)
+            warm = taken is not None
+            proc, lifeline = taken or await _spawn_cold(msg.command, job_dir, env)
         except OSError as exc:
             self._report(msg.job_id, msg.generation, spec.rank,
                          agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=str(exc))
             return
-        worker = Worker(msg.job_id, msg.generation, spec.rank, proc, msg.keep_warm)
+        worker = Worker(msg.job_id, msg.generation, spec.rank, proc, lifeline, msg.keep_warm)
         self.workers[(msg.job_id, msg.generation, spec.rank)] = worker
+        if self._pinging is None:
+            self._pinging = asyncio.get_running_loop().create_task(self._ping())
         log.info("worker.started", job=msg.job_id, generation=msg.generation, rank=spec.rank,
                  pid=proc.pid, warm=warm)
         self._report(msg.job_id, msg.generation, spec.rank, agent_pb2.WORKER_PHASE_RUNNING,
@@ -201,6 +203,7 @@ class Supervisor:
             self._pump(proc.stderr, worker.job_id, worker.generation, worker.rank,
                        types_pb2.LOG_STREAM_STDERR))
         code = await proc.wait()
+        worker.lifeline.close()
         worker.done.set()
         log.info("worker.exited", job=worker.job_id, generation=worker.generation,
                  rank=worker.rank, code=code)
@@ -246,6 +249,21 @@ class Supervisor:
                 del self._exits[next(iter(self._exits))]
         self.outbox.put(agent_pb2.AgentMessage(worker_state=change))
 
+    async def _ping(self) -> None:
+        """Tell every worker this agent still runs (see agent/lifeline.py)."""
+        while True:
+            for worker in list(self.workers.values()):
+                worker.lifeline.send("ping")
+            await asyncio.sleep(PING_S)
+
+    def reconfigure(self, msg: agent_pb2.Reconfigure) -> None:
+        """coordd re-formed the job's replicas in place: tell its running workers."""
+        dropped = [r for r in msg.env.get("COORD_DROPPED_REPLICAS", "").split(",") if r]
+        log.info("agent.reformed", job=msg.job_id, generation=msg.generation, dropped=dropped)
+        for worker in self.workers.values():
+            if worker.job_id == msg.job_id and not worker.done.is_set():
+                worker.lifeline.send("reformed", generation=msg.generation, dropped=dropped)
+
     # stop ----------------------------------------------------------------------------
     async def stop(self, job_id: str | None, generation: int, grace_s: float) -> None:
         """Stop the workers of `job_id` (every job when None) of `generation` or older."""
@@ -271,7 +289,7 @@ class Supervisor:
         if self.warm is not None:
             await self.warm.close()
         await self.stop(None, 2**62, grace_s)
-        for task in list(self._tasks):
+        for task in [*self._tasks, *filter(None, [self._pinging])]:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for job_id, node_id in self._scratch_of:  # the node is leaving: its memory goes too
@@ -305,6 +323,22 @@ def thread_env(env: dict[str, str], workers: int, cpus: int | None) -> dict[str,
     if cpus is not None:
         return {"OMP_NUM_THREADS": str(max(1, cpus // max(1, workers)))}
     return {"OMP_NUM_THREADS": "1"} if workers > 1 else {}
+
+
+async def _spawn_cold(command: str, job_dir: Path,
+                      env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Lifeline]:
+    lifeline = Lifeline()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, cwd=job_dir, env={**env, **lifeline.env()},
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, process_group=0, limit=MAX_LINE,
+            pass_fds=(lifeline.read_fd,))
+    except OSError:
+        lifeline.close()
+        raise
+    lifeline.spawned()
+    return proc, lifeline
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

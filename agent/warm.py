@@ -27,6 +27,8 @@ from pathlib import Path
 
 import structlog
 
+from agent.lifeline import Lifeline
+
 log = structlog.get_logger("agent.warm")
 ENABLE_ENV = "COORD_AGENT_WARM_START"
 _PLAIN = re.compile(r"^[\w./=:,+@%-]+$")  # an argument with nothing bash would expand
@@ -84,6 +86,7 @@ class WarmPool:
         never the agent's token, which would stay readable in /proc/PID/environ)."""
         self.stream_limit, self.env = stream_limit, env
         self._ready: asyncio.subprocess.Process | None = None
+        self._lifeline: Lifeline | None = None  # the ready interpreter's (see agent/lifeline.py)
         self._filling: asyncio.Task | None = None
 
     @staticmethod
@@ -95,18 +98,24 @@ class WarmPool:
             self._filling = asyncio.get_running_loop().create_task(self._spawn())
 
     async def _spawn(self) -> None:
+        lifeline = Lifeline()  # inherited now: a descriptor cannot be handed over later
         try:
             self._ready = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", WARM_MAIN, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=self.env, process_group=0,
+                env=self.env, process_group=0, pass_fds=(lifeline.read_fd,),
                 limit=self.stream_limit)
         except OSError as exc:
+            lifeline.close()
             log.warning("warm.spawn_failed", error=str(exc))
+            return
+        lifeline.spawned()
+        self._lifeline = lifeline
 
-    async def take(self, command: str, cwd: Path,
-                   env: dict[str, str]) -> asyncio.subprocess.Process | None:
-        """The warm process, now running `command`; None if the command must start cold."""
+    async def take(self, command: str, cwd: Path, env: dict[str, str]
+                   ) -> tuple[asyncio.subprocess.Process, Lifeline] | None:
+        """The warm process, now running `command`, and its lifeline; None if the command
+        must start cold."""
         argv = warm_argv(command)
         if argv is None:
             return None
@@ -115,14 +124,18 @@ class WarmPool:
             return None
         if self._filling is not None:
             await self._filling
-        proc, self._ready = self._ready, None
-        if proc is None or proc.returncode is not None or proc.stdin is None:
+        proc, lifeline = self._ready, self._lifeline
+        self._ready = self._lifeline = None
+        if proc is None or lifeline is None or proc.returncode is not None or proc.stdin is None:
+            if lifeline is not None:
+                lifeline.close()
             return None
-        proc.stdin.write(json.dumps({"cwd": str(cwd), "env": env, "argv": argv}).encode() + b"\n")
+        spec = {"cwd": str(cwd), "env": {**env, **lifeline.env()}, "argv": argv}
+        proc.stdin.write(json.dumps(spec).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
         proc.stdin.close()
-        return proc  # no refill now: importing torch would compete with this worker's start
+        return proc, lifeline  # no refill now: importing torch would compete with its start
 
     async def close(self) -> None:
         if self._filling is not None:
@@ -132,3 +145,5 @@ class WarmPool:
             with contextlib.suppress(ProcessLookupError):
                 self._ready.kill()
             await self._ready.wait()
+        if self._lifeline is not None:
+            self._lifeline.close()

@@ -11,6 +11,8 @@ Runs examples/elastic/train.py's job on 3 single-process "nodes" on loopback:
     (what the torchft row kills): coordd restarts it in place, from the warm interpreter the
     agents keep beside running replicas (on by default on real machines; here set for this
     row, --cold turns it off);
+  * coord in both modes with a node frozen (SIGSTOP) instead of killed (rows "...-frozen"):
+    the survivors' stall is coordd's heartbeat timeout plus the re-formation or restart;
   * raw torchft 0.2.0 (bench/torchft_job.py: a `torchft_lighthouse`, three replica processes
     each with a Manager and ProcessGroupGloo), restarted by hand the way a torchft user would;
 SIGKILLs one node that does not host the rendezvous (its launcher or agent, and its worker)
@@ -300,6 +302,34 @@ def run_coord_inprocess_worker(a: argparse.Namespace, work: Path) -> Result:
         final = client.wait(job_id, timeout=a.give_up_s)
         return measure_in_place("coord-inprocess-worker", ckpt, killed_at,
                                 final.state is JobState.SUCCEEDED, extra)
+
+
+def run_coord_frozen(a: argparse.Namespace, work: Path, mode: str = "restart") -> Result:
+    """SIGSTOP a node (its agent and worker: a frozen host whose sockets stay open). The
+    survivors wait in a collective on it until coordd drops it, its heartbeats missing for
+    `heartbeat_timeout_s` (coordd's default), and has their collective abandoned; SIGCONT once
+    training goes on. The stall ends at the second step after the freeze (the step in flight
+    may still be committed)."""
+    with coord_job(a, work, mode, train_args(a)) as (cluster, client, job_id, ckpt):
+        wait_step(ckpt, a.kill_at, 120)
+        victim = client.get(job_id).node_ids[-1]
+        frozen_at = time.time()
+        cluster.kill_node(victim, signal.SIGSTOP)
+        try:
+            wait_for(lambda: steps_after(ckpt, frozen_at, nth=2), a.give_up_s, interval=0.01,
+                     what="the survivors to train again")
+        finally:
+            cluster.kill_node(victim, signal.SIGCONT)
+        finished = client.wait(job_id, timeout=a.give_up_s).state == 5
+        if mode == "inprocess":
+            result = measure_in_place("coord-inprocess-frozen", ckpt, frozen_at, finished, {})
+            result.recovery_s = steps_after(ckpt, frozen_at, nth=2)
+            return result
+        return measure("coord-frozen", ckpt, frozen_at, finished)
+
+
+def run_coord_inprocess_frozen(a: argparse.Namespace, work: Path) -> Result:
+    return run_coord_frozen(a, work, mode="inprocess")
 
 
 def _worker_pids(agent_pid: int, job_id: str) -> list[int]:
@@ -603,7 +633,8 @@ RUNNERS: dict[str, Callable[[argparse.Namespace, Path], Result]] = {
     "torchrun": run_torchrun_default, "torchrun-tuned": run_torchrun_tuned,
     "coord": run_coord, "coord-inprocess": run_coord_inprocess,
     "coord-inprocess+spare": run_coord_inprocess_spare,
-    "coord-inprocess-worker": run_coord_inprocess_worker, "torchft": run_torchft}
+    "coord-inprocess-worker": run_coord_inprocess_worker, "torchft": run_torchft,
+    "coord-frozen": run_coord_frozen, "coord-inprocess-frozen": run_coord_inprocess_frozen}
 
 
 if __name__ == "__main__":

@@ -247,10 +247,19 @@ class NodeRegistry:
         session.send(message)
         return True
 
-    async def stop_workers(self, node_id: str, job_id: str, generation: int, reason: str) -> None:
+    async def stop_workers(self, node_id: str, job_id: str, generation: int, reason: str,
+                           grace_s: float | None = None) -> None:
+        grace = self.settings.stop_grace_s if grace_s is None else grace_s
         self.send(node_id, agent_pb2.CoordinatorMessage(stop=agent_pb2.StopWorkers(
-            job_id=job_id, generation=generation, grace_s=self.settings.stop_grace_s,
-            reason=reason)))
+            job_id=job_id, generation=generation, grace_s=grace, reason=reason)))
+
+    def tell_reformed(self, node_id: str, job_id: str, generation: int,
+                      dropped: list[str]) -> None:
+        """In-process mode: the node's running replicas learn which replicas coordd dropped
+        (agent -> worker lifeline), so none counts them or waits on them any longer."""
+        self.send(node_id, agent_pb2.CoordinatorMessage(reconfigure=agent_pb2.Reconfigure(
+            job_id=job_id, generation=generation,
+            env={"COORD_DROPPED_REPLICAS": ",".join(dropped)})))
 
     # watchdog ------------------------------------------------------------------------
     async def watch(self) -> None:

@@ -32,10 +32,10 @@ TABLE: tuple[Variable, ...] = (
     # coord's
     *_rows("coordd", True, "COORD_JOB_ID", "COORD_JOB_NAME", "COORD_GENERATION",
            "COORD_NODE_ID", "COORD_NODE_HOST", "COORD_CHECKPOINT_DIR"),
-    *_rows("agent", True, "COORD_SNAPSHOT_DIR"),
+    *_rows("agent", True, "COORD_SNAPSHOT_DIR", "COORD_LIFELINE_FD"),
     # in-process (torchft) workers only
     *_rows("coordd", True, "REPLICA_GROUP_ID", "TORCHFT_LIGHTHOUSE", "TORCHFT_QUORUM_RETRIES",
-           "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS"),
+           "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS", "COORD_FT_REPLICAS"),
     # defaults a job may override in its [env]
     *_rows("coordd", False, "RUST_LOG"),
     *_rows("agent", False, "OMP_NUM_THREADS", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TMPDIR",

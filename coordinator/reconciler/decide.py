@@ -16,6 +16,10 @@ from coordinator.states import JobState, NodeState
 GONE_STATES = (NodeState.LOST, NodeState.GONE)
 # After asking workers to stop, wait this much beyond their grace before starting anyway.
 STOP_SLACK_S = 5.0
+# A generation that lost a member is stopped without a grace: its workers cannot agree on a
+# step boundary without that member (a frozen one leaves them in a collective until its
+# timeout), and what they would commit is already in their per-step snapshots.
+LOST_MEMBER_GRACE_S = 0.0
 
 
 def decide(view: JobView, now: float) -> list[Action]:
@@ -107,7 +111,7 @@ def _running(view: JobView, now: float) -> list[Action]:
     if lost:
         reason = f"lost node{'s' if len(lost) > 1 else ''} {', '.join(lost)}"
         return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_lost"),
-                StopGeneration(reason)] + _replenish(view)
+                StopGeneration(reason, LOST_MEMBER_GRACE_S)] + _replenish(view)
     leaving = [m for m in view.members if view.nodes[m].state == NodeState.DRAINING]
     if leaving:  # graceful: every rank stops at one step boundary and commits it
         reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"

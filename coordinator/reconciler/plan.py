@@ -23,6 +23,7 @@ class StartGeneration:
 @dataclasses.dataclass(frozen=True)
 class StopGeneration:
     reason: str
+    grace_s: float | None = None  # SIGTERM to SIGKILL; None: coordd's stop_grace_s
 
 
 @dataclasses.dataclass(frozen=True)

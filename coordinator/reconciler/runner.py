@@ -230,8 +230,8 @@ class JobRunner:
                 await self._transition(action)
             case plan.StartGeneration():
                 await self._start_generation(action)
-            case plan.StopGeneration(reason):
-                await self._stop_generation(reason)
+            case plan.StopGeneration(reason, grace_s):
+                await self._stop_generation(reason, grace_s)
             case plan.Reform():
                 await self._reform(action)
             case plan.StopNodes(node_ids, reason):
@@ -326,9 +326,12 @@ class JobRunner:
         self.record.node_ids = members
         await self.m.store.save_job(self.record)
         next_slot = self.view.next_slot
+        replaced = sorted(set(old_members) - (set(members) - set(action.added)))
+        # A replica's name as the trainer gives it to torchft: NODE_RANK.
+        dropped = [f"{n}_{rank}" for n in replaced for rank in self.view.ranks_of(n)]
         # Dropped members, and members whose workers restart in place: their old ranks'
         # exits and slots go (a restarted replica never reuses a rank).
-        for node_id in set(old_members) - (set(members) - set(action.added)):
+        for node_id in replaced:
             for rank in self.view.ranks_of(node_id):
                 self.view.exits.pop(rank, None)
             self.view.slots.pop(node_id, None)
@@ -345,18 +348,23 @@ class JobRunner:
             added=list(action.added), world_size=len(members) * self.spec.nproc_per_node,
             worker_generation=self.launch_generation, slots=dict(self.view.slots))
         self.m.metrics.reconfigurations.labels(action.cause).inc()
+        for node_id in members:
+            if dropped and node_id not in action.added:
+                self.m.nodes.tell_reformed(node_id, self.record.id, self.record.generation,
+                                           dropped)
         if action.added:
             await self.m.launch(self.record, self.spec, self.view, self.launch_generation,
                                 action.added)
 
-    async def _stop_generation(self, reason: str) -> None:
+    async def _stop_generation(self, reason: str, grace_s: float | None) -> None:
         self.view.stopping_since = time.time()
         live = [m for m in self.view.members
                 if self.view.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
         await self.event("generation.stopping", f"stopping generation {self.view.generation}: "
                          f"{reason}", nodes=live)
         for node_id in live:
-            await self.m.nodes.stop_workers(node_id, self.record.id, self.view.generation, reason)
+            await self.m.nodes.stop_workers(node_id, self.record.id, self.view.generation, reason,
+                                            grace_s)
 
     async def _acquire(self, count: int) -> None:
         try:

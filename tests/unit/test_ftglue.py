@@ -117,3 +117,26 @@ def test_the_watchdog_is_armed_afresh_for_every_quorum():
     for step in range(3):  # 0.18 s of quorums in all, none pending 0.1 s
         wrapped._quorum(step=step)
     assert stalls == []
+
+
+@pytest.mark.timeout(10)
+def test_a_member_coord_drops_ends_the_wait_for_its_collective_and_is_never_counted():
+    """A frozen peer holds a collective until its timeout; once coordd says it dropped that
+    replica, this replica stops waiting at once and commits nothing with it in the quorum."""
+    import torch
+
+    from trainer.elastic.ftglue import Fence
+
+    fence, closed = Fence(), []
+    fence.close_group = lambda: closed.append(True)
+    fence.quorum(["a_0:uuid1", "b_1:uuid2"])
+    never = torch.futures.Future()  # the collective a frozen peer holds up
+    pending = SimpleNamespace(_work=SimpleNamespace(get_future=lambda: never))
+    threading.Timer(0.2, fence.drop, args=(["b_1"],)).start()
+    started = time.monotonic()
+    fence.wait(pending)
+    assert time.monotonic() - started < 2.0
+    assert closed == [True]  # the group with the given-up collective is left
+    assert fence.counts_dropped() == ["b_1"]
+    fence.quorum(["a_0:uuid1", "c_2:uuid3"])  # re-formed without it
+    assert fence.counts_dropped() == []

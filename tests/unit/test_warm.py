@@ -45,8 +45,9 @@ async def test_a_warm_interpreter_runs_the_script_with_its_argv_cwd_and_env(tmp_
         "print(sys.argv[1:], os.getcwd(), os.environ['ONLY'], 'torch' in sys.modules)\n"
         "sys.exit(3)\n")
     async with filled_pool() as pool:
-        proc = await pool.take("python job.py --a 1", tmp_path, worker_env({"ONLY": "this"}))
-        assert proc is not None
+        taken = await pool.take("python job.py --a 1", tmp_path, worker_env({"ONLY": "this"}))
+        assert taken is not None
+        proc, _ = taken
         out = (await proc.stdout.read()).decode()
         assert await proc.wait() == 3
         assert out.strip() == f"['--a', '1'] {tmp_path} this True"
@@ -64,8 +65,9 @@ async def test_a_warm_interpreter_runs_a_module_and_never_holds_the_agent_token(
         "initial = open('/proc/self/environ', 'rb').read()\n"
         "print(sys.argv[1:], b'agent-secret' in initial, 'COORD_TOKEN' in os.environ)\n")
     async with filled_pool() as pool:  # after setenv: the agent's environment has the token
-        proc = await pool.take("python -m pkg.main --x 2", tmp_path, worker_env({}))
-        assert proc is not None
+        taken = await pool.take("python -m pkg.main --x 2", tmp_path, worker_env({}))
+        assert taken is not None
+        proc, _ = taken
         out = (await proc.stdout.read()).decode()
         assert await proc.wait() == 0, (await proc.stderr.read()).decode()
         assert out.strip() == "['--x', '2'] False False"
@@ -91,8 +93,9 @@ async def test_a_warm_worker_logs_at_the_jobs_rust_log_level(tmp_path):
         "time.sleep(0.5)  # it logs from its own thread\n"
         "server.shutdown()\n")
     async with filled_pool() as pool:
-        proc = await pool.take("python job.py", tmp_path, worker_env({"RUST_LOG": "warn"}))
-        assert proc is not None
+        taken = await pool.take("python job.py", tmp_path, worker_env({"RUST_LOG": "warn"}))
+        assert taken is not None
+        proc, _ = taken
         _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()
         assert "[INFO]" not in err.decode()  # "Lighthouse listening on ..." is at info

@@ -38,7 +38,7 @@ from .logs import get_logger
 from .loop import Step
 from .policy import BATCH_POLICIES, BatchPlan, BatchPolicyName, plan_batch, rescale_lr
 from .sampler import GlobalSampler, plan_micro_batches
-from . import peerloss
+from . import lifeline, peerloss
 from .snapshot import SnapshotStore
 from .state import TrainState, apply_payload, build_payload
 from .steplog import StepLog
@@ -88,6 +88,7 @@ def init(config: ElasticConfig | None = None,
     config = config or ElasticConfig()
     env = WorkerEnv.from_environ(environ)
     peerloss.install()
+    lifeline.watch(environ=environ)
     stop = StopFlag()
     stop.install(config.stop_signals)
     try:

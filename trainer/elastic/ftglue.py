@@ -18,6 +18,12 @@ leaves the replicas it answered all-reducing in their old group, waiting for one
 answer, which waits for a quorum that needs them (they stalled for the whole collective
 timeout, 10 s). A replica whose quorum is pending `stall_s` therefore closes its old group:
 whoever waits in a collective on it fails at once, and the step is redone in a new quorum.
+
+The Lighthouse counts every replica that heartbeats; coordd's membership is what counts. A
+`Fence` holds the replicas coordd dropped (told through the worker's lifeline): no step is
+committed in a quorum that has one, and when one is dropped while it is in this replica's
+group, this replica stops waiting in the collective (a frozen peer would hold it there until
+the collective's timeout) and leaves the group, so the step is redone in a new quorum.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -36,12 +43,73 @@ from .logs import get_logger, quiet_torchft
 log = get_logger(__name__)
 
 
+class Fence:
+    """Replicas coordd dropped from the job's membership, against the last quorum's members.
+    Replica names are `make_manager`'s `replica_id`s (torchft adds ":uuid")."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dropped: set[str] = set()
+        self._members: set[str] = set()
+        self._waiting: threading.Event | None = None  # set to stop waiting for an all-reduce
+        # Leaves this replica's group, with a collective pending in it (make_manager).
+        self.close_group: Callable[[], None] = lambda: None
+
+    def drop(self, replicas: Iterable[str]) -> None:
+        """Never count these again; stop waiting for a collective now if one is in it (the
+        step is then discarded and the group left)."""
+        with self._lock:
+            self._dropped.update(replicas)
+            hit = sorted(self._dropped & self._members)
+            if hit and self._waiting is not None:
+                self._waiting.set()
+        if hit:
+            log.warning("quorum.member_dropped", replicas=hit,
+                        action="this step is discarded and redone without it")
+
+    def wait(self, work: Any) -> None:
+        """Wait for `work` (torchft's managed all-reduce) to end, or for coord to drop a member
+        of this quorum meanwhile: closing a gloo group does not end a collective waiting in
+        it, so the wait itself gives up then (the step is not committed: `counts_dropped`),
+        leaving the collective to its abandoned group."""
+        inner = getattr(work, "_work", None)  # None: torchft's no-op work after an error
+        if inner is None:
+            work.wait()
+            return
+        ended = threading.Event()
+        with self._lock:
+            self._waiting = ended
+            if self._dropped & self._members:
+                ended.set()
+        try:
+            inner.get_future().add_done_callback(lambda _fut: ended.set())
+            ended.wait()
+        finally:
+            with self._lock:
+                self._waiting = None
+        if inner.get_future().done():
+            work.wait()  # torchft's continuations and error reporting
+        else:
+            self.close_group()  # the collective is given up: the group cannot be used again
+
+    def quorum(self, replica_ids: Iterable[str]) -> None:
+        """The quorum torchft is about to configure the next group for."""
+        with self._lock:
+            self._members = {rid.split(":")[0] for rid in replica_ids}
+
+    def counts_dropped(self) -> list[str]:
+        """Dropped replicas in the current quorum: its steps must not be committed."""
+        with self._lock:
+            return sorted(self._dropped & self._members)
+
+
 class ReplicaClient:
     """Wraps torchft's ManagerClient for a group of one: `_quorum` ids renumbered, the commit
     vote answered locally."""
 
-    def __init__(self, client: Any, on_stall: Callable[[], None], stall_s: float) -> None:
-        self._client = client
+    def __init__(self, client: Any, on_stall: Callable[[], None], stall_s: float,
+                 fence: Fence | None = None) -> None:
+        self._client, self.fence = client, fence or Fence()
         self._watchdog = Watchdog(stall_s, on_stall)
         self._last: tuple | None = None
         self._id = -1
@@ -56,6 +124,7 @@ class ReplicaClient:
         finally:
             self._watchdog.disarm()
         self.healing = result.replica_world_size > result.max_world_size
+        self.fence.quorum(result.replica_ids)
         key = (result.quorum_id, tuple(sorted(result.replica_ids)))
         behind = result.max_step > kwargs.get("step", result.max_step)
         if key != self._last or behind:
@@ -111,7 +180,8 @@ class Watchdog:
 
 def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: int,
                  device: torch.device, timeout_s: float, quorum_timeout_s: float, stall_s: float,
-                 load_state: Callable[[Any], None], state: Callable[[], Any]) -> tuple[Any, Any]:
+                 load_state: Callable[[Any], None], state: Callable[[], Any],
+                 fence: Fence) -> tuple[Any, Any]:
     """A Manager for a replica group of one process, which hosts that group's store itself.
     Returns (manager, store); keep the store alive as long as the manager."""
     from torch.distributed import TCPStore
@@ -132,9 +202,26 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
                       connect_timeout=timedelta(seconds=10), rank=0, world_size=1,
                       store_addr=host, store_port=store.port, lighthouse_addr=lighthouse,
                       hostname=host, replica_id=replica_id)
-    manager._client = ReplicaClient(manager._client, lambda: _close_group(pg, stall_s), stall_s)
+    manager._client = ReplicaClient(manager._client, lambda: _close_group(pg, stall_s), stall_s,
+                                    fence)
+    fence.close_group = lambda: _abandon_group(pg)
     quiet_torchft(manager)
     return manager, store
+
+
+# Groups left with a collective pending in them. They are kept, not closed: closing a gloo
+# group (or freeing it) waits for its collective to end, with a frozen peer until the
+# collective's timeout, and holds up every thread of the process meanwhile. A frozen peer is
+# rare; the few groups it leaves behind cost some idle sockets.
+_ABANDONED: list[Any] = []
+
+
+def _abandon_group(pg: Any) -> None:
+    """Take this replica's group out of use at once; torchft makes a new one at the next
+    quorum."""
+    if pg._pg is not None:
+        _ABANDONED.append(pg._pg)
+        pg._pg = None
 
 
 def _close_group(pg: Any, stall_s: float) -> None:

@@ -48,10 +48,12 @@ from agent import control
 from .bound import BoundObjects
 from .checkpoint import CheckpointStore
 from .errors import EnvironmentConfigError
-from .ftglue import make_manager
+from . import lifeline
+from .ftglue import Fence, make_manager
 from .logs import get_logger
 from .peerloss import PEER_LOST, discard_reason, reform_cause
 from .loop import Step
+from .pause import PauseDetector
 from .sampler import GlobalSampler, plan_micro_batches
 from .snapshot import SnapshotStore
 from .state import TrainState, apply_payload, build_payload
@@ -82,12 +84,17 @@ class InProcessConfig:
     quorum_interval_s: float = 0.05
     max_micro_batch: int | None = None
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
+    # A replica whose process did not run this long during a step (frozen) commits nothing
+    # of that step: coord may have dropped it and its peers abandoned the step meanwhile.
+    pause_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.ckpt_every < 1:
             raise ValueError("ckpt_every must be >= 1")
         if self.quorum_interval_s < 0:
             raise ValueError("quorum_interval_s must be >= 0")
+        if self.pause_s <= 0:
+            raise ValueError("pause_s must be > 0")
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class ReplicaEnv:
     checkpoint_dir: Path
     node_id: str
     job_id: str = ""  # the FENCE owner its durable checkpoints commit for
+    launched: int = 0  # replicas its generation was started with (0: not known)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> ReplicaEnv:
@@ -121,7 +129,8 @@ class ReplicaEnv:
                        generation=int(env.get("COORD_GENERATION", "0")),
                        checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", "checkpoints")),
                        node_id=env.get("COORD_NODE_ID", "local"),
-                       job_id=env.get("COORD_JOB_ID", ""))
+                       job_id=env.get("COORD_JOB_ID", ""),
+                       launched=int(env.get("COORD_FT_REPLICAS", "0")))
         except ValueError as exc:
             raise EnvironmentConfigError(f"in-process worker environment: {exc}") from exc
 
@@ -172,6 +181,9 @@ class InProcessContext(BoundObjects):
         # survivor is busy could start a new lineage from their fresh weights.
         self._floor = 0
         self._quorum: tuple[int, int | None] | None = None  # (size, rank) of the last quorum
+        # The replicas of the launch are still gathering (they start at different moments):
+        # a quorum that grows, or a state taken from a peer, is the start, not a recovery.
+        self._starting = not env.joining
         self._stale = False  # a step was discarded: plan the next by its own quorum
         self._lost_peer = False  # ... because a peer vanished: the re-formation says so
         self._quorum_started = 0.0
@@ -179,7 +191,11 @@ class InProcessContext(BoundObjects):
         self._leaving = False  # this replica said so in the last step's all-reduce
         self._manager = None
         self._store = None
+        self._fence = Fence()  # replicas coordd dropped, told through the lifeline
+        self._pauses = PauseDetector(config.pause_s)
+        self._step_began = 0.0  # when the step in flight began (its pauses void it)
         self._log = log.bind(replica=env.replica, generation=env.generation)
+        lifeline.watch(self._on_lifeline)
 
     @property
     def rank(self) -> int | None:
@@ -233,8 +249,13 @@ class InProcessContext(BoundObjects):
             min_replicas=self.env.min_replicas, device=self.device,
             timeout_s=self.config.timeout_s, quorum_timeout_s=self.config.quorum_timeout_s,
             stall_s=self.config.stall_s,
-            load_state=self._load_state, state=self._state_dict)
+            load_state=self._load_state, state=self._state_dict, fence=self._fence)
         return manager
+
+    def _on_lifeline(self, message: dict[str, Any]) -> None:
+        """coordd re-formed the replicas (lifeline thread): the dropped ones no longer count."""
+        if message.get("kind") == "reformed" and message.get("dropped"):
+            self._fence.drop(message["dropped"])
 
     def _state_dict(self) -> dict[str, Any]:
         model, optimizer, scheduler = self._require_bound()
@@ -245,6 +266,9 @@ class InProcessContext(BoundObjects):
         model, optimizer, scheduler = self._require_bound()
         self.state = apply_payload(payload, model, optimizer, scheduler)
         self.state.generation = self.env.generation
+        if self._starting:  # every replica of the launch begins from one state
+            self._log.info("synced", source="peer", step=self.state.step)
+            return
         self.healed_from_peer = True
         self._log.info("healed", source="peer", step=self.state.step)
 
@@ -260,6 +284,7 @@ class InProcessContext(BoundObjects):
             raise RuntimeError("call ctx.restore(model, optimizer, scheduler) before ctx.loop()")
         sampler = GlobalSampler(dataset_size, self.state.data_seed)
         self._leaving = self.stop_flag.is_set()
+        self._step_began = time.monotonic()
         while self.state.step < total_steps and not self._leaving:
             step = yield from self._run_step(sampler, global_batch, total_steps)
             if step is None:  # healed straight to the end
@@ -310,14 +335,22 @@ class InProcessContext(BoundObjects):
             self._manager._healing = False
         size = self._manager.num_participants()
         if self._quorum and size != self._quorum[0]:
-            took = time.monotonic() - self._quorum_started
-            self.reformations.append((self.state.step, size, took))
-            self._log.info("reformed", step=self.state.step, old_size=self._quorum[0],
-                           new_size=size, took_s=round(took, 3),
-                           cause=reform_cause(self._quorum[0], size, self._lost_peer))
-            self._lost_peer = False
+            self._note_resize(self._quorum[0], size)
+        self._starting = self._starting and size < self.env.launched
         self._quorum, self._stale = (size, self._manager.participating_rank()), False
         return self._quorum
+
+    def _note_resize(self, old: int, size: int) -> None:
+        if self._starting and size > old:
+            self._log.info("replicas_joined", step=self.state.step, size=size,
+                           of=self.env.launched, reason="start")
+            return
+        self._starting = False
+        took = time.monotonic() - self._quorum_started
+        self.reformations.append((self.state.step, size, took))
+        self._log.info("reformed", step=self.state.step, old_size=old, new_size=size,
+                       took_s=round(took, 3), cause=reform_cause(old, size, self._lost_peer))
+        self._lost_peer = False
 
     def _finish_step(self, step: Step) -> bool:
         """All-reduce, agree, and apply the update only if every replica may. True if done."""
@@ -331,11 +364,17 @@ class InProcessContext(BoundObjects):
                             device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                           for p in params] + [tail])
-        self._manager.allreduce(flat).wait()
+        self._fence.wait(self._manager.allreduce(flat))
         if self.state.step < self._floor:
             self._manager.report_error(RuntimeError(
                 f"joined at step {self.state.step}, below the durable step {self._floor}: "
                 "waiting to heal from a replica that holds the job's state"))
+        if dropped := self._fence.counts_dropped():
+            self._manager.report_error(RuntimeError(
+                f"the quorum has replicas coord dropped ({', '.join(dropped)}): not counted"))
+        if self._pauses.paused_since(self._step_began):
+            self._manager.report_error(RuntimeError(
+                "this process was stopped during the step: its peers may have gone on without it"))
         committed = self._manager.should_commit()
         if committed:
             _unflatten_into_grads(flat, params)
@@ -361,6 +400,7 @@ class InProcessContext(BoundObjects):
                 self._log.warning("step_discarded", step=step.number, cause=cause)
         self._leaving = leaving
         self._zero_grads()
+        self._step_began = time.monotonic()
         return committed
 
     def _zero_grads(self) -> None:
