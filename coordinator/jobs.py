@@ -311,7 +311,7 @@ class JobManager:
                                   job_id=record.id)}
                 if lighthouse:
                     env |= replica_env(node.host, rank, lighthouse, spec, joining, replica_only,
-                                       view.world_size)
+                                       view.world_size, self.settings.pause_threshold_s)
                 workers.append(agent_pb2.WorkerSpec(rank=rank, local_rank=int(env["LOCAL_RANK"]),
                                                     env=env))
             self.nodes.send(node_id, agent_pb2.CoordinatorMessage(start=agent_pb2.StartWorkers(
@@ -321,7 +321,7 @@ class JobManager:
 
 
 def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: bool,
-                replica_only: bool, replicas: int) -> dict[str, str]:
+                replica_only: bool, replicas: int, pause_s: float) -> dict[str, str]:
     """What a torchft replica needs. An in-process worker is one replica (a group of one
     process): for a replica-only worker RANK/WORLD_SIZE describe that group and
     REPLICA_GROUP_ID is its unique id in the job; in auto mode the group-wide variables stay
@@ -335,6 +335,7 @@ def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: b
            # How many replicas the generation starts with: until all have met, a growing
            # quorum is the start, not a re-formation (trainer/elastic/inprocess.py).
            "COORD_FT_REPLICAS": str(replicas),
+           "COORD_PAUSE_S": f"{pause_s:g}",
            "RUST_LOG": spec.env.get("RUST_LOG", "warn")}  # torchft logs every quorum at info
     if replica_only:
         env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",

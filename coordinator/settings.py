@@ -176,6 +176,14 @@ class CoorddSettings(BaseSettings):
         return tuple(sources)
 
     @property
+    def pause_threshold_s(self) -> float:
+        """A worker that did not run this long during a step commits nothing of it: coordd
+        drops a node only after `heartbeat_timeout_s` of silence, which needs a freeze of at
+        least the timeout less one heartbeat interval; half of that leaves room for a late
+        tick, and keeps a busy machine's scheduling hiccups from voiding steps."""
+        return max(0.2, (self.heartbeat_timeout_s - self.heartbeat_interval_s) / 2)
+
+    @property
     def db_path(self) -> Path:
         return self.state_dir / "coord.db"
 

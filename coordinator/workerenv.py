@@ -35,7 +35,8 @@ TABLE: tuple[Variable, ...] = (
     *_rows("agent", True, "COORD_SNAPSHOT_DIR", "COORD_LIFELINE_FD"),
     # in-process (torchft) workers only
     *_rows("coordd", True, "REPLICA_GROUP_ID", "TORCHFT_LIGHTHOUSE", "TORCHFT_QUORUM_RETRIES",
-           "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS", "COORD_FT_REPLICAS"),
+           "COORD_FT_MODE", "COORD_FT_JOIN", "COORD_FT_MIN_REPLICAS", "COORD_FT_REPLICAS",
+           "COORD_PAUSE_S"),
     # defaults a job may override in its [env]
     *_rows("coordd", False, "RUST_LOG"),
     *_rows("agent", False, "OMP_NUM_THREADS", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TMPDIR",

@@ -45,7 +45,7 @@ def dropped_at(client, job_id: str, node: str) -> float | None:
     for e in client.watch(job_id, follow=False):
         if (e.kind == "generation.reformed" and node in e.message.split("lost ")[-1]) or (
                 e.kind == "generation.stopping" and f"lost node {node}" in e.message):
-            return e.time.seconds + e.time.nanos / 1e9
+            return e.time.timestamp()
     return None
 
 

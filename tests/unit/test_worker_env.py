@@ -31,7 +31,7 @@ def test_every_variable_coordd_sets_is_in_the_one_table():
     names = {*rank_env(rank=3, world_size=4, nproc_per_node=2, master=("h", 1), restarts=0,
                        max_restarts=0, job_id="j"),
              *replica_env("h", 3, "l:1", spec, joining=False, replica_only=True,
-                         replicas=4)}
+                         replicas=4, pause_s=2.0)}
     assert names <= {v.name for v in TABLE}
     assert set(worker_env({}, workers=2)) - set(os.environ) <= {v.name for v in TABLE}
 

@@ -86,14 +86,15 @@ class InProcessConfig:
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
     # A replica whose process did not run this long during a step (frozen) commits nothing
     # of that step: coord may have dropped it and its peers abandoned the step meanwhile.
-    pause_s: float = 1.0
+    # None: what coord derives from its heartbeat timeout (COORD_PAUSE_S), else 2 s.
+    pause_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.ckpt_every < 1:
             raise ValueError("ckpt_every must be >= 1")
         if self.quorum_interval_s < 0:
             raise ValueError("quorum_interval_s must be >= 0")
-        if self.pause_s <= 0:
+        if self.pause_s is not None and self.pause_s <= 0:
             raise ValueError("pause_s must be > 0")
 
 
@@ -112,6 +113,7 @@ class ReplicaEnv:
     node_id: str
     job_id: str = ""  # the FENCE owner its durable checkpoints commit for
     launched: int = 0  # replicas its generation was started with (0: not known)
+    pause_s: float = 2.0  # see InProcessConfig.pause_s
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> ReplicaEnv:
@@ -130,7 +132,8 @@ class ReplicaEnv:
                        checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", "checkpoints")),
                        node_id=env.get("COORD_NODE_ID", "local"),
                        job_id=env.get("COORD_JOB_ID", ""),
-                       launched=int(env.get("COORD_FT_REPLICAS", "0")))
+                       launched=int(env.get("COORD_FT_REPLICAS", "0")),
+                       pause_s=float(env.get("COORD_PAUSE_S", "2")))
         except ValueError as exc:
             raise EnvironmentConfigError(f"in-process worker environment: {exc}") from exc
 
@@ -192,8 +195,9 @@ class InProcessContext(BoundObjects):
         self._manager = None
         self._store = None
         self._fence = Fence()  # replicas coordd dropped, told through the lifeline
-        self._pauses = PauseDetector(config.pause_s)
-        self._step_began = 0.0  # when the step in flight began (its pauses void it)
+        self._pauses = PauseDetector(config.pause_s or env.pause_s)
+        # When the step in flight began (its pauses void it): a slow start is no pause.
+        self._step_began = time.monotonic()
         self._log = log.bind(replica=env.replica, generation=env.generation)
         lifeline.watch(self._on_lifeline)
 
