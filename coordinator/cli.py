@@ -117,11 +117,13 @@ async def _submit(job_file: Path, follow: bool, dry_run: bool, overrides: Overri
             console.print(f"[green]ok:[/] {job_file} is valid")
             console.print_json(cliout.masked_spec(job.spec_json))
             return 0
-        console.print(f"submitted [bold]{job.id}[/] ({job.name})")
-        if not follow:
-            console.print(f"  follow:  coord logs {job.id} -f\n  status:  coord status {job.id}"
-                          f"\n  cancel:  coord cancel {job.id}")
+        if not follow:  # the id alone on stdout, for `JOB=$(coord submit -d ...)`
+            console.print(job.id)
+            err.print(f"submitted [bold]{job.id}[/] ({job.name})\n"
+                      f"  follow:  coord logs {job.id} -f\n  status:  coord status {job.id}"
+                      f"\n  cancel:  coord cancel {job.id}")
             return 0
+        console.print(f"submitted [bold]{job.id}[/] ({job.name})")
         return await _follow(client, job.id)
 
 

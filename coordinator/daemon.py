@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import os
 import time
 from pathlib import Path
@@ -32,8 +33,16 @@ Config = Annotated[Path | None, typer.Option(help="the TOML file coordd serve wa
                                              "(its state_dir) [env COORDD_CONFIG]")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"coordd {importlib.metadata.version('coord')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print coordd's version")] = False
+          ) -> None:
     """coordd: runs jobs on nodes and re-forms them when machines vanish."""
 
 

@@ -34,6 +34,8 @@ rc=0
 .venv/bin/coord submit "${1:-examples/allreduce/job.toml}" || rc=$?
 [ $rc = 0 ] || echo "the job did not succeed (exit $rc); coordd's log:" \
   "$COORDD_STATE_DIR/coordd.log, its output: $OUT" >&2
-echo "this was the light install: in-process recovery (torchft) and the fast trainer"
-echo "(examples/imagenet) come with: bash scripts/setup.sh   (see docs/install.md)"
+if ! .venv/bin/python -c "import torchft" 2>/dev/null; then
+  echo "this was the light install: in-process recovery (torchft) and the fast trainer"
+  echo "(examples/imagenet) come with: bash scripts/setup.sh   (see docs/install.md)"
+fi
 exit $rc

@@ -44,7 +44,8 @@ def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
     result = coord(server, "submit", str(path), "--detach", "--nodes", "1", "--name", "quick",
                    "--env", "K=v1")
     assert result.exit_code == 0, result.output
-    job_id = re.search(r"submitted (\S+)", result.output)[1]
+    job_id = result.stdout.strip()  # --detach: the id alone on stdout, the hints on stderr
+    assert re.fullmatch(r"[a-z0-9-]+", job_id) and f"coord logs {job_id}" in result.stderr
     with server.client() as client:
         assert client.wait(job_id, timeout=60).state is JobState.SUCCEEDED
         assert [l.text for l in client.logs(job_id)] == ["K=v1"]
@@ -68,7 +69,7 @@ def test_overrides_outputs_and_exit_codes_of_a_finished_job(server, tmp_path):
 
 def test_jobs_all_shows_an_active_job_older_than_the_newest_hundred(server, tmp_path):
     path = job_file(tmp_path / "old", "old-active", "sleep 120")
-    old = re.search(r"submitted (\S+)", coord(server, "submit", str(path), "--detach").output)[1]
+    old = coord(server, "submit", str(path), "--detach").stdout.strip()
     try:
         with sqlite3.connect(server.state_dir / "coord.db") as db:  # 100 newer, ended jobs
             rows = [JobRecord(id=f"ended-{i:08x}", name="ended", spec_json="{}",

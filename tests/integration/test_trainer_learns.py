@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -168,7 +167,7 @@ def submit(coordd, data: Path, work: Path, nodes: int, ckpt: Path) -> str:
         f"checkpoint_dir = \"{ckpt}\"\n[nodes]\ncount = {nodes}\n")
     result = coordd.cli("submit", str(work / "job.toml"), "--detach")
     assert result.returncode == 0, result.stderr
-    return re.search(r"submitted (\S+)", result.stdout)[1]
+    return result.stdout.strip()
 
 
 def _stream_read(lines: list[dict], final_gen_of_step: dict[int, int]) -> list[int]:
