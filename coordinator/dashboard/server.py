@@ -14,12 +14,12 @@ import uvicorn
 
 from coordinator.auth import TokenStore
 from coordinator.dashboard.app import Deps, create_app
+from coordinator.dashboard.locate import URL_FILE
 from coordinator.dashboard.session import Sessions
 from coordinator.settings import CoorddSettings
 from coordinator.tls import WILDCARD_HOSTS, write_file
 
 log = structlog.get_logger("coordinator.dashboard")
-URL_FILE = "dashboard.url"
 SHUTDOWN_S = 2  # open live streams are cut after this at coordd's stop
 
 
