@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -52,8 +54,15 @@ async def job(request: Request) -> Response:
     live = deps.nodes.nodes
     held = {n.id: n for n in await deps.store.list_nodes(record.id, include_gone=True)}
     held.update({i: live[i] for i in record.node_ids if i in live})
-    nodes = [live.get(i, n) for i, n in held.items()]
+    nodes = [_node_row(deps, live.get(i, n)) for i, n in held.items()]
     return JSONResponse(views.job_detail(record, events, history.progress(lines), nodes))
+
+
+def _node_row(deps, record) -> dict:
+    """A node's row, its heartbeat age from the agent's open stream where there is one."""
+    session = deps.nodes.sessions.get(record.id)
+    age = time.monotonic() - session.last_heartbeat if session and not session.closed else None
+    return views.node_row(record, age)
 
 
 async def logs(request: Request) -> Response:
@@ -91,5 +100,5 @@ async def nodes(request: Request) -> Response:
         deps.store, state, _int(request, "page", 1, 1, 10**6),
         _int(request, "per_page", PER_PAGE * 2, 1, MAX_PER_PAGE))
     live = deps.nodes.nodes
-    return JSONResponse({"nodes": [views.node_row(live.get(n.id, n)) for n in page.rows],
+    return JSONResponse({"nodes": [_node_row(deps, live.get(n.id, n)) for n in page.rows],
                          "by_state": by_state, **_page_meta(page)})

@@ -38,7 +38,7 @@ def job_summary(record: JobRecord, events: list[EventRecord],
 
 
 def job_detail(record: JobRecord, events: list[EventRecord], points: list[history.Point],
-               nodes: list[NodeRecord]) -> dict[str, Any]:
+               nodes: list[dict[str, Any]]) -> dict[str, Any]:
     """The job page: the summary, the `coord status` view, the re-formations, the series."""
     summary = job_summary(record, events, points)
     end = summary["finished"] or time.time()
@@ -50,7 +50,7 @@ def job_detail(record: JobRecord, events: list[EventRecord], points: list[histor
         "steps": [[p.time, p.step] for p in points],
         "curves": history.curves(points),
         "events": [event_row(e) for e in events],
-        "nodes": [node_row(n) for n in nodes],
+        "nodes": nodes,
         "now": end}
 
 
@@ -59,14 +59,15 @@ def event_row(event: EventRecord) -> dict[str, Any]:
             "generation": event.generation, "message": event.message}
 
 
-def node_row(record: NodeRecord) -> dict[str, Any]:
+def node_row(record: NodeRecord, heartbeat_age_s: float | None) -> dict[str, Any]:
+    """`heartbeat_age_s`: from the agent's open stream; None: from the stored record."""
     node = as_dict(Node.from_proto(convert.node(record)))
     market = record.provider_data.get("market") or ("on-demand" if record.provider == "aws"
                                                      else "")
-    return {**node, "market": market,
-            "heartbeat_age_s": round(time.time() - record.last_heartbeat, 1)
-            if record.last_heartbeat else None,
-            "notice": record.state in NOTICE_STATES}
+    if heartbeat_age_s is None and record.last_heartbeat:
+        heartbeat_age_s = time.time() - record.last_heartbeat
+    return {**node, "market": market, "notice": record.state in NOTICE_STATES,
+            "heartbeat_age_s": None if heartbeat_age_s is None else round(heartbeat_age_s, 1)}
 
 
 def log_row(line: LogRecord) -> dict[str, Any]:

@@ -4,8 +4,10 @@ import { clock, duration, el, getJSON, number, percent, post, replace, stateBadg
 
 const jobId = decodeURIComponent(window.location.pathname.split("/").pop());
 const MAX_LOG_LINES = 1000;
+const PROGRESS_REFRESH_MS = 2000;  // progress lines move the figures: redraw at most this often
+const AGES_REFRESH_MS = 5000;      // heartbeat ages and steps/s when nothing else happens
 const KIND = { in_place: "in place", restart: "restart" };
-let stream = null, lastLogId = 0, pending = null, ended = false;
+let stream = null, lastLogId = 0, pending = null, pendingDue = 0, ended = false;
 
 const $ = (id) => document.getElementById(id);
 const rankFilter = () => $("rank").value.trim();
@@ -20,7 +22,16 @@ async function refresh() {
   } catch (error) { showError(error); }
 }
 
-function soon() { if (pending === null) pending = setTimeout(refresh, 150); }
+// One redraw at a time; an urgent one (a job event) brings a slower pending one forward.
+function soon(delay = 150) {
+  const due = Date.now() + delay;
+  if (pending !== null) {
+    if (pendingDue <= due) return;
+    clearTimeout(pending);
+  }
+  pendingDue = due;
+  pending = setTimeout(refresh, delay);
+}
 
 function render(data) {
   const s = data.summary, job = data.job;
@@ -110,8 +121,12 @@ async function connect() {
   const rank = rankFilter();
   // Subscribe first, then read history: nothing between the two is missed (duplicates drop by id).
   stream = new EventSource(`/api/jobs/${encodeURIComponent(jobId)}/live?rank=${encodeURIComponent(rank)}`);
-  stream.addEventListener("job", soon);
-  stream.addEventListener("log", (event) => appendLog(JSON.parse(event.data)));
+  stream.addEventListener("job", () => soon());
+  stream.addEventListener("log", (event) => {
+    const line = JSON.parse(event.data);
+    appendLog(line);
+    if (line.text.startsWith("step=")) soon(PROGRESS_REFRESH_MS);
+  });
   stream.addEventListener("open", () => { $("live").textContent = ended ? "" : "● live"; soon(); });
   stream.addEventListener("end", () => { ended = true; stream.close(); $("live").textContent = "ended"; refresh(); });
   stream.addEventListener("error", () => { if (!ended) $("live").textContent = "reconnecting…"; });
@@ -131,3 +146,4 @@ $("cancel").addEventListener("click", async () => {
   } catch (error) { showError(error); }
 });
 connect();
+setInterval(() => { if (!ended) soon(); }, AGES_REFRESH_MS);
