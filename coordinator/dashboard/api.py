@@ -35,11 +35,11 @@ async def jobs(request: Request) -> Response:
         return JSONResponse({"error": f"state: one of active, {', '.join(JobState)}"}, 400)
     page = await queries.jobs_page(deps.store, state, _int(request, "page", 1, 1, 10**6),
                                    _int(request, "per_page", PER_PAGE, 1, MAX_PER_PAGE))
-    events = await queries.events_of(deps.store, [r.id for r in page.rows])
-    rows = []
-    for record in page.rows:
-        lines = await queries.progress_lines(deps.store, record.id, ROW_POINTS)
-        rows.append(views.job_summary(record, events[record.id], history.progress(lines)))
+    ids = [r.id for r in page.rows]
+    events = await queries.events_of(deps.store, ids)
+    lines = await queries.progress_of(deps.store, ids, ROW_POINTS)
+    rows = [views.job_summary(r, events[r.id], history.progress(lines[r.id]))
+            for r in page.rows]
     return JSONResponse({"jobs": rows, **_page_meta(page)})
 
 
@@ -50,7 +50,7 @@ async def job(request: Request) -> Response:
     except NotFound as exc:
         return JSONResponse({"error": str(exc)}, 404)
     events = (await queries.events_of(deps.store, [record.id]))[record.id]
-    lines = await queries.progress_lines(deps.store, record.id, DETAIL_POINTS)
+    lines = (await queries.progress_of(deps.store, [record.id], DETAIL_POINTS))[record.id]
     live = deps.nodes.nodes
     held = {n.id: n for n in await deps.store.list_nodes(record.id, include_gone=True)}
     held.update({i: live[i] for i in record.node_ids if i in live})

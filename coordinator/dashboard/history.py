@@ -13,7 +13,7 @@ import re
 import statistics
 from typing import Any
 
-from coordinator.store import EventRecord, LogRecord
+from coordinator.store import EventRecord
 
 STARTED, REFORMED = "generation.started", "generation.reformed"
 RESUMED = "training.resumed"  # the step a restart-path generation's workers resumed from
@@ -34,20 +34,20 @@ class Point:
     values: dict[str, float]
 
 
-def progress(lines: list[LogRecord]) -> list[Point]:
-    """The progress lines among `lines` (`step=N key=value ...`), oldest first."""
+def progress(lines: list[tuple[float, str]]) -> list[Point]:
+    """The progress lines among (time, text) `lines` (`step=N key=value ...`), oldest first."""
     points = []
-    for line in lines:
-        if not (match := STEP_RE.search(line.text)):
+    for when, line in lines:
+        if not (match := STEP_RE.match(line)):
             continue
         values = {}
-        for key, text in PAIR_RE.findall(line.text):
+        for key, text in PAIR_RE.findall(line):
             if key not in NOT_CURVES:
                 try:
                     values[key] = float(text)
                 except ValueError:
                     continue
-        points.append(Point(line.time, int(match.group(1)), values))
+        points.append(Point(when, int(match.group(1)), values))
     return sorted(points, key=lambda p: p.time)
 
 

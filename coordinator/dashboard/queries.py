@@ -9,7 +9,7 @@ import dataclasses
 import sqlalchemy as sa
 
 from coordinator.states import JobState
-from coordinator.store import EventRecord, JobRecord, LogRecord, NodeRecord, Store
+from coordinator.store import EventRecord, JobRecord, NodeRecord, Store
 from coordinator.store import events as events_t
 from coordinator.store import jobs as jobs_t
 from coordinator.store import logs as logs_t
@@ -54,14 +54,19 @@ async def events_of(store: Store, job_ids: list[str]) -> dict[str, list[EventRec
     return result
 
 
-async def progress_lines(store: Store, job_id: str, limit: int) -> list[LogRecord]:
-    """The newest `limit` lines of the job that look like progress (`step=N ...`)."""
-    query = (logs_t.select().where(logs_t.c.job_id == job_id,
-                                   logs_t.c.text.like(PROGRESS_LIKE))
-             .order_by(logs_t.c.id.desc()).limit(limit))
+async def progress_of(store: Store, job_ids: list[str], limit: int
+                      ) -> dict[str, list[tuple[float, str]]]:
+    """(time, text) of the newest `limit` lines of each job that look like progress
+    (`step=N ...`), oldest first: one query per job that stops at `limit`, so a job with a
+    huge log costs no more."""
+    result = {}
     async with store.engine.connect() as conn:
-        lines = [LogRecord(**r._mapping) for r in await conn.execute(query)]
-    return lines[::-1]
+        for job_id in job_ids:
+            query = (sa.select(logs_t.c.time, logs_t.c.text)
+                     .where(logs_t.c.job_id == job_id, logs_t.c.text.like(PROGRESS_LIKE))
+                     .order_by(logs_t.c.id.desc()).limit(limit))
+            result[job_id] = [(row[0], row[1]) for row in await conn.execute(query)][::-1]
+    return result
 
 
 async def nodes_page(store: Store, state: str, page: int, per_page: int
