@@ -47,6 +47,7 @@ class Deps:
     jobs: JobManager
     nodes: NodeRegistry
     sessions: Sessions
+    streams: set = dataclasses.field(default_factory=set)  # open live streams' queues
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -30,14 +30,17 @@ async def stream(request: Request) -> Response:
     except ValueError:
         return JSONResponse({"error": "rank: a whole number"}, 400)
     ended = record.state.terminal
-    return StreamingResponse(_events(deps.bus, record.id, rank, ended, request),
+    return StreamingResponse(_events(deps, record.id, rank, ended, request),
                              media_type="text/event-stream",
                              headers={"x-accel-buffering": "no"})
 
 
-async def _events(bus: Bus, job_id: str, rank: int | None, ended: bool,
+async def _events(deps, job_id: str, rank: int | None, ended: bool,
                   request: Request) -> AsyncIterator[str]:
+    """The stream ends when the job ends, the browser goes, or coordd stops (`close_all`)."""
     merged: asyncio.Queue = asyncio.Queue()
+    bus: Bus = deps.bus
+    deps.streams.add(merged)
     with bus.subscribe("events", job_id) as events, bus.subscribe("logs", job_id) as logs:
         pumps = [asyncio.create_task(_pump(q, name, merged))
                  for q, name in ((events, "events"), (logs, "logs"))]
@@ -60,6 +63,7 @@ async def _events(bus: Bus, job_id: str, rank: int | None, ended: bool,
                 row = views.event_row(item) if topic == "events" else views.log_row(item)
                 yield f"event: {TOPICS[topic]}\ndata: {json.dumps(row)}\n\n"
         finally:
+            deps.streams.discard(merged)
             for pump in pumps:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -69,3 +73,9 @@ async def _events(bus: Bus, job_id: str, rank: int | None, ended: bool,
 async def _pump(queue: asyncio.Queue, topic: str, merged: asyncio.Queue) -> None:
     while True:
         merged.put_nowait((topic, await queue.get()))
+
+
+def close_all(streams: set[asyncio.Queue]) -> None:
+    """End every open live stream now (coordd is stopping): browsers then reconnect."""
+    for queue in streams:
+        queue.put_nowait(("", CLOSED))

@@ -14,13 +14,14 @@ import uvicorn
 
 from coordinator.auth import TokenStore
 from coordinator.dashboard.app import Deps, create_app
+from coordinator.dashboard.live import close_all
 from coordinator.dashboard.locate import URL_FILE
 from coordinator.dashboard.session import Sessions
 from coordinator.settings import CoorddSettings
 from coordinator.tls import WILDCARD_HOSTS, write_file
 
 log = structlog.get_logger("coordinator.dashboard")
-SHUTDOWN_S = 2  # open live streams are cut after this at coordd's stop
+SHUTDOWN_S = 2  # requests still open this long after coordd's stop began are cut
 
 
 class _InLoopServer(uvicorn.Server):
@@ -64,6 +65,7 @@ class Dashboard:
 
     async def stop(self) -> None:
         (self.settings.state_dir / URL_FILE).unlink(missing_ok=True)
+        close_all(self.deps.streams)
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):

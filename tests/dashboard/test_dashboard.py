@@ -121,6 +121,9 @@ def test_sign_in_takes_client_tokens_only_and_cancel_needs_the_csrf_token(
     (tmp_path / "job.toml").write_text('name = "sleeper"\nrun = "sleep 600"\n[nodes]\ncount = 1\n')
     record = client.submit(tmp_path / "job.toml")
 
+    shown = coordd.cli("dashboard", "--no-open")
+    assert shown.returncode == 0 and shown.stdout.strip() == coordd.url, shown.stderr
+
     assert call(coordd, "/api/jobs")[0] == 401  # no session
     assert call(coordd, "/login", "POST", {"token": "x.y"})[0] == 401
     assert call(coordd, "/login", "POST", {"token": coordd.agent_token})[0] == 403

@@ -1,11 +1,16 @@
 """The dashboard's job history from stored events and progress lines: re-formations of both
-kinds with their recovery time and lost steps, and goodput."""
+kinds with their recovery time and lost steps, and goodput; and that it is served over TLS
+only."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+from pydantic import ValidationError
+
 from coordinator.dashboard import history
+from coordinator.settings import CoorddSettings
 from coordinator.store import EventRecord
 
 
@@ -50,3 +55,8 @@ def test_goodput_charges_each_reformation_its_recovery_and_redone_steps():
     # held 40*3 + 20*2 + 10*3 = 190 node-s; wasted (18 + 10 steps * 1 s) * 2 + 5 * 3 = 71
     assert history.goodput(members, history.reformations(EVENTS, points), points) == \
         round(1 - 71 / 190, 4)
+
+
+def test_the_dashboard_is_refused_without_tls_naming_the_setting():
+    with pytest.raises(ValidationError, match="dashboard_listen"):
+        CoorddSettings(dashboard_listen="127.0.0.1:0", insecure_plaintext=True)
