@@ -405,6 +405,29 @@ def interrupt(node: Annotated[str, typer.Argument(help="node id (see `coord node
     run(go())
 
 
+@app.command()
+def dashboard(open_browser: Annotated[bool, typer.Option(
+        "--open/--no-open", help="open it in a browser where one exists")] = True) -> None:
+    """Print the web dashboard's URL (and open it where a browser exists).
+
+    Sign in with a client token (`coordd token create --role client`, or STATE_DIR/token).
+    See docs/dashboard.md.
+    """
+    import webbrowser
+
+    from coordinator.dashboard.locate import dashboard_url, has_browser, state_dir
+    try:
+        url = dashboard_url()
+    except CoordError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(exit_code(exc)) from None
+    typer.echo(url)
+    err.print(f"sign in with a client token (on coordd's machine: {state_dir() / 'token'}); "
+              f"the certificate is signed by {state_dir() / 'tls' / 'ca.pem'}")
+    if open_browser and has_browser():
+        webbrowser.open(url)
+
+
 def main() -> None:
     app()
 

@@ -60,6 +60,9 @@ def serve(
                                                             "before a node is lost")] = None,
     metrics_listen: Annotated[str | None, typer.Option(help="HOST:PORT to serve Prometheus "
                                                        "/metrics on (default: off)")] = None,
+    dashboard_listen: Annotated[str | None, typer.Option(
+        help="HOST:PORT for the web dashboard, HTTPS (default: off; see docs/dashboard.md)")]
+        = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning")] = None,
     log_format: Annotated[str | None, typer.Option(
         help="the terminal: plain (where coordd is, then warnings and errors), console "
@@ -79,7 +82,8 @@ def serve(
     if config:
         os.environ["COORDD_CONFIG"] = str(config)
     flags = {"state_dir": state_dir, "listen": listen, "heartbeat_timeout_s": heartbeat_timeout,
-             "metrics_listen": metrics_listen, "log_level": log_level, "log_format": log_format,
+             "metrics_listen": metrics_listen, "dashboard_listen": dashboard_listen,
+             "log_level": log_level, "log_format": log_format,
              "log_file": log_file}
     try:
         settings = CoorddSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -117,6 +121,8 @@ def _banner(coordinator) -> None:
         ca = "" if s.insecure_plaintext else f" COORD_CA={s.tls_dir / 'ca.pem'}"
         lines.append(f"             elsewhere: COORD_ADDR={reachable} "
                      f"COORD_TOKEN=<{s.token_path}>{ca}")
+    if coordinator.dashboard_url:
+        lines.append(f"  dashboard: {coordinator.dashboard_url} (sign in with a client token)")
     lines.append("  stop it:   coordd stop (or Ctrl-C)")
     typer.echo("\n".join(lines))
 

@@ -32,6 +32,7 @@ class Coordinator:
     def __init__(self, settings: CoorddSettings):
         self.settings = settings
         self.address = ""
+        self.dashboard_url = ""
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -82,6 +83,8 @@ class Coordinator:
         log.info("coordd.listening", address=self.address, state_dir=str(s.state_dir))
         if s.metrics_listen:
             metrics.serve(s.metrics_listen)
+        dashboard = await start_dashboard(s, tokens, store, bus, jobs, nodes)
+        self.dashboard_url = dashboard.url if dashboard else ""
         watchdog = asyncio.create_task(nodes.watch())
         await jobs.resume()
         await sweep_local(providers["local"], jobs)
@@ -91,6 +94,8 @@ class Coordinator:
         finally:
             log.info("coordd.stopping")
             watchdog.cancel()
+            if dashboard is not None:
+                await dashboard.stop()
             await server.stop(grace=2)
             await jobs.close()
             await nodes.close()
@@ -110,7 +115,11 @@ class Coordinator:
                 raise ValueError("tls_cert and tls_key go together: set both or neither")
             return tls.load_user_files(s.tls_cert, s.tls_key, s.tls_ca)
         host = s.listen.rpartition(":")[0]
-        names = tls.server_names(host, s.advertise.rpartition(":")[0], s.tls_extra_names)
+        extra = list(s.tls_extra_names)
+        if s.dashboard_listen:
+            from coordinator.dashboard.server import tls_names
+            extra += tls_names(s)
+        names = tls.server_names(host, s.advertise.rpartition(":")[0], extra)
         return tls.ensure_generated(s.tls_dir, names)
 
     def _grpc_server(self, tokens, files, jobs, store, bus, nodes, metrics) -> grpc.aio.Server:
@@ -159,6 +168,16 @@ async def run(settings: CoorddSettings,
     if coordinator.ready.is_set() and on_ready is not None:
         on_ready(coordinator)
     await serving
+
+
+async def start_dashboard(s: CoorddSettings, tokens, store, bus, jobs, nodes):
+    """The web dashboard on `dashboard_listen`, or None when it is off."""
+    if not s.dashboard_listen:
+        return None
+    from coordinator.dashboard.server import Dashboard  # starlette, uvicorn: only when used
+    dashboard = Dashboard(s, tokens, store, bus, jobs, nodes)
+    await dashboard.start()
+    return dashboard
 
 
 async def sweep_local(local: LocalProvider, jobs: JobManager) -> None:

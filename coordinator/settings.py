@@ -131,6 +131,9 @@ class CoorddSettings(BaseSettings):
                                                    "starting with nodes.min")
     provider_retry_s: float = Field(5.0, ge=0)
     metrics_listen: str = Field("", description="HOST:PORT for Prometheus /metrics (empty: off)")
+    dashboard_listen: str = Field("", description="HOST:PORT for the web dashboard, HTTPS with "
+                                                  "coordd's certificate (empty: off; port 0: "
+                                                  "any free port); see docs/dashboard.md")
     max_message_bytes: int = Field(80 * 2**20, ge=2**20, le=2**31 - 1,
                                    description="largest gRPC message either way (a bundle is "
                                                "at most 64 MiB)")
@@ -162,6 +165,13 @@ class CoorddSettings(BaseSettings):
     local: LocalSettings = Field(default_factory=LocalSettings)
 
     config_file: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _dashboard_needs_tls(self) -> CoorddSettings:
+        if self.dashboard_listen and self.insecure_plaintext:
+            raise ValueError("dashboard_listen: the dashboard is served over TLS only (its "
+                             "session cookie is Secure); drop insecure_plaintext to use it")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

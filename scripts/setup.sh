@@ -5,6 +5,7 @@
 #   bash scripts/setup.sh          everything: also the trainer ('.[train]': the elastic library
 #                                  with numpy and torchft, DALI, scikit-learn, tensorboard), the
 #                                  test tools ('.[dev]') and, as root, sshd for the ssh tests
+#                                  and chromium for the dashboard's browser tests
 # torch is pinned exactly: on a CPU machine a looser pin pulls several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,9 @@ fi
 # The ssh provider's tests start a real sshd (Debian's openssh-server) on a loopback port.
 if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }) >/dev/null
+fi
+# The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }) >/dev/null
 fi
 echo "coord installed in $(pwd)/.venv"
