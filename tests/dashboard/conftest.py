@@ -26,12 +26,6 @@ def coordd(tmp_path):
     server.stop()
 
 
-@pytest.fixture
-def client(coordd):
-    with coordd.client() as c:
-        yield c
-
-
 @pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
