@@ -19,12 +19,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from contract.errors import CoordError, exit_code
+from contract.spec import Overrides, parse_env_flags
+from contract.states import JobState
 from coordinator import cliout
-from coordinator.errors import CoordError, exit_code
 from coordinator.sdk import AsyncClient
 from coordinator.sdktypes import Job, JobEvent, as_dict
-from coordinator.spec import Overrides, parse_env_flags
-from coordinator.states import JobState
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

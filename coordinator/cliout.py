@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from coordinator.errors import InvalidSpec
+from contract.errors import InvalidSpec
 from coordinator.sdktypes import Job, Node, plain, as_dict
 
 STATE_COLOUR = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",

@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from contract.errors import AlreadyRunning, StateDirRefused
 from coordinator import instance, logs, statedir, stopreport
-from coordinator.errors import AlreadyRunning, StateDirRefused
 from coordinator.quorum import public_host
 from coordinator.settings import CoorddSettings, default_state_dir
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from coordinator.errors import AlreadyRunning
+from contract.errors import AlreadyRunning
 
 PID_FILE = "coordd.pid"
 ADDR_FILE = "coordd.addr"

@@ -24,16 +24,17 @@ from typing import Any
 
 import grpc
 
+from contract import bundle
+from contract.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
+from contract.spec import JobSpec, Overrides, load_job_file, parse_spec
+from contract.states import JobState, NodeState
+from contract.transport import call_metadata
+from contract.transport import ca_bytes, open_channel, truthy
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
-from coordinator import bundle, transfer
-from coordinator.auth import call_metadata
-from coordinator.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
+from coordinator import transfer
 from coordinator.instance import live_address
-from coordinator.settings import default_state_dir
 from coordinator.sdktypes import Job, JobEvent, LogLine, LogStream, Node
-from coordinator.spec import JobSpec, Overrides, load_job_file, parse_spec
-from coordinator.states import JobState, NodeState
-from coordinator.transport import ca_bytes, open_channel, truthy
+from coordinator.settings import default_state_dir
 
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
     "config.toml"

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-from coordinator.spec import AwsResources
+from contract.spec import AwsResources
 
 
 def default_state_dir() -> Path:

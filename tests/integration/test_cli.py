@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from contract.states import JobState
 from coordinator.cli import app
-from coordinator.states import JobState
 from coordinator.store import JobRecord
 from tests.integration.harness import ROOT, start_coordd, wait_for
 
@@ -85,7 +85,7 @@ def test_jobs_all_shows_an_active_job_older_than_the_newest_hundred(server, tmp_
 async def test_coordd_records_only_the_shape_of_override_flags(server, tmp_path):
     """A client (not ours) sending a value with --env, or anything else, is refused."""
     from coord.v1 import jobs_pb2
-    from coordinator.errors import InvalidSpec
+    from contract.errors import InvalidSpec
     from coordinator.sdk import AsyncClient
     spec = '{"name": "raw", "run": "true"}'
     async with AsyncClient(server.address, server.token, ca=server.ca_path) as client:

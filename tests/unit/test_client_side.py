@@ -11,15 +11,16 @@ import click
 import pytest
 from typer.testing import CliRunner
 
+from contract import bundle, errors
+from contract.spec import Overrides, load_job_file, parse_env_flags
+from contract.states import JobState, NodeState
 from coord.v1 import types_pb2
-from coordinator import bundle, cliout, errors
+from coordinator import cliout
 from coordinator.cli import app
 from coordinator.nodes import node_id
 from coordinator.providers.local import agent_command
 from coordinator.sdk import AsyncClient
 from coordinator.sdktypes import Job, JobEvent, LogLine, Node
-from coordinator.spec import Overrides, load_job_file, parse_env_flags
-from coordinator.states import JobState, NodeState
 from tests.integration.harness import ROOT
 from tests.net import free_port
 

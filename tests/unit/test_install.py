@@ -10,7 +10,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"trainer", "agent", "coordinator", "coord"}
+OURS = {"contract", "trainer", "agent", "coordinator", "coord"}
 # Workers bring their own torch (a CPU or a CUDA build): never a declared dependency.
 BROUGHT_BY_THE_USER = {"torch"}
 

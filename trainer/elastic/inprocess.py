@@ -38,16 +38,16 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from agent import control
+from contract import control
+from contract.workerenv import ReplicaEnv
 
 from .bound import BoundObjects
 from .checkpoint import CheckpointStore
-from .errors import EnvironmentConfigError
+from .env import replica_env
 from . import lifeline
 from .ftglue import Fence, make_manager
 from .logs import get_logger
@@ -97,44 +97,6 @@ class InProcessConfig:
             raise ValueError("pause_s must be > 0")
 
 
-@dataclass(frozen=True)
-class ReplicaEnv:
-    """What coord tells an in-process worker (see docs/worker-environment.md)."""
-
-    replica: int  # unique in the job, never reused
-    local_rank: int  # which GPU on this node
-    lighthouse: str
-    min_replicas: int
-    joining: bool  # started into a running quorum: heal from a peer, not from disk
-    host: str  # address peers reach this worker at (store, manager, checkpoint server)
-    generation: int
-    checkpoint_dir: Path
-    node_id: str
-    job_id: str = ""  # the FENCE owner its durable checkpoints commit for
-    launched: int = 0  # replicas its generation was started with (0: not known)
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> ReplicaEnv:
-        env = os.environ if environ is None else environ
-        if not env.get("TORCHFT_LIGHTHOUSE"):
-            raise EnvironmentConfigError("TORCHFT_LIGHTHOUSE is not set: in-process mode needs "
-                                         "the job's quorum service ([fault_tolerance] mode)")
-        try:
-            return cls(replica=int(env.get("REPLICA_GROUP_ID", "0")),
-                       local_rank=int(env.get("LOCAL_RANK", "0")),
-                       lighthouse=env["TORCHFT_LIGHTHOUSE"],
-                       min_replicas=int(env.get("COORD_FT_MIN_REPLICAS", "1")),
-                       joining=env.get("COORD_FT_JOIN", "0") == "1",
-                       host=env.get("COORD_NODE_HOST") or env.get("MASTER_ADDR", "127.0.0.1"),
-                       generation=int(env.get("COORD_GENERATION", "0")),
-                       checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", "checkpoints")),
-                       node_id=env.get("COORD_NODE_ID", "local"),
-                       job_id=env.get("COORD_JOB_ID", ""),
-                       launched=int(env.get("COORD_FT_REPLICAS", "0")))
-        except ValueError as exc:
-            raise EnvironmentConfigError(f"in-process worker environment: {exc}") from exc
-
-
 def selected(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this worker should take the in-process path: coord asked for it (mode
     "inprocess"), or left the choice to the script (mode "auto", the default) and torchft is
@@ -150,7 +112,7 @@ def selected(environ: Mapping[str, str] | None = None) -> bool:
 def init(config: InProcessConfig | None = None,
          environ: Mapping[str, str] | None = None) -> InProcessContext:
     config = config or InProcessConfig()
-    env = ReplicaEnv.from_environ(environ)
+    env = replica_env(environ)
     stop = StopFlag()
     stop.install(config.stop_signals)
     return InProcessContext(env, config, stop)
