@@ -22,9 +22,9 @@ from rich.markup import escape
 from contract.errors import CoordError, exit_code
 from contract.spec import Overrides, parse_env_flags
 from contract.states import JobState
-from coordinator import cliout
-from coordinator.sdk import AsyncClient
-from coordinator.sdktypes import Job, JobEvent, as_dict
+from coordinator.client import cliout
+from coordinator.client.sdk import AsyncClient
+from coordinator.client.sdktypes import Job, JobEvent, as_dict
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
