@@ -49,7 +49,8 @@ from .bound import BoundObjects
 from .checkpoint import CheckpointStore
 from .env import replica_env
 from . import lifeline
-from .ftglue import Fence, make_manager
+from .ftglue import (Fence, abort_group, apply_pending_heal, healed_in_this_quorum, make_manager,
+                     shutdown_group)
 from .logs import get_logger
 from .peerloss import PEER_LOST, discard_reason, reform_cause
 from .loop import Step
@@ -292,9 +293,7 @@ class InProcessContext(BoundObjects):
         """Wait for this step's quorum, take a peer's state if torchft fetched one (this
         replica was behind), note a re-formation; returns (size, rank) to plan by."""
         self._manager.wait_quorum()
-        if self._manager._healing:  # torchft's async mode applies it at commit: too late
-            self._manager._apply_pending_state_dict()  # for this step's plan and the floor
-            self._manager._healing = False
+        apply_pending_heal(self._manager)  # for this step's plan and the floor
         size = self._manager.num_participants()
         if self._quorum and size != self._quorum[0]:
             self._note_resize(self._quorum[0], size)
@@ -321,7 +320,7 @@ class InProcessContext(BoundObjects):
         size = self._manager.num_participants()
         leaving = self.stop_flag.is_set()  # sampled once: what the peers learn is what we do
         due = (time.monotonic() - self._quorum_started >= self.config.quorum_interval_s
-               or self._manager._client.healing)  # a healed joiner takes part from the next
+               or healed_in_this_quorum(self._manager))  # a healed joiner takes part from the next
         tail = torch.tensor([step.loss_contribution * size, float(leaving or due) * size],
                             device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
@@ -353,7 +352,7 @@ class InProcessContext(BoundObjects):
             # without it), or may have committed this step and go on without a quorum. Its
             # next all-reduce fails now, so it asks for one too; the failed commit makes the
             # Lighthouse give that quorum a new id, and with it a new group.
-            self._manager._pg.abort()
+            abort_group(self._manager)
             self.discarded += 1
             self._stale = True  # plan the redo by the next quorum
             cause = discard_reason(self._manager.errored())
@@ -412,7 +411,7 @@ class InProcessContext(BoundObjects):
             # torchft leaves its gloo group to interpreter teardown, where a worker thread of
             # a group that once timed out can abort the process after a clean finish (seen
             # after a quorum-service restart): free it now, while the interpreter is whole.
-            self._manager._pg.shutdown()
+            shutdown_group(self._manager)
             self._manager = self._store = None
             gc.collect()
         self.stop_flag.uninstall()
