@@ -21,9 +21,11 @@ RUN pip install torch==2.13.0 torchvision==0.28.0 nvidia-dali-cuda120 numpy
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protos ./protos
+COPY contract ./contract
 COPY coordinator ./coordinator
 COPY agent ./agent
 COPY trainer ./trainer
+# The agent and the trainer: coordd's own dependencies (the `coordd` extra) stay out.
 RUN pip install ".[train]"
 
 WORKDIR /var/lib/coord-agent

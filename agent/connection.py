@@ -15,9 +15,8 @@ from tenacity import (AsyncRetrying, retry_if_exception, stop_after_delay,
 
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
+from contract.transport import call_metadata, open_channel
 from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
-from coordinator.auth import call_metadata
-from coordinator.transport import open_channel
 
 log = structlog.get_logger("agent.connection")
 MAX_MESSAGE = 80 * 2**20

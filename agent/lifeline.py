@@ -29,8 +29,9 @@ from typing import Any
 
 import structlog
 
+from contract.workerenv import LIFELINE_FD
+
 log = structlog.get_logger("agent.lifeline")
-ENV = "COORD_LIFELINE_FD"
 PING_S = 1.0  # the worker side (trainer/elastic/lifeline.py) allows a silence of several
 
 
@@ -43,7 +44,7 @@ class Lifeline:
         self._fd_in_worker = self.read_fd  # pass_fds keeps the number in the child
 
     def env(self) -> dict[str, str]:
-        return {ENV: str(self._fd_in_worker)}
+        return {LIFELINE_FD: str(self._fd_in_worker)}
 
     def spawned(self) -> None:
         """The worker holds its copy of the read end now: the agent's goes."""

@@ -18,9 +18,9 @@ from agent.connection import Connection
 from agent.notices import NoticeWatcher
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
+from contract import logs
+from contract.transport import ca_bytes
 from coord.v1 import agent_pb2, types_pb2
-from coordinator import logs
-from coordinator.transport import ca_bytes
 
 log = structlog.get_logger("agent")
 app = typer.Typer(add_completion=False)
@@ -31,7 +31,7 @@ OWNER_ONLY = 0o077  # the umask of the agent and of everything it starts
 def detect_resources() -> types_pb2.Resources:
     gpus = len([p for p in Path("/dev").glob("nvidia[0-9]*")])
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    # Workers run with this interpreter (see worker_env): what it can import, they can.
+    # Workers run with this interpreter (see contract.workerenv.node_env): what it can import, they can.
     software = [name for name in OPTIONAL_SOFTWARE if importlib.util.find_spec(name)]
     return types_pb2.Resources(cpus=os.cpu_count() or 1, gpus=gpus, memory_bytes=memory,
                                software=software)

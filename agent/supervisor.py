@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-import sys
 
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -17,12 +16,13 @@ from pathlib import Path
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent import control as control_lines
-from agent.fence import write_fence
 from agent.lifeline import PING_S, Lifeline
 from agent.outbox import Outbox
-from agent.scratch import Scratch, snapshot_root
 from agent.warm import WarmPool
+from contract import control as control_lines
+from contract.fence import write_fence
+from contract.scratch import Scratch, snapshot_root
+from contract.workerenv import node_env
 from coord.v1 import agent_pb2, types_pb2
 
 log = structlog.get_logger("agent.supervisor")
@@ -63,7 +63,7 @@ class Supervisor:
         self.coordd_id = ""  # the coordd this agent registered with (Registered.coordd_id)
         self._exits: dict[tuple[str, int, int], agent_pb2.WorkerStateChange] = {}
         self._preparing: set[Preparing] = set()  # starts still fetching or setting up
-        self.warm = (WarmPool(MAX_LINE, worker_env({}, workers=1, cpus=cpus))
+        self.warm = (WarmPool(MAX_LINE, node_env({}, workers=1, cpus=cpus))
                      if WarmPool.enabled() else None)
         self._pinging: asyncio.Task | None = None
 
@@ -128,7 +128,7 @@ class Supervisor:
                          agent_pb2.WORKER_PHASE_FAILED_TO_START, detail=detail)
 
     async def _prepare(self, msg: agent_pb2.StartWorkers) -> Path:
-        from coordinator import bundle
+        from contract import bundle
         job_dir = self.workdir / "jobs" / msg.job_id
         if self._prepared.get(msg.job_id) != msg.bundle_digest:
             if msg.bundle_digest:
@@ -146,7 +146,7 @@ class Supervisor:
 
     async def _run_setup(self, msg: agent_pb2.StartWorkers, job_dir: Path) -> None:
         proc = await asyncio.create_subprocess_exec(
-            "bash", "-c", msg.setup, cwd=job_dir, env=worker_env({}),
+            "bash", "-c", msg.setup, cwd=job_dir, env=node_env({}),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, process_group=0)
         await self._pump(proc.stdout, msg.job_id, msg.generation, -1, types_pb2.LOG_STREAM_STDOUT)
@@ -156,7 +156,7 @@ class Supervisor:
 
     async def _start_one(self, msg: agent_pb2.StartWorkers, spec: agent_pb2.WorkerSpec,
                          job_dir: Path) -> None:
-        env = worker_env({**self._scratch_env(spec), **spec.env},
+        env = node_env({**self._scratch_env(spec), **spec.env},
                          workers=int(spec.env.get("LOCAL_WORLD_SIZE") or len(msg.workers)),
                          cpus=self.cpus)
         try:
@@ -294,35 +294,6 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for job_id, node_id in self._scratch_of:  # the node is leaving: its memory goes too
             await asyncio.to_thread(self.scratch.remove_node, job_id, node_id)
-
-
-# The agent's join token: a job's code has no business holding it.
-AGENT_SECRETS = frozenset({"COORD_TOKEN"})
-# What torchrun sets for its workers unless set already (here rather than in coordd's
-# StartWorkers so that a warm interpreter, started before any job, has it too).
-TORCHRUN_DEFAULTS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
-
-
-def worker_env(job_env: dict[str, str], workers: int = 1,
-               cpus: int | None = None) -> dict[str, str]:
-    """The agent's environment less its token, its Python first on PATH (`python` in a
-    job means the node's environment, where coord and torch are installed), then the job's
-    variables, then a thread count for each of the node's `workers` unless one is set."""
-    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    inherited = {k: v for k, v in os.environ.items() if k not in AGENT_SECRETS}
-    env = {**TORCHRUN_DEFAULTS, **inherited, "PATH": path, "PYTHONUNBUFFERED": "1", **job_env}
-    return env | thread_env(env, workers, cpus)
-
-
-def thread_env(env: dict[str, str], workers: int, cpus: int | None) -> dict[str, str]:
-    """OMP_NUM_THREADS as torchrun sets it (1 when a node runs several workers), or the
-    node's share of cores split among its workers; never over a value already set. Without
-    it every worker's torch uses every core of the host, and they slow each other down."""
-    if "OMP_NUM_THREADS" in env:
-        return {}
-    if cpus is not None:
-        return {"OMP_NUM_THREADS": str(max(1, cpus // max(1, workers)))}
-    return {"OMP_NUM_THREADS": "1"} if workers > 1 else {}
 
 
 async def _spawn_cold(command: str, job_dir: Path,

@@ -28,9 +28,9 @@ from pathlib import Path
 import structlog
 
 from agent.lifeline import Lifeline
+from contract.agentenv import WARM_START_ENV
 
 log = structlog.get_logger("agent.warm")
-ENABLE_ENV = "COORD_AGENT_WARM_START"
 _PLAIN = re.compile(r"^[\w./=:,+@%-]+$")  # an argument with nothing bash would expand
 _MODULE = re.compile(r"^[A-Za-z_][\w.]*$")
 # Read by the interpreter or by `import torch`, so they must not differ for a warm start.
@@ -91,7 +91,7 @@ class WarmPool:
 
     @staticmethod
     def enabled() -> bool:
-        return os.environ.get(ENABLE_ENV, "1") not in ("", "0")
+        return os.environ.get(WARM_START_ENV, "1") not in ("", "0")
 
     def fill(self) -> None:
         if self._ready is None and (self._filling is None or self._filling.done()):

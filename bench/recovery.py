@@ -55,9 +55,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract.states import JobState
 from coordinator.localcluster import start_coordd, wait_for
 from coordinator.providers.procs import session_pids, signal_tree
-from coordinator.states import JobState
 from trainer.elastic import committed_history
 from trainer.elastic.steplog import STEPLOG_FILE
 

@@ -31,12 +31,12 @@ from typing import Literal
 import grpc
 import structlog
 
+from contract.transport import METADATA_KEY
 from coord.v1 import agent_pb2, jobs_pb2
 from coordinator.edge import rebuild
 from coordinator.tls import write_file
 
 log = structlog.get_logger("coordinator.auth")
-METADATA_KEY = "authorization"
 Role = Literal["client", "agent"]
 ROLES: tuple[Role, ...] = ("client", "agent")
 # Which role may call which service, from the descriptors: a new RPC is covered at once.
@@ -45,10 +45,6 @@ SERVICE_ROLES: dict[str, Role] = {
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: "agent",
 }
 REFRESH_EVERY_S = 1.0
-
-
-def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return ((METADATA_KEY, f"Bearer {token}"),)
 
 
 @dataclasses.dataclass(frozen=True)

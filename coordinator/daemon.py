@@ -12,10 +12,12 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from contract import instance as contract_instance
+from contract.errors import AlreadyRunning, StateDirRefused
+from contract.instance import default_state_dir
 from coordinator import instance, logs, statedir, stopreport
-from coordinator.errors import AlreadyRunning, StateDirRefused
 from coordinator.quorum import public_host
-from coordinator.settings import CoorddSettings, default_state_dir
+from coordinator.settings import CoorddSettings
 
 NOT_RUNNING = 3  # as an LSB init script's `status` says "program is not running"
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -144,7 +146,7 @@ def status(state_dir: StateDir = None, config: Config = None) -> None:
     """
     directory = _settings(state_dir, config).state_dir
     try:
-        found = instance.running(directory)
+        found = contract_instance.running(directory)
     except OSError as exc:
         typer.echo(f"error: cannot tell whether a coordd runs on {directory}: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -182,8 +184,8 @@ def stop(state_dir: StateDir = None, config: Config = None,
 
 
 def _stale_note(directory: Path) -> str:
-    if (directory / instance.ADDR_FILE).exists():
-        return (f" ({instance.ADDR_FILE} there is stale: left by a coordd that did not stop "
+    if (directory / contract_instance.ADDR_FILE).exists():
+        return (f" ({contract_instance.ADDR_FILE} there is stale: left by a coordd that did not stop "
                 "cleanly; nothing uses it)")
     return ""
 

@@ -9,7 +9,7 @@ import time
 import grpc
 import structlog
 
-from coordinator.errors import ERROR_KEY, CoordError, error_tag
+from contract.errors import ERROR_KEY, CoordError, error_tag
 
 log = structlog.get_logger("coordinator.edge")
 # Status details travel in trailers, which clients cap (8 KiB by default): a longer message

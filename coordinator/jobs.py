@@ -12,12 +12,12 @@ from pathlib import Path
 
 import structlog
 
-from agent.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
+from contract.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
                            WORKER_RESTORED)
 from coord.v1 import agent_pb2
-from coordinator import bundle as bundles
+from contract import bundle as bundles
 from coordinator.bus import Bus
-from coordinator.errors import Conflict, InvalidSpec
+from contract.errors import Conflict, InvalidSpec
 from coordinator.logbudget import LogBudget
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
@@ -28,10 +28,10 @@ from coordinator.reconciler.runner import (Cancel, JobRunner, NodeChanged, Worke
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 from coordinator.settings import CoorddSettings
-from coordinator.spec import JobSpec, check_recorded_flags, parse_spec_json
-from coordinator.states import JobState, NodeState
+from contract.spec import JobSpec, check_recorded_flags, parse_spec_json
+from contract.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
-from coordinator.workerenv import rank_env
+from contract.workerenv import rank_env
 from coordinator.store import EventRecord, JobRecord, LogRecord, NodeRecord, Store
 
 log = structlog.get_logger("coordinator.jobs")

@@ -65,7 +65,7 @@ class LocalCoordd:
 
     def client(self, token: str | None = None):
         """A blocking SDK client for this coordd (TLS with its CA, the client token)."""
-        from coordinator.sdk import Client
+        from coordinator.client.sdk import Client
         return Client(self.address, token or self.token, ca=self.ca_path)
 
     def cli(self, *args: str, timeout: float = 120, cwd: Path | None = None

@@ -1,5 +1,5 @@
-"""structlog set-up shared by coordd, the agent and the CLI: readable on a terminal, JSON
-otherwise; coordd also writes every entry to its log file."""
+"""coordd's structlog set-up: every entry to its log file, and what the terminal shows
+(the processor chain is contract/logs.py's, shared with the agent)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,7 @@ from pathlib import Path
 
 import structlog
 
-
-def configure(level: str = "info", json: bool | None = None, stream=sys.stderr) -> None:
-    """Configure structlog once per process. `json=None` picks JSON when `stream` is not a TTY."""
-    use_json = not stream.isatty() if json is None else json
-    renderer = (structlog.processors.JSONRenderer() if use_json
-                else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
-    structlog.configure(
-        processors=[*_enrich(), renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
-    )
-
-
-
-def _enrich() -> list:
-    """What every entry carries, whichever way it is rendered."""
-    return [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info]
-
+from contract.logs import processors
 
 TERMINAL_FORMATS = ("plain", "console", "json")
 
@@ -42,7 +22,7 @@ def configure_daemon(level: str, log_file: Path, terminal: str = "plain",
     file = open(log_file, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (process-long)
     sink = _DaemonSink(file, terminal, stream)
     structlog.configure(
-        processors=[*_enrich(), lambda _logger, _name, event: ((event,), {})],
+        processors=[*processors(), lambda _logger, _name, event: ((event,), {})],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=lambda *_args: sink,
         cache_logger_on_first_use=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from coordinator.states import JobState, NodeState
+from contract.states import JobState, NodeState
 
 
 class Metrics:

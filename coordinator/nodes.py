@@ -15,14 +15,14 @@ from collections.abc import Callable
 
 import structlog
 
+from contract.errors import InvalidSpec, PartialLaunch
+from contract.spec import JobSpec
+from contract.states import NodeState, check_node_transition
 from coord.v1 import agent_pb2
-from coordinator.errors import InvalidSpec, PartialLaunch
 from coordinator.metrics import Metrics
 from coordinator.providers.base import Provider
 from coordinator.reconciler.view import NodeView
 from coordinator.settings import CoorddSettings
-from coordinator.spec import JobSpec
-from coordinator.states import NodeState, check_node_transition
 from coordinator.store import JobRecord, NodeRecord, Store
 
 log = structlog.get_logger("coordinator.nodes")

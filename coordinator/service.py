@@ -9,17 +9,17 @@ import re
 import grpc
 import structlog
 
+from contract.errors import Conflict, CoordError, InvalidSpec, NotFound
+from contract.spec import MAX_COMMAND
+from contract.states import NodeState
 from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from coordinator import convert
 from coordinator.bus import Bus, drain
 from coordinator.edge import rpc
-from coordinator.errors import Conflict, CoordError, InvalidSpec, NotFound
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import AgentSession, NodeRegistry
 from coordinator.providers.base import Provider
-from coordinator.spec import MAX_COMMAND
-from coordinator.states import NodeState
 from coordinator.store import NodeRecord, Store
 
 log = structlog.get_logger("coordinator.service")

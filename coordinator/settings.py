@@ -11,11 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-from coordinator.spec import AwsResources
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "coord"
+from contract.instance import default_state_dir
+from contract.spec import AwsResources
 
 
 class AwsSettings(BaseModel):

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from coordinator.errors import StateDirRefused
+from contract.errors import StateDirRefused
 
 UMASK = 0o077
 # What coordd (and its providers) keep at the top of the state directory.

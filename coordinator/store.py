@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from coordinator.errors import Conflict, NotFound
-from coordinator.states import JobState, NodeState
+from contract.errors import Conflict, NotFound
+from contract.states import JobState, NodeState
 
 metadata = sa.MetaData()
 

@@ -22,13 +22,13 @@ PIP=(.venv/bin/python -m pip install -q)
 # at every start ("Failed to initialize NumPy") and trainer.elastic refuses to start.
 "${PIP[@]}" "torch==2.13.0" numpy
 if [ "$PROFILE" = demo ]; then
-  "${PIP[@]}" -e .
+  "${PIP[@]}" -e ".[coordd]"
   echo "coord (daemon, agent, CLI, torch) installed in $(pwd)/.venv"
   echo "to add in-process recovery (torchft): .venv/bin/pip install -e '.[elastic]'"
   echo "to add the fast trainer too (DALI ~1 GB, scikit-learn, tensorboard): bash scripts/setup.sh"
   exit 0
 fi
-"${PIP[@]}" -e ".[dev,train]"
+"${PIP[@]}" -e ".[coordd,dev,train]"
 # The ssh provider's tests start a real sshd (Debian's openssh-server) on a loopback port.
 if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }) >/dev/null

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from coordinator.bus import CLOSED, Bus
 from coordinator.dashboard import views
-from coordinator.errors import NotFound
+from contract.errors import NotFound
 
 KEEPALIVE_S = 15.0  # a comment line now and then: proxies keep the stream open
 TOPICS = {"events": "job", "logs": "log"}

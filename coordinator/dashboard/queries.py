@@ -8,7 +8,7 @@ import dataclasses
 
 import sqlalchemy as sa
 
-from coordinator.states import JobState
+from contract.states import JobState
 from coordinator.store import EventRecord, JobRecord, NodeRecord, Store
 from coordinator.store import events as events_t
 from coordinator.store import jobs as jobs_t

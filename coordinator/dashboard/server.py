@@ -12,10 +12,10 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from contract.instance import DASHBOARD_URL_FILE
 from coordinator.auth import TokenStore
 from coordinator.dashboard.app import Deps, create_app
 from coordinator.dashboard.live import close_all
-from coordinator.dashboard.locate import URL_FILE
 from coordinator.dashboard.session import Sessions
 from coordinator.settings import CoorddSettings
 from coordinator.tls import WILDCARD_HOSTS, write_file
@@ -58,13 +58,13 @@ class Dashboard:
             await asyncio.sleep(0.01)
         shown = _public(host) if host.strip("[]") in WILDCARD_HOSTS else host or "127.0.0.1"
         self.url = f"https://{shown}:{sock.getsockname()[1]}/"
-        await asyncio.to_thread(write_file, s.state_dir / URL_FILE, self.url.encode() + b"\n",
-                                0o644)
+        await asyncio.to_thread(write_file, s.state_dir / DASHBOARD_URL_FILE,
+                                self.url.encode() + b"\n", 0o644)
         log.info("dashboard.listening", url=self.url)
         return self.url
 
     async def stop(self) -> None:
-        (self.settings.state_dir / URL_FILE).unlink(missing_ok=True)
+        (self.settings.state_dir / DASHBOARD_URL_FILE).unlink(missing_ok=True)
         close_all(self.deps.streams)
         if self._server is not None and self._task is not None:
             self._server.should_exit = True

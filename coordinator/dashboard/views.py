@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 from coordinator import convert
-from coordinator.cliout import job_dict
+from coordinator.client.cliout import job_dict
 from coordinator.dashboard import history
-from coordinator.sdktypes import Job, Node, as_dict
-from coordinator.states import NodeState
+from coordinator.client.sdktypes import Job, Node, as_dict
+from contract.states import NodeState
 from coordinator.store import EventRecord, JobRecord, LogRecord, NodeRecord
 
 NOTICE_STATES = (NodeState.DRAINING,)  # a spot notice or drain announced, not yet left

@@ -28,13 +28,13 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from tenacity import (AsyncRetrying, retry_if_exception, stop_after_attempt,
                       wait_exponential_jitter)
 
-from coordinator.errors import CoordError, PartialLaunch, ProviderError
+from contract.errors import CoordError, PartialLaunch, ProviderError
+from contract.spec import AwsResources, JobSpec
+from contract.states import NodeState
 from coordinator.instance import load_or_create_id
 from coordinator.providers import ec2
 from coordinator.providers.base import AgentAccess, JobEvents, Provider
 from coordinator.settings import AwsSettings
-from coordinator.spec import AwsResources, JobSpec
-from coordinator.states import NodeState
 from coordinator.store import JobRecord, NodeRecord
 
 log = structlog.get_logger("coordinator.providers.aws")

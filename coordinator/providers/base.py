@@ -6,9 +6,9 @@ import abc
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from coordinator.errors import Conflict
+from contract.errors import Conflict
+from contract.spec import JobSpec
 from coordinator.providers.nodeio import ExecOutput
-from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from coordinator.errors import CoordError, InvalidSpec, PermissionDenied, ProviderError
+from contract.errors import CoordError, InvalidSpec, PermissionDenied, ProviderError
+from contract.spec import AwsChoice, AwsResources, JobSpec
 from coordinator.settings import AwsSettings
-from coordinator.spec import AwsChoice, AwsResources, JobSpec
 
 TAG_MANAGED, TAG_COORDD = "coord:managed", "coord:coordd"
 TAG_JOB, TAG_NODE = "coord:job", "coord:node"

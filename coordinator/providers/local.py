@@ -17,15 +17,15 @@ from pathlib import Path
 
 import structlog
 
-from agent.scratch import ROOT_ENV, Scratch, owner, snapshot_root
-from agent.warm import ENABLE_ENV
-from coordinator.errors import InvalidSpec
+from contract.agentenv import WARM_START_ENV
+from contract.errors import InvalidSpec
+from contract.scratch import ROOT_ENV, Scratch, owner, snapshot_root
+from contract.spec import JobSpec
 from coordinator.providers.base import AgentAccess, Provider
 from coordinator.providers.imds import MetadataStandIn
 from coordinator.providers.localio import download_local, exec_local, upload_local
 from coordinator.providers.procs import process_alive, session_pids, signal_session
 from coordinator.settings import LocalSettings
-from coordinator.spec import JobSpec
 from coordinator.store import JobRecord, NodeRecord
 
 log = structlog.get_logger("coordinator.providers.local")
@@ -124,7 +124,7 @@ class LocalProvider(Provider):
                 "--cpus", str(cpus),
                 stdin=asyncio.subprocess.DEVNULL, stdout=agent_log, stderr=agent_log,
                 start_new_session=True,  # the node's processes are exactly this session
-                env={ENABLE_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env(),
+                env={WARM_START_ENV: "1" if warm else "0", **os.environ, **self.access.agent_env(),
                      ROOT_ENV: str(self.snapshot_root)})
         finally:
             agent_log.close()

@@ -11,7 +11,7 @@ import posixpath
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from coordinator.errors import (Conflict, CoordError, InvalidSpec, NotFound, PathDenied,
+from contract.errors import (Conflict, CoordError, InvalidSpec, NotFound, PathDenied,
                                ResourceExhausted)
 
 CHUNK = 1 << 20  # one gRPC message of file data, both ways

@@ -16,7 +16,9 @@ from typing import TypeVar
 import asyncssh
 import structlog
 
-from coordinator.errors import Conflict, CoordError, ProviderError
+from contract.errors import Conflict, CoordError, ProviderError
+from contract.spec import JobSpec
+from contract.states import NodeState
 from coordinator.providers.base import AgentAccess, JobEvents, Provider
 from coordinator.providers.nodeio import CHUNK, ExecOutput, merged, node_path, path_error
 from coordinator.providers.sshboot import Bootstrap, stop_script
@@ -24,8 +26,6 @@ from coordinator.providers.sshhost import (COMMAND_TIMEOUT_S, HostError, connect
                                            exit_code, run)
 from coordinator.providers.wheel import Wheel, build
 from coordinator.settings import SshHost, SshSettings
-from coordinator.spec import JobSpec
-from coordinator.states import NodeState
 from coordinator.store import JobRecord, NodeRecord
 
 log = structlog.get_logger("coordinator.providers.ssh")

@@ -10,7 +10,7 @@ import signal
 
 import asyncssh
 
-from coordinator.errors import ProviderError
+from contract.errors import ProviderError
 from coordinator.settings import SshHost
 
 TAIL_CHARS = 800

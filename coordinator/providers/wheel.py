@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 DISTRIBUTION = "coord"
-PACKAGES = ("coordinator", "agent", "trainer", "coord")
+PACKAGES = ("contract", "coordinator", "agent", "trainer", "coord")
 SKIP_DIRS = {"__pycache__"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
 

@@ -7,11 +7,12 @@ the runner records each action's effect in the view (requested, stopping_since, 
 
 from __future__ import annotations
 
+from contract.exits import PEER_LOST_EXIT
+from contract.states import JobState, NodeState
 from coordinator.reconciler.plan import (
     Acquire, Action, ChargeRestart, ConfirmInProcess, MarkBelowMinimum, Reform, Release,
     StartGeneration, StopGeneration, StopNodes, Transition)
-from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, WorkerExit, failure_cause
-from coordinator.states import JobState, NodeState
+from coordinator.reconciler.view import JobView, WorkerExit, failure_cause
 
 GONE_STATES = (NodeState.LOST, NodeState.GONE)
 # After asking workers to stop, wait this much beyond their grace before starting anyway.

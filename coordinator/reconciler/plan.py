@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from coordinator.states import JobState
+from contract.states import JobState
 
 
 @dataclasses.dataclass(frozen=True)

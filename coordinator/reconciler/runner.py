@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from coordinator.errors import PartialLaunch
+from contract.errors import PartialLaunch
+from contract.spec import JobSpec
+from contract.states import JobState, NodeState, check_job_transition
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.resume import (CHECKPOINTED, NO_CHECKPOINT, RESUMED, RESUMING,
                                            STOPPED, CheckpointCommitted, ResumeState,
                                            WorkerRestored)
 from coordinator.reconciler.view import JobView, NodeView, WorkerExit, failure_cause
-from coordinator.spec import JobSpec
-from coordinator.states import JobState, NodeState, check_job_transition
 from coordinator.store import JobRecord
 
 if TYPE_CHECKING:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from coordinator.states import JobState, NodeState
+from contract.exits import PEER_LOST_EXIT
+from contract.states import JobState, NodeState
 
 
 @dataclasses.dataclass
@@ -26,11 +27,6 @@ class WorkerExit:
     rank: int
     code: int
     time: float
-
-
-# Exit code of a worker whose collective failed because a peer vanished (EX_TEMPFAIL);
-# the elastic library uses it, any script may.
-PEER_LOST_EXIT = 75
 
 
 def failure_cause(exits: Iterable[WorkerExit]) -> WorkerExit | None:

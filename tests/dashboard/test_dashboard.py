@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.dashboard.conftest import sign_in, tls_context
 from tests.integration.harness import ROOT, wait_for
 

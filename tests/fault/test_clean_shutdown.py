@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from coordinator.providers.procs import session_pids
+from contract.states import JobState, NodeState
 from coordinator.localcluster import BIN
-from coordinator.states import JobState, NodeState
+from coordinator.providers.procs import session_pids
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from trainer.elastic import committed_history
 

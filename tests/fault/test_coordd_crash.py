@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from coordinator.states import JobState, NodeState
+from contract.states import JobState, NodeState
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from tests.net import free_port
 from trainer.elastic import committed_history
@@ -85,7 +85,7 @@ def test_a_restarted_coordd_stops_the_local_nodes_it_inherited(tmp_path):
 
 
 REPORTER = """import os, pathlib, time
-from agent import control
+from contract import control
 # Rank 1 says it joined the quorum service only once the test lets it (after coordd restarted).
 while os.environ["RANK"] == "1" and not pathlib.Path(os.environ["GO"]).exists():
     time.sleep(0.1)

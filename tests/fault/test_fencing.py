@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.fault.test_inprocess import (STEPS, assert_no_committed_step_lost, history, reached,
                                         submit, worker_pids)
 from tests.integration.harness import start_coordd, wait_for

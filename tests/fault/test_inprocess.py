@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from trainer.elastic import committed_history
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.states import JobState
 from coordinator.providers.procs import session_pids
-from coordinator.states import JobState
 from tests.integration.harness import ROOT, start_coordd, wait_for
 from trainer.elastic import committed_history
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.integration.harness import start_coordd, wait_for
 
 JOBS = Path(__file__).parents[1] / "integration" / "jobs"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.scratch import MARK
+from contract.scratch import MARK
+from contract.states import JobState
 from coordinator.providers.local import LocalProvider
-from coordinator.states import JobState
 from tests.integration.harness import ROOT, start_coordd, wait_for
 
 JOBS = Path(__file__).parents[1] / "integration" / "jobs"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from contract.states import JobState
 from coordinator.providers.imds import MetadataStandIn
-from coordinator.states import JobState
 from tests.fault.test_machine_loss import (STEPS, ckpt_dir, coordd, reached,  # noqa: F401
                                            submit_training)
 from tests.integration.harness import wait_for

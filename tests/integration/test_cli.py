@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli import app
-from coordinator.states import JobState
+from contract.states import JobState
+from coordinator.client.cli import app
 from coordinator.store import JobRecord
 from tests.integration.harness import ROOT, start_coordd, wait_for
 
@@ -86,8 +86,8 @@ def test_jobs_all_shows_an_active_job_older_than_the_newest_hundred(server, tmp_
 async def test_coordd_records_only_the_shape_of_override_flags(server, tmp_path):
     """A client (not ours) sending a value with --env, or anything else, is refused."""
     from coord.v1 import jobs_pb2
-    from coordinator.errors import InvalidSpec
-    from coordinator.sdk import AsyncClient
+    from contract.errors import InvalidSpec
+    from coordinator.client.sdk import AsyncClient
     spec = '{"name": "raw", "run": "true"}'
     async with AsyncClient(server.address, server.token, ca=server.ca_path) as client:
         for flags in (["--env TOKEN=secret"], ["rm -rf /"], ["--nodes 1"] * 300):
@@ -114,7 +114,7 @@ def test_a_followed_job_exits_with_its_state_and_ps_shows_coord_agent(server, tm
     failing = job_file(tmp_path / "f", "fails", "exit 3")
     assert coord(server, "submit", str(failing), "-N", "1").exit_code == 1
     sleeper = job_file(tmp_path / "s", "sleeper", "sleep 60")
-    follow = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "submit", str(sleeper),
+    follow = subprocess.Popen([sys.executable, "-m", "coordinator.client.cli", "submit", str(sleeper),
                                "-N", "1"], env=server.env, stdout=subprocess.PIPE, text=True)
     with server.client() as client:
         job = wait_for(lambda: next((j for j in client.jobs(include_finished=False)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import instance
-from coordinator.states import JobState
+from contract import instance
+from contract.states import JobState
 from coordinator.localcluster import BIN
 from coordinator.statedir import PUBLIC_FILES
 from tests.integration.harness import start_coordd, wait_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.fault.test_inprocess import assert_no_committed_step_lost, events, submit
 from tests.integration.harness import start_coordd
 

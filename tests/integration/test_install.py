@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.integration.harness import ROOT, start_coordd
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from contract.states import JobState
 from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from coordinator.providers.procs import session_pids
-from coordinator.states import JobState
 from tests.integration.harness import ROOT, job_pids, wait_for
 
 JOBS = Path(__file__).parent / "jobs"

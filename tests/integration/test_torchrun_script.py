@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.integration.harness import ROOT, wait_for
 
 EPOCHS = 80

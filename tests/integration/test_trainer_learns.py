@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.states import JobState
+from contract.states import JobState
 from tests.integration.harness import ROOT, wait_for
 from tests.net import free_port
 

@@ -17,13 +17,13 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from coordinator.errors import InvalidSpec, PartialLaunch, PermissionDenied, ProviderError
+from contract.errors import InvalidSpec, PartialLaunch, PermissionDenied, ProviderError
+from contract.spec import AwsResources, parse_spec
+from contract.states import JobState, NodeState
 from coordinator.providers import ec2
 from coordinator.providers.aws import AwsProvider
 from coordinator.providers.base import AgentAccess
 from coordinator.settings import AwsSettings
-from coordinator.spec import AwsResources, parse_spec
-from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, NodeRecord
 from tests.integration.harness import ROOT, wait_for
 from tests.providers.ec2_cloud import REGION, agent_env_of, heredoc, tags_of

@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 
-from coordinator.errors import InvalidSpec
+from contract.errors import InvalidSpec
+from contract.spec import JobSpec
 from coordinator.localcluster import start_coordd
 from coordinator.providers.local import Memory, fit_verdict
 from coordinator.settings import LocalSettings
-from coordinator.spec import JobSpec
 
 # One node of nproc_per_node = 1 takes 100 MB here.
 SMALL = LocalSettings(agent_memory_mb=20, worker_memory_mb=80)

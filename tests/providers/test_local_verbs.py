@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import InvalidSpec, NotFound, ResourceExhausted
+from contract.errors import InvalidSpec, NotFound, ResourceExhausted
+from contract.states import JobState
+from coordinator.client.sdk import AsyncClient
 from coordinator.providers.localio import download_local, exec_local, upload_local
 from coordinator.providers.nodeio import merged
-from coordinator.sdk import AsyncClient
-from coordinator.states import JobState
 from tests.integration.harness import wait_for
 from tests.net import free_port
 

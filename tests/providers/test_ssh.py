@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.errors import ProviderError
+from contract.errors import ProviderError
+from contract.states import JobState, NodeState
 from coordinator.providers.base import AgentAccess
 from coordinator.providers.procs import signal_session
 from coordinator.providers.ssh import SshProvider
 from coordinator.providers.sshboot import stop_script
 from coordinator.providers.sshhost import HostError, complete, connect, exit_code
 from coordinator.settings import SshHost, SshSettings
-from coordinator.states import JobState, NodeState
 from coordinator.store import JobRecord, NodeRecord, Store
 from tests.integration.harness import start_coordd, wait_for
 from tests.providers.sshd import Sshd, start_sshd

@@ -15,10 +15,10 @@ from google.protobuf import message_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from contract.errors import InvalidSpec
+from contract.spec import load_job_file
+from contract.states import JobState, NodeState
 from coord.v1 import agent_pb2, jobs_pb2
-from coordinator.errors import InvalidSpec
-from coordinator.spec import load_job_file
-from coordinator.states import JobState, NodeState
 from tests.integration.harness import job_pids, start_coordd, wait_for
 from tests.security.test_auth import call
 

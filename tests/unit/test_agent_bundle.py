@@ -13,8 +13,8 @@ import pytest
 from agent.connection import Connection
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
+from contract import bundle
 from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
-from coordinator import bundle
 
 
 class BundleServer(agent_pb2_grpc.AgentServiceServicer):

@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
-from coordinator import bundle
-from coordinator.errors import InvalidSpec
+from contract import bundle
+from contract.errors import InvalidSpec
 
 
 def test_pack_and_unpack_round_trip_skipping_caches(tmp_path):

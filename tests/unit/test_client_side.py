@@ -11,15 +11,16 @@ import click
 import pytest
 from typer.testing import CliRunner
 
+from contract import bundle, errors
+from contract.spec import Overrides, load_job_file, parse_env_flags
+from contract.states import JobState, NodeState
 from coord.v1 import types_pb2
-from coordinator import bundle, cliout, errors
-from coordinator.cli import app
+from coordinator.client import cliout
+from coordinator.client.cli import app
+from coordinator.client.sdk import AsyncClient
+from coordinator.client.sdktypes import Job, JobEvent, LogLine, Node
 from coordinator.nodes import node_id
 from coordinator.providers.local import agent_command
-from coordinator.sdk import AsyncClient
-from coordinator.sdktypes import Job, JobEvent, LogLine, Node
-from coordinator.spec import Overrides, load_job_file, parse_env_flags
-from coordinator.states import JobState, NodeState
 from tests.integration.harness import ROOT
 from tests.net import free_port
 
@@ -164,7 +165,7 @@ def test_connection_refused_is_one_line_with_the_address_its_source_and_what_to_
 def test_with_no_address_anywhere_coord_says_to_start_coordd(monkeypatch, tmp_path):
     monkeypatch.delenv("COORD_ADDR", raising=False)
     monkeypatch.setenv("COORDD_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr("coordinator.sdk.CONFIG_PATH", tmp_path / "none.toml")
+    monkeypatch.setattr("coordinator.client.sdk.CONFIG_PATH", tmp_path / "none.toml")
     result = CliRunner().invoke(app, ["status", "x"])
     assert result.exit_code == 4
     assert "start one here with `coordd serve`" in result.output
@@ -176,7 +177,7 @@ async def test_the_sdk_never_tries_a_state_dir_address_no_coordd_holds(monkeypat
     (tmp_path / "coordd.addr").write_text(f"127.0.0.1:{free_port()}\n")
     monkeypatch.delenv("COORD_ADDR", raising=False)
     monkeypatch.setenv("COORDD_STATE_DIR", str(tmp_path))
-    monkeypatch.setattr("coordinator.sdk.CONFIG_PATH", tmp_path / "none.toml")
+    monkeypatch.setattr("coordinator.client.sdk.CONFIG_PATH", tmp_path / "none.toml")
     with pytest.raises(errors.Unavailable, match=rf"no coordd runs on {tmp_path}; start one "
                                                  r"here with `coordd serve`, or set"):
         async with AsyncClient() as client:

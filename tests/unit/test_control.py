@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from agent import control
+from contract import control
 from trainer.elastic import inprocess
 
 
@@ -22,7 +22,7 @@ def test_a_control_line_becomes_a_worker_event_with_the_rank_added(capsys):
 # switch interval makes the threads interleave between any two writes.
 INTERLEAVED = textwrap.dedent("""
     import sys, threading
-    from agent import control
+    from contract import control
     sys.setswitchinterval(1e-6)
     def other():
         for _ in range(5000):

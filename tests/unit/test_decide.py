@@ -7,10 +7,11 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.exits import PEER_LOST_EXIT
+from contract.states import JobState, NodeState
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
-from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, NodeView, Policy, WorkerExit
-from coordinator.states import JobState, NodeState
+from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 
 POLICY = Policy(target=3, minimum=2, max_restarts=1, wait_for_min_s=60, nproc_per_node=1,
                 stop_grace_s=5, failure_settle_s=1, scale_up_settle_s=2, initial_full_wait_s=30,

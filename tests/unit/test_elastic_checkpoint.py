@@ -170,7 +170,7 @@ def test_init_refuses_a_worker_of_a_fenced_generation(tmp_path: Path) -> None:
 def test_a_new_job_takes_the_directory_over_and_fences_the_old_one(tmp_path: Path) -> None:
     """A job resuming from another job's checkpoints starts again at its own generation 1; the
     old job's workers, whatever their generation, can no longer commit there."""
-    from agent.fence import write_fence
+    from contract.fence import write_fence
 
     write_fence(tmp_path, 4, "old-job")
     _save(CheckpointStore(tmp_path, generation=4, job_id="old-job"), 10)

@@ -140,3 +140,25 @@ def test_a_member_coord_drops_ends_the_wait_for_its_collective_and_is_never_coun
     assert fence.counts_dropped() == ["b_1"]
     fence.quorum(["a_0:uuid1", "c_2:uuid3"])  # re-formed without it
     assert fence.counts_dropped() == []
+
+
+def test_only_the_adapter_touches_torchfts_private_attributes():
+    """A torchft upgrade is checked in ftglue.py alone: elsewhere the trainer reads no private
+    attribute of another object (its own, a module's `os._exit`, or torch's LR scheduler's
+    `_last_lr` in policy.py aside)."""
+    import ast
+    from pathlib import Path
+
+    allowed = {("policy.py", "_last_lr")}
+    found = []
+    for path in (Path(__file__).parents[2] / "trainer").rglob("*.py"):
+        if path.name == "ftglue.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name)
+                             and node.value.id in ("self", "cls", "os", "sys", "torch"))
+                    and (path.name, node.attr) not in allowed):
+                found.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert found == []

@@ -10,7 +10,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"trainer", "agent", "coordinator", "coord"}
+OURS = {"contract", "trainer", "agent", "coordinator", "coord"}
 # Workers bring their own torch (a CPU or a CUDA build): never a declared dependency.
 BROUGHT_BY_THE_USER = {"torch"}
 
@@ -43,3 +43,22 @@ def test_the_elastic_extra_declares_every_package_the_elastic_library_imports():
                if not requirement_names(distributions.get(m, [m])) & declared}
     assert {"numpy", "torchft"} <= third_party
     assert not missing, f"imported by trainer/elastic, not in coord[elastic]: {missing}"
+
+
+def undeclared(folders: list[Path], extras: list[str]) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = requirement_names(project["dependencies"] + [
+        r for extra in extras for r in project["optional-dependencies"][extra]])
+    third_party = set().union(*map(imported_modules, folders)) - set(
+        sys.stdlib_module_names) - OURS - BROUGHT_BY_THE_USER
+    distributions = packages_distributions()
+    return {m for m in third_party if not requirement_names(distributions.get(m, [m])) & declared}
+
+
+def test_the_plain_install_is_the_client_and_the_agent_and_coordd_has_an_extra():
+    light = [ROOT / "contract", ROOT / "agent", ROOT / "coordinator" / "client"]
+    assert undeclared(light, []) == set()
+    # the plain install lacks coordd's store: the daemon needs its extra, and has one
+    assert "sqlalchemy" in undeclared([ROOT / "coordinator"], [])
+    # botocore: aiobotocore pins the release it wraps
+    assert undeclared([ROOT / "coordinator"], ["coordd", "elastic"]) == {"botocore"}

@@ -4,12 +4,12 @@ its provider may ask for longer (machines that boot or install take minutes)."""
 import asyncio
 import time
 
+from contract.spec import JobSpec
+from contract.states import NodeState
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.providers.base import Provider
 from coordinator.settings import CoorddSettings
-from coordinator.spec import JobSpec
-from coordinator.states import NodeState
 from coordinator.store import JobRecord, Store
 
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from agent.lifeline import Lifeline
-from trainer.elastic.lifeline import AGENT_LOST_EXIT
+from contract.exits import AGENT_LOST_EXIT
 
 WORKER = textwrap.dedent("""
     import sys, time

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+from contract.spec import JobSpec
+from contract.states import JobState
 from coordinator.bus import Bus
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
@@ -15,8 +17,6 @@ from coordinator.reconciler.decide import decide
 from coordinator.reconciler.resume import (CHECKPOINTED, RESUMED, STOPPED, CheckpointCommitted,
                                            ResumeState, WorkerRestored)
 from coordinator.settings import CoorddSettings
-from coordinator.spec import JobSpec
-from coordinator.states import JobState
 from coordinator.store import EventRecord, JobRecord, Store
 from tests.unit.test_decide import running_job
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.scratch import Scratch
+from contract.scratch import Scratch
 
 OURS, OTHER = "c0ffee0000000001", "c0ffee0000000002"
 

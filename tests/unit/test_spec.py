@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from coordinator.errors import InvalidSpec
-from coordinator.spec import load_job_file, parse_spec_json
+from contract.errors import InvalidSpec
+from contract.spec import load_job_file, parse_spec_json
 
 
 def load(tmp_path, body: str):

@@ -8,12 +8,12 @@ import os
 import pytest
 from sqlalchemy import event
 
+from contract.states import JobState
 from coordinator.bus import Bus
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.providers.local import LocalProvider
 from coordinator.settings import CoorddSettings
-from coordinator.states import JobState
 from coordinator.store import JobRecord, Store
 
 

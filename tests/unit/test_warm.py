@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.supervisor import worker_env
 from agent.warm import WarmPool, startup_differs, warm_argv
+from contract.workerenv import node_env
 
 
 @pytest.mark.parametrize("command, argv", [
@@ -30,7 +30,7 @@ def test_only_plain_python_script_commands_start_warm(command, argv):
 @contextlib.asynccontextmanager
 async def filled_pool() -> AsyncIterator[WarmPool]:
     """A pool whose interpreter starts now, as an idle agent's does; closed afterwards."""
-    pool = WarmPool(1 << 16, worker_env({}))
+    pool = WarmPool(1 << 16, node_env({}))
     pool.fill()
     try:
         yield pool
@@ -45,13 +45,13 @@ async def test_a_warm_interpreter_runs_the_script_with_its_argv_cwd_and_env(tmp_
         "print(sys.argv[1:], os.getcwd(), os.environ['ONLY'], 'torch' in sys.modules)\n"
         "sys.exit(3)\n")
     async with filled_pool() as pool:
-        taken = await pool.take("python job.py --a 1", tmp_path, worker_env({"ONLY": "this"}))
+        taken = await pool.take("python job.py --a 1", tmp_path, node_env({"ONLY": "this"}))
         assert taken is not None
         proc, _ = taken
         out = (await proc.stdout.read()).decode()
         assert await proc.wait() == 3
         assert out.strip() == f"['--a', '1'] {tmp_path} this True"
-        assert await pool.take("python job.py", tmp_path, worker_env({})) is None  # not refilled
+        assert await pool.take("python job.py", tmp_path, node_env({})) is None  # not refilled
 
 
 @pytest.mark.timeout(60)
@@ -65,7 +65,7 @@ async def test_a_warm_interpreter_runs_a_module_and_never_holds_the_agent_token(
         "initial = open('/proc/self/environ', 'rb').read()\n"
         "print(sys.argv[1:], b'agent-secret' in initial, 'COORD_TOKEN' in os.environ)\n")
     async with filled_pool() as pool:  # after setenv: the agent's environment has the token
-        taken = await pool.take("python -m pkg.main --x 2", tmp_path, worker_env({}))
+        taken = await pool.take("python -m pkg.main --x 2", tmp_path, node_env({}))
         assert taken is not None
         proc, _ = taken
         out = (await proc.stdout.read()).decode()
@@ -93,7 +93,7 @@ async def test_a_warm_worker_logs_at_the_jobs_rust_log_level(tmp_path):
         "time.sleep(0.5)  # it logs from its own thread\n"
         "server.shutdown()\n")
     async with filled_pool() as pool:
-        taken = await pool.take("python job.py", tmp_path, worker_env({"RUST_LOG": "warn"}))
+        taken = await pool.take("python job.py", tmp_path, node_env({"RUST_LOG": "warn"}))
         assert taken is not None
         proc, _ = taken
         _, err = await proc.communicate()

@@ -2,30 +2,32 @@
 
 import os
 
-from agent.supervisor import worker_env
+import pytest
+
+from contract.workerenv import node_env
 
 
 def test_workers_do_not_inherit_the_agent_token(monkeypatch):
     monkeypatch.setenv("COORD_TOKEN", "agent-secret")
     monkeypatch.setenv("SOME_SETTING", "kept")
-    env = worker_env({"JOB_VAR": "1"})
+    env = node_env({"JOB_VAR": "1"})
     assert "COORD_TOKEN" not in env
     assert env["SOME_SETTING"] == "kept" and env["JOB_VAR"] == "1"
 
 
 def test_threads_follow_torchrun_unless_the_node_has_a_share_of_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert "OMP_NUM_THREADS" not in worker_env({}, workers=1)  # torchrun leaves one alone
-    assert worker_env({}, workers=4)["OMP_NUM_THREADS"] == "1"
-    assert worker_env({}, workers=2, cpus=8)["OMP_NUM_THREADS"] == "4"  # a local node's share
-    assert worker_env({}, workers=3, cpus=2)["OMP_NUM_THREADS"] == "1"
-    assert worker_env({"OMP_NUM_THREADS": "6"}, workers=4, cpus=8)["OMP_NUM_THREADS"] == "6"
+    assert "OMP_NUM_THREADS" not in node_env({}, workers=1)  # torchrun leaves one alone
+    assert node_env({}, workers=4)["OMP_NUM_THREADS"] == "1"
+    assert node_env({}, workers=2, cpus=8)["OMP_NUM_THREADS"] == "4"  # a local node's share
+    assert node_env({}, workers=3, cpus=2)["OMP_NUM_THREADS"] == "1"
+    assert node_env({"OMP_NUM_THREADS": "6"}, workers=4, cpus=8)["OMP_NUM_THREADS"] == "6"
 
 
 def test_every_variable_coordd_sets_is_in_the_one_table():
     from coordinator.jobs import replica_env
-    from coordinator.spec import JobSpec
-    from coordinator.workerenv import TABLE, rank_env
+    from contract.spec import JobSpec
+    from contract.workerenv import TABLE, rank_env
 
     spec = JobSpec(name="a", run="x")
     names = {*rank_env(rank=3, world_size=4, nproc_per_node=2, master=("h", 1), restarts=0,
@@ -33,13 +35,24 @@ def test_every_variable_coordd_sets_is_in_the_one_table():
              *replica_env("h", 3, "l:1", spec, joining=False, replica_only=True,
                          replicas=4, pause_s=2.0)}
     assert names <= {v.name for v in TABLE}
-    assert set(worker_env({}, workers=2)) - set(os.environ) <= {v.name for v in TABLE}
+    assert set(node_env({}, workers=2)) - set(os.environ) <= {v.name for v in TABLE}
 
 
 def test_the_docs_name_every_variable_a_worker_gets():
     from pathlib import Path
 
-    from coordinator.workerenv import TABLE
+    from contract.workerenv import TABLE
 
     text = (Path(__file__).parents[2] / "docs" / "worker-environment.md").read_text()
     assert [v.name for v in TABLE if f"`{v.name}`" not in text] == []
+
+
+@pytest.mark.parametrize("name", ["COORD_NODE_HOST", "COORD_SNAPSHOT_DIR", "COORD_LIFELINE_FD",
+                                  "COORD_FT_REPLICAS"])
+def test_a_job_may_not_set_a_variable_coord_sets(name):
+    """Refused with the name, not silently overwritten on the node."""
+    from contract.errors import InvalidSpec
+    from contract.spec import parse_spec
+
+    with pytest.raises(InvalidSpec, match=name):
+        parse_spec({"name": "a", "run": "x", "env": {name: "1"}}, "job.toml")

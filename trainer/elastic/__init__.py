@@ -13,9 +13,11 @@ A training script uses it in a few lines::
     ctx.close()
 """
 
+from contract.exits import PEER_LOST_EXIT
+from contract.workerenv import WorkerEnv
+
 from .checkpoint import Checkpoint, CheckpointRef, CheckpointStore
 from .context import ElasticConfig, ElasticContext, init
-from .env import WorkerEnv
 from .errors import (
     CheckpointError,
     CommitFailedError,
@@ -24,9 +26,8 @@ from .errors import (
     FenceFileError,
     StaleGenerationError,
 )
-from .fence import ensure_current, read_fence
+from .fence import ensure_current
 from .loop import Step
-from .peerloss import PEER_LOST_EXIT
 from .policy import BatchPlan, plan_batch
 from .sampler import GlobalSampler, MicroBatch, plan_micro_batches
 from .state import TrainState
@@ -38,5 +39,4 @@ __all__ = [
     "EnvironmentConfigError", "FenceFileError", "GlobalSampler", "History", "MicroBatch", "PEER_LOST_EXIT",
     "StaleGenerationError", "Step", "StepRecord", "TrainState", "WorkerEnv",
     "committed_history", "ensure_current", "init", "plan_batch", "plan_micro_batches",
-    "read_fence",
 ]

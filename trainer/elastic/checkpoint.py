@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from agent import control
+from contract import control
 
 from .errors import CheckpointError
 from .fence import ensure_current

@@ -27,11 +27,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from agent import control
+from contract import control
+from contract.workerenv import WorkerEnv
 
 from .bound import BoundObjects
 from .checkpoint import Checkpoint, CheckpointRef, CheckpointStore, checkpoint_name
-from .env import WorkerEnv
+from .env import worker_env
 from .errors import CheckpointError, CommitFailedError, ElasticError, EnvironmentConfigError
 from .fence import ensure_current
 from .logs import get_logger
@@ -86,7 +87,7 @@ def init(config: ElasticConfig | None = None,
          environ: Mapping[str, str] | None = None) -> ElasticContext:
     """Read the environment, install the stop handler, refuse if fenced, join the group."""
     config = config or ElasticConfig()
-    env = WorkerEnv.from_environ(environ)
+    env = worker_env(environ)
     peerloss.install()
     lifeline.watch(environ=environ)
     stop = StopFlag()

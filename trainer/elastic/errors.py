@@ -6,17 +6,19 @@ turn it into a process exit code the agent can classify (`ElasticError.exit_code
 
 from __future__ import annotations
 
+from contract.exits import CHECKPOINT_EXIT, ELASTIC_ERROR_EXIT, ENVIRONMENT_EXIT, FENCED_EXIT
+
 
 class ElasticError(Exception):
     """Base of every error raised by `trainer.elastic`."""
 
-    exit_code: int = 1
+    exit_code: int = ELASTIC_ERROR_EXIT
 
 
 class EnvironmentConfigError(ElasticError):
     """The worker environment (RANK, WORLD_SIZE, ...) is missing or inconsistent."""
 
-    exit_code = 2
+    exit_code = ENVIRONMENT_EXIT
 
 
 class StaleGenerationError(ElasticError):
@@ -26,7 +28,7 @@ class StaleGenerationError(ElasticError):
     generation was fenced off can never overwrite the state of the live generation.
     """
 
-    exit_code = 3
+    exit_code = FENCED_EXIT
 
     def __init__(self, generation: int, fence: int, owner: str = "") -> None:
         taken = f"; job {owner} has taken the checkpoint directory over" if owner else ""
@@ -38,16 +40,16 @@ class StaleGenerationError(ElasticError):
 class FenceFileError(ElasticError):
     """The FENCE file exists but cannot be read: refuse rather than guess."""
 
-    exit_code = 3
+    exit_code = FENCED_EXIT
 
 
 class CheckpointError(ElasticError):
     """A checkpoint could not be written, or the chosen one could not be read on this rank."""
 
-    exit_code = 4
+    exit_code = CHECKPOINT_EXIT
 
 
 class CommitFailedError(ElasticError):
     """The agreed (stop or final) commit failed on the writing rank; every rank raises it."""
 
-    exit_code = 4
+    exit_code = CHECKPOINT_EXIT

@@ -229,3 +229,28 @@ def _close_group(pg: Any, stall_s: float) -> None:
         log.warning("quorum.stalled", pending_s=stall_s,
                     action="closing this replica's group: peers waiting on it fail now")
         pg.abort()
+
+
+# What the rest of the trainer does to a Manager that torchft offers no public call for: the
+# one place that touches its private attributes, so a torchft upgrade is checked here.
+def apply_pending_heal(manager: Any) -> None:
+    """Take the peer's state torchft fetched for this replica now (its async mode applies it
+    at commit: too late for this step's plan)."""
+    if manager._healing:
+        manager._apply_pending_state_dict()
+        manager._healing = False
+
+
+def healed_in_this_quorum(manager: Any) -> bool:
+    """Whether this replica joined its quorum by healing from a peer (see ReplicaClient)."""
+    return manager._client.healing
+
+
+def abort_group(manager: Any) -> None:
+    """Close this replica's process group: a collective a peer waits in fails at once."""
+    manager._pg.abort()
+
+
+def shutdown_group(manager: Any) -> None:
+    """Free this replica's process group now, not at interpreter teardown."""
+    manager._pg.shutdown()

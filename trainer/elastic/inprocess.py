@@ -38,18 +38,19 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from agent import control
+from contract import control
+from contract.workerenv import ReplicaEnv
 
 from .bound import BoundObjects
 from .checkpoint import CheckpointStore
-from .errors import EnvironmentConfigError
+from .env import replica_env
 from . import lifeline
-from .ftglue import Fence, make_manager
+from .ftglue import (Fence, abort_group, apply_pending_heal, healed_in_this_quorum, make_manager,
+                     shutdown_group)
 from .logs import get_logger
 from .peerloss import PEER_LOST, discard_reason, reform_cause
 from .loop import Step
@@ -98,46 +99,6 @@ class InProcessConfig:
             raise ValueError("pause_s must be > 0")
 
 
-@dataclass(frozen=True)
-class ReplicaEnv:
-    """What coord tells an in-process worker (see docs/worker-environment.md)."""
-
-    replica: int  # unique in the job, never reused
-    local_rank: int  # which GPU on this node
-    lighthouse: str
-    min_replicas: int
-    joining: bool  # started into a running quorum: heal from a peer, not from disk
-    host: str  # address peers reach this worker at (store, manager, checkpoint server)
-    generation: int
-    checkpoint_dir: Path
-    node_id: str
-    job_id: str = ""  # the FENCE owner its durable checkpoints commit for
-    launched: int = 0  # replicas its generation was started with (0: not known)
-    pause_s: float = 2.0  # see InProcessConfig.pause_s
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> ReplicaEnv:
-        env = os.environ if environ is None else environ
-        if not env.get("TORCHFT_LIGHTHOUSE"):
-            raise EnvironmentConfigError("TORCHFT_LIGHTHOUSE is not set: in-process mode needs "
-                                         "the job's quorum service ([fault_tolerance] mode)")
-        try:
-            return cls(replica=int(env.get("REPLICA_GROUP_ID", "0")),
-                       local_rank=int(env.get("LOCAL_RANK", "0")),
-                       lighthouse=env["TORCHFT_LIGHTHOUSE"],
-                       min_replicas=int(env.get("COORD_FT_MIN_REPLICAS", "1")),
-                       joining=env.get("COORD_FT_JOIN", "0") == "1",
-                       host=env.get("COORD_NODE_HOST") or env.get("MASTER_ADDR", "127.0.0.1"),
-                       generation=int(env.get("COORD_GENERATION", "0")),
-                       checkpoint_dir=Path(env.get("COORD_CHECKPOINT_DIR", "checkpoints")),
-                       node_id=env.get("COORD_NODE_ID", "local"),
-                       job_id=env.get("COORD_JOB_ID", ""),
-                       launched=int(env.get("COORD_FT_REPLICAS", "0")),
-                       pause_s=float(env.get("COORD_PAUSE_S", "2")))
-        except ValueError as exc:
-            raise EnvironmentConfigError(f"in-process worker environment: {exc}") from exc
-
-
 def selected(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this worker should take the in-process path: coord asked for it (mode
     "inprocess"), or left the choice to the script (mode "auto", the default) and torchft is
@@ -153,7 +114,7 @@ def selected(environ: Mapping[str, str] | None = None) -> bool:
 def init(config: InProcessConfig | None = None,
          environ: Mapping[str, str] | None = None) -> InProcessContext:
     config = config or InProcessConfig()
-    env = ReplicaEnv.from_environ(environ)
+    env = replica_env(environ)
     stop = StopFlag()
     stop.install(config.stop_signals)
     return InProcessContext(env, config, stop)
@@ -334,9 +295,7 @@ class InProcessContext(BoundObjects):
         """Wait for this step's quorum, take a peer's state if torchft fetched one (this
         replica was behind), note a re-formation; returns (size, rank) to plan by."""
         self._manager.wait_quorum()
-        if self._manager._healing:  # torchft's async mode applies it at commit: too late
-            self._manager._apply_pending_state_dict()  # for this step's plan and the floor
-            self._manager._healing = False
+        apply_pending_heal(self._manager)  # for this step's plan and the floor
         size = self._manager.num_participants()
         if self._quorum and size != self._quorum[0]:
             self._note_resize(self._quorum[0], size)
@@ -363,7 +322,7 @@ class InProcessContext(BoundObjects):
         size = self._manager.num_participants()
         leaving = self.stop_flag.is_set()  # sampled once: what the peers learn is what we do
         due = (time.monotonic() - self._quorum_started >= self.config.quorum_interval_s
-               or self._manager._client.healing)  # a healed joiner takes part from the next
+               or healed_in_this_quorum(self._manager))  # a healed joiner takes part from the next
         tail = torch.tensor([step.loss_contribution * size, float(leaving or due) * size],
                             device=self.device)
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
@@ -395,7 +354,7 @@ class InProcessContext(BoundObjects):
             # without it), or may have committed this step and go on without a quorum. Its
             # next all-reduce fails now, so it asks for one too; the failed commit makes the
             # Lighthouse give that quorum a new id, and with it a new group.
-            self._manager._pg.abort()
+            abort_group(self._manager)
             self.discarded += 1
             self._stale = True  # plan the redo by the next quorum
             cause = discard_reason(self._manager.errored())
@@ -454,7 +413,7 @@ class InProcessContext(BoundObjects):
             # torchft leaves its gloo group to interpreter teardown, where a worker thread of
             # a group that once timed out can abort the process after a clean finish (seen
             # after a quorum-service restart): free it now, while the interpreter is whole.
-            self._manager._pg.shutdown()
+            shutdown_group(self._manager)
             self._manager = self._store = None
             gc.collect()
         self.stop_flag.uninstall()

@@ -28,12 +28,12 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from contract.exits import AGENT_LOST_EXIT
+from contract.workerenv import LIFELINE_FD
+
 from .logs import get_logger
 
 log = get_logger(__name__)
-ENV = "COORD_LIFELINE_FD"
-# EX_UNAVAILABLE from sysexits.h: the service this worker depends on (its agent) is gone.
-AGENT_LOST_EXIT = 69
 # The agent pings every second (agent/lifeline.py); this much silence is an agent that hangs,
 # whose node coordd drops, not a busy one.
 SILENCE_S = 10.0
@@ -48,7 +48,7 @@ def watch(on_message: Handler | None = None, environ: Mapping[str, str] | None =
     """Start reading the lifeline (once per process; a later call replaces the handler).
     True if this worker has one."""
     global _watching
-    raw = (os.environ if environ is None else environ).get(ENV, "")
+    raw = (os.environ if environ is None else environ).get(LIFELINE_FD, "")
     if not raw:
         return False
     with _lock:
@@ -72,7 +72,7 @@ def _pipe_fd(raw: str) -> int | None:
             return fd
     except (ValueError, OSError):
         pass
-    log.warning("lifeline_unusable", variable=ENV, value=raw)
+    log.warning("lifeline_unusable", variable=LIFELINE_FD, value=raw)
     return None
 
 

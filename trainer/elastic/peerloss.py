@@ -14,8 +14,8 @@ from types import TracebackType
 
 import torch.distributed as dist
 
-# EX_TEMPFAIL from sysexits.h: "temporary failure, try again later".
-PEER_LOST_EXIT = 75
+from contract.exits import PEER_LOST_EXIT
+
 PEER_LOST = "a peer replica was lost"
 _SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
           "NCCL communicator was aborted", "remote process exited", "ProcessGroupGloo")

@@ -1,6 +1,6 @@
 """The Python client SDK: everything `coord` does, for scripts and notebooks.
 
-    from coordinator.sdk import Client
+    from coordinator.client.sdk import Client
     with Client() as c:          # COORD_ADDR / COORD_TOKEN / COORD_CA, or the local coordd
         job = c.submit("examples/allreduce/job.toml")
         for line in c.logs(job.id, follow=True):
@@ -24,16 +24,16 @@ from typing import Any
 
 import grpc
 
+from contract import bundle
+from contract.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
+from contract.instance import default_state_dir, live_address
+from contract.spec import JobSpec, Overrides, load_job_file, parse_spec
+from contract.states import JobState, NodeState
+from contract.transport import call_metadata
+from contract.transport import ca_bytes, open_channel, truthy
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
-from coordinator import bundle, transfer
-from coordinator.auth import call_metadata
-from coordinator.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
-from coordinator.instance import live_address
-from coordinator.settings import default_state_dir
-from coordinator.sdktypes import Job, JobEvent, LogLine, LogStream, Node
-from coordinator.spec import JobSpec, Overrides, load_job_file, parse_spec
-from coordinator.states import JobState, NodeState
-from coordinator.transport import ca_bytes, open_channel, truthy
+from coordinator.client import transfer
+from coordinator.client.sdktypes import Job, JobEvent, LogLine, LogStream, Node
 
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
     "config.toml"

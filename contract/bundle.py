@@ -13,7 +13,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from coordinator.errors import InvalidSpec
+from contract.errors import InvalidSpec
 
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 EXCLUDED_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache",

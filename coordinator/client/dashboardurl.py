@@ -7,11 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from coordinator.errors import NotFound
-from coordinator.instance import live_address
-from coordinator.settings import default_state_dir
-
-URL_FILE = "dashboard.url"
+from contract.errors import NotFound
+from contract.instance import DASHBOARD_URL_FILE, default_state_dir, live_address
 
 
 def state_dir() -> Path:
@@ -21,7 +18,7 @@ def state_dir() -> Path:
 def dashboard_url() -> str:
     if url := os.environ.get("COORD_DASHBOARD_URL", "").strip():
         return url
-    path = state_dir() / URL_FILE
+    path = state_dir() / DASHBOARD_URL_FILE
     try:
         url = path.read_text().strip()
     except OSError:

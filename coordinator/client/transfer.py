@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from contract.errors import InvalidSpec
 from coord.v1 import jobs_pb2
-from coordinator.errors import InvalidSpec
 
 CHUNK = 1 << 20  # the server's chunk size too
 

@@ -19,12 +19,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from coordinator import cliout
-from coordinator.errors import CoordError, exit_code
-from coordinator.sdk import AsyncClient
-from coordinator.sdktypes import Job, JobEvent, as_dict
-from coordinator.spec import Overrides, parse_env_flags
-from coordinator.states import JobState
+from contract.errors import CoordError, exit_code
+from contract.spec import Overrides, parse_env_flags
+from contract.states import JobState
+from coordinator.client import cliout
+from coordinator.client.sdk import AsyncClient
+from coordinator.client.sdktypes import Job, JobEvent, as_dict
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -415,7 +415,7 @@ def dashboard(open_browser: Annotated[bool, typer.Option(
     """
     import webbrowser
 
-    from coordinator.dashboard.locate import dashboard_url, has_browser, state_dir
+    from coordinator.client.dashboardurl import dashboard_url, has_browser, state_dir
     try:
         url = dashboard_url()
     except CoordError as exc:

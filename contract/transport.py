@@ -1,5 +1,6 @@
 """How `coord`, the SDK and agents dial coordd: TLS, trusting coordd's CA (or the system's
-roots when none is given), unless plaintext was asked for explicitly."""
+roots when none is given), unless plaintext was asked for explicitly; and the call metadata
+that carries their bearer token (coordinator/auth.py checks it)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import grpc
 
-from coordinator.errors import InvalidSpec
+from contract.errors import InvalidSpec
 
 PEM_MARK = "-----BEGIN"
+METADATA_KEY = "authorization"
 
 
 def ca_bytes(ca: str | bytes | Path | None) -> bytes | None:
@@ -36,3 +38,7 @@ def open_channel(address: str, ca_pem: bytes | None, insecure: bool,
 
 def truthy(value: str | bool | None) -> bool:
     return value is True or str(value).strip().lower() in ("1", "true", "yes")
+
+
+def call_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return ((METADATA_KEY, f"Bearer {token}"),)

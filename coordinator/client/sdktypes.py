@@ -15,8 +15,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from contract.states import JobState, NodeState
 from coord.v1 import types_pb2
-from coordinator.states import JobState, NodeState
 
 
 class LogStream(enum.StrEnum):

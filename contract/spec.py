@@ -15,13 +15,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from coordinator.errors import InvalidSpec
-from coordinator.workerenv import RESERVED
+from contract.errors import InvalidSpec
+from contract.workerenv import RESERVED
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # fullmatch: `$` would allow "K\n"
-# Set by coord for every worker: a job may not override them.
-RESERVED_ENV = RESERVED
 MAX_COMMAND = 64 * 1024
 MAX_ENV_VALUE = 32 * 1024
 MAX_ENV_ENTRIES = 256
@@ -162,7 +160,7 @@ class JobSpec(_Strict):
         for key, value in env.items():
             if not ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"env key {key!r} is not a valid variable name")
-            if key in RESERVED_ENV:
+            if key in RESERVED:
                 raise ValueError(f"env key {key!r} is set by coord for every worker")
             if "\x00" in value:
                 raise ValueError(f"env value of {key!r} contains a NUL byte")

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from coordinator.errors import InvalidSpec
-from coordinator.sdktypes import Job, Node, plain, as_dict
+from contract.errors import InvalidSpec
+from coordinator.client.sdktypes import Job, Node, plain, as_dict
 
 STATE_COLOUR = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
                 "RECONFIGURING": "magenta", "LOST": "red", "GONE": "bright_black"}
