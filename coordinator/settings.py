@@ -130,6 +130,9 @@ class CoorddSettings(BaseSettings):
                                        description="wait this long for all nodes before "
                                                    "starting with nodes.min")
     provider_retry_s: float = Field(5.0, ge=0)
+    finish_grace_s: float = Field(60.0, ge=0, description="in-process jobs: members that never "
+                                  "took part in a step are stopped this long after a replica "
+                                  "trained to the last step")
     metrics_listen: str = Field("", description="HOST:PORT for Prometheus /metrics (empty: off)")
     max_message_bytes: int = Field(80 * 2**20, ge=2**20, le=2**31 - 1,
                                    description="largest gRPC message either way (a bundle is "

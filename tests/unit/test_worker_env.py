@@ -23,7 +23,7 @@ def test_threads_follow_torchrun_unless_the_node_has_a_share_of_cores(monkeypatc
 
 
 def test_every_variable_coordd_sets_is_in_the_one_table():
-    from coordinator.jobs import replica_env
+    from coordinator.launching import replica_env
     from coordinator.spec import JobSpec
     from coordinator.workerenv import TABLE, rank_env
 
