@@ -69,6 +69,7 @@ class JobRunner:
                 self._evolve(event)
             except TimeoutError:
                 pass
+            fault_point("reconciler.turn")
             await self._redrive()
             for action in decide(self.view, self.ports.clock.now()):
                 await self._act(action)
@@ -304,5 +305,6 @@ class JobRunner:
 
 
 def _point(action: plan.Action) -> str:
-    """An action's name in fault points: reform, startgeneration, transition ..."""
-    return type(action).__name__.lower()
+    """An action's name in fault points: startgeneration, reform.node_lost, ..."""
+    name = type(action).__name__.lower()
+    return f"{name}.{action.cause}" if isinstance(action, plan.Reform) else name
