@@ -22,7 +22,7 @@ from rich.markup import escape
 from coordinator import cliout
 from coordinator.errors import CoordError, exit_code
 from coordinator.sdk import AsyncClient
-from coordinator.sdktypes import Job, JobEvent, as_dict
+from coordinator.sdktypes import Job, JobEvent, as_dict, reformations
 from coordinator.spec import Overrides, parse_env_flags
 from coordinator.states import JobState
 
@@ -202,14 +202,13 @@ def _job_detail(job: Job, events: list[JobEvent]) -> None:
         console.print("  last lines of the first failed worker:")
         for line in job.failure_log_tail:
             console.print(f"    {escape(line)}")
-    history = [e for e in events if e.kind == "generation.started"]
+    history = reformations(events)
     if history:
-        console.print("  generations:")
-    for event in history:  # one line each, never cut: node ids are read and copied
-        data = event.data
-        console.print(f"    {event.generation:>3}  {when(event.time)}  "
-                      f"{data.get('cause', '-'):<14} {data.get('took_s', 0):6.2f} s  "
-                      f"{', '.join(data.get('new_members', [])) or '-'}")
+        console.print("  re-formations (epoch, worker generation):")
+    for r in history:  # one line each, never cut: node ids are read and copied
+        console.print(f"    {r.epoch:>3} {r.worker_generation:>3}  {when(r.time)}  "
+                      f"{r.kind:<8} {r.cause or '-':<14} {r.duration_s:6.2f} s  "
+                      f"{', '.join(r.new_members) or '-'}")
 
 
 @app.command("jobs")

@@ -108,8 +108,9 @@ class JobManager:
         async def gave_up(error: BaseException) -> None:
             runner = self.runners.pop(job_id, None) or self._runner(
                 await self.store.get_job(job_id), spec)
-            await runner.fail(f"coordd's reconciler for this job failed {self.supervisor.restarts + 1}"
-                              f" times in a row; the last error: {error!r}", cause="coordd_error")
+            tries = self.supervisor.restarts + 1
+            await runner.fail(f"coordd's reconciler for this job failed {tries} times in a row; "
+                              f"the last error: {error!r}", cause="coordd_error")
 
         self.supervisor.start(f"reconciler {job_id}", run, gave_up)
 

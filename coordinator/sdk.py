@@ -30,7 +30,7 @@ from coordinator.auth import call_metadata
 from coordinator.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
 from coordinator.instance import live_address
 from coordinator.settings import default_state_dir
-from coordinator.sdktypes import Job, JobEvent, LogLine, LogStream, Node
+from coordinator.sdktypes import Job, JobEvent, LogLine, LogStream, Node, Reformation, reformations
 from coordinator.spec import JobSpec, Overrides, load_job_file, parse_spec
 from coordinator.states import JobState, NodeState
 from coordinator.transport import ca_bytes, open_channel, truthy
@@ -247,6 +247,10 @@ class AsyncClient:
             job=job, follow=follow, node_id=node, rank=rank or 0, has_rank=rank is not None,
             tail=tail), LogLine.from_proto)
 
+    async def reformations(self, job: str) -> list[Reformation]:
+        """Every re-formation of the job so far, restarts and in-place ones."""
+        return reformations([e async for e in self.watch(job, follow=False)])
+
     async def wait(self, job: str, timeout: float | None = None) -> Job:
         """Block until the job ends; returns its final record."""
         async def until_done() -> Job:
@@ -312,6 +316,9 @@ class Client:
 
     def logs(self, job: str, **kwargs) -> Iterator[LogLine]:
         return self._iterate(self._async.logs(job, **kwargs))
+
+    def reformations(self, job: str) -> list[Reformation]:
+        return self._run(self._async.reformations(job))
 
     def wait(self, job: str, timeout: float | None = None) -> Job:
         return self._run(self._async.wait(job, timeout))

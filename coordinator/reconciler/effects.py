@@ -15,7 +15,6 @@ from typing import Any
 from coordinator.reconciler import plan
 from coordinator.reconciler.reduce import replaced_by
 from coordinator.reconciler.view import JobView
-from coordinator.states import NodeState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +70,10 @@ def effects_of(old: JobView, action: plan.Action, new: JobView,
     match action:
         case plan.StartGeneration(node_ids):
             return [Launch(n, new.worker_generation, master) for n in node_ids]
-        case plan.Reform(members, added):
+        case plan.Reform():
             return _reform_effects(old, action, new, master)
         case plan.StopGeneration(reason, grace_s):
-            return [StopWorkers(m, new.epoch, reason, grace_s) for m in _live(new)]
+            return [StopWorkers(m, new.epoch, reason, grace_s) for m in new.live_members()]
         case plan.StopNodes(node_ids, reason):
             return [StopWorkers(n, new.epoch, reason) for n in node_ids]
         case plan.Acquire(count):
@@ -95,10 +94,6 @@ def _reform_effects(old: JobView, action: plan.Reform, new: JobView,
         effects += [TellReformed(n, new.epoch, dropped) for n in action.members
                     if n not in action.added]
     return effects + [Launch(n, new.worker_generation, master) for n in action.added]
-
-
-def _live(view: JobView) -> list[str]:
-    return [m for m in view.members if view.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
 
 
 def durable(effect: Effect) -> bool:

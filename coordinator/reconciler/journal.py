@@ -8,7 +8,7 @@ from typing import Any
 
 from coordinator.reconciler import plan
 from coordinator.reconciler.view import JobView
-from coordinator.states import JobState, NodeState
+from coordinator.states import JobState
 
 GENERATION_STARTED = "generation.started"  # a restart: every worker starts again
 GENERATION_REFORMED = "generation.reformed"  # in place: the running workers keep running
@@ -31,10 +31,8 @@ def entries(old: JobView, action: plan.Action, new: JobView, now: float,
         case plan.Reform():
             return [_reformed(old, action, new, now)]
         case plan.StopGeneration(reason):
-            live = [m for m in new.members
-                    if new.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
             return [Entry("generation.stopping", f"stopping generation {new.epoch}: {reason}",
-                          dict(nodes=live))]
+                          dict(nodes=new.live_members()))]
         case plan.StopNodes(node_ids, reason):
             return [Entry("nodes.stopping", f"stopping the workers of {', '.join(node_ids)}: "
                           f"{reason}; the others keep running", dict(nodes=list(node_ids)))]

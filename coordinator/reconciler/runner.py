@@ -73,6 +73,10 @@ class JobRunner:
             await self._redrive()
             for action in decide(self.view, self.ports.clock.now()):
                 await self._act(action)
+        self._close_feeds()
+
+    def _close_feeds(self) -> None:
+        """The job ended: its followers' streams end too."""
         self.ports.feed.close("events", self.record.id)
         self.ports.feed.close("logs", self.record.id)
 
@@ -89,7 +93,7 @@ class JobRunner:
             if data.get("worker_generation") != gen:
                 continue
             if event.kind == "inprocess.confirmed":
-                self.view = dataclasses.replace(self.view, inproc=self.view.inproc.confirm())
+                self.view = evolve(self.view, plan.ConfirmInProcess(), now)
             elif event.kind == INPROCESS_JOINED:
                 self.view = evolve(self.view, WorkerInProcess(gen, data["node"], data["rank"]),
                                    now)
@@ -277,9 +281,9 @@ class JobRunner:
         """Fail the job now, outside the loop (it was cancelled or crashed, perhaps in the
         middle of a write: start from the store)."""
         self.record = await self.ports.store.get_job(self.record.id)
-        self.view = dataclasses.replace(self.view, state=self.record.state)
-        if not self.record.state.terminal:
+        if not self.record.state.terminal and not self.view.state.terminal:
             await self._act(plan.Transition(JobState.FAILED, reason, cause=cause))
+        self._close_feeds()
         self.log.warning("job.failed", message=f"job {self.record.id}: {reason}")
 
     async def _failure_detail(self) -> dict[str, Any]:

@@ -133,6 +133,11 @@ class JobView:
         per_node = self.policy.nproc_per_node
         return range(slot * per_node, (slot + 1) * per_node)
 
+    def live_members(self) -> list[str]:
+        """Members that may still run workers (not lost, not released)."""
+        return [m for m in self.members
+                if self.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
+
     def all_exited(self, node_id: str) -> bool:
         return all(rank in self.exits for rank in self.ranks_of(node_id))
 

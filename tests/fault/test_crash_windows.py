@@ -28,7 +28,7 @@ def test_a_coordd_killed_mid_reformation_finishes_the_job(tmp_path, point):
                           env={"COORDD_STOP_GRACE_S": "3", "COORD_FAULT_POINT": point})
     try:
         with coordd.client() as client:
-            record = submit(client, tmp_path)
+            record = submit(client, tmp_path, step_sleep=0.1)  # still training after the restart
             wait_for(lambda: len(events(client, record.id, "inprocess.joined")) == 3, 90,
                      what="every replica to train")
             victim = client.get(record.id).node_ids[1]
