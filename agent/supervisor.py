@@ -96,8 +96,10 @@ class Supervisor:
 
     # start ---------------------------------------------------------------------------
     def _known(self, job_id: str, generation: int) -> set[int]:
-        """Ranks of that job's generation this agent runs, ran or is starting."""
-        return ({r for j, g, r in [*self.workers, *self._exits] if (j, g) == (job_id, generation)}
+        """Ranks of that job's generation this agent runs, ran or is starting (not those
+        that never started: a later start of them is not held against that)."""
+        ran = [k for k, c in self._exits.items() if c.phase == agent_pb2.WORKER_PHASE_EXITED]
+        return ({r for j, g, r in [*self.workers, *ran] if (j, g) == (job_id, generation)}
                 | {r for p in self._preparing if (p.job_id, p.generation) == (job_id, generation)
                    for r in p.ranks})
 
