@@ -47,6 +47,7 @@ class Preparing:
     the ranks not yet started and stops those that were."""
     job_id: str
     generation: int
+    ranks: frozenset[int] = frozenset()
     stop_grace_s: float | None = None  # set by a stop that arrived meanwhile
 
 
@@ -94,8 +95,27 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     # start ---------------------------------------------------------------------------
+    def _known(self, job_id: str, generation: int) -> set[int]:
+        """Ranks of that job's generation this agent runs, ran or is starting (not those
+        that never started: a later start of them is not held against that)."""
+        ran = [k for k, c in self._exits.items() if c.phase == agent_pb2.WORKER_PHASE_EXITED]
+        return ({r for j, g, r in [*self.workers, *ran] if (j, g) == (job_id, generation)}
+                | {r for p in self._preparing if (p.job_id, p.generation) == (job_id, generation)
+                   for r in p.ranks})
+
     async def start(self, msg: agent_pb2.StartWorkers) -> None:
-        preparing = Preparing(msg.job_id, msg.generation)
+        # A start coordd sends again (a restarted coordd re-drives what it had not marked
+        # done): the ranks already started here are adopted, never started twice.
+        known = self._known(msg.job_id, msg.generation)
+        if known & {w.rank for w in msg.workers}:
+            log.info("job.start_adopted", job=msg.job_id, generation=msg.generation,
+                     ranks=sorted(known))
+            fresh = [w for w in msg.workers if w.rank not in known]
+            if not fresh:
+                return
+            del msg.workers[:]
+            msg.workers.extend(fresh)
+        preparing = Preparing(msg.job_id, msg.generation, frozenset(w.rank for w in msg.workers))
         self._preparing.add(preparing)
         try:
             await self._start(msg, preparing)

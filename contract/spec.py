@@ -154,6 +154,11 @@ class JobSpec(_Strict):
     max_restarts: int = Field(0, ge=0, le=1000)
     fault_tolerance: FaultToleranceSpec = FaultToleranceSpec()
 
+    @property
+    def min_world_size(self) -> int:
+        """Workers (in-process: replicas) the job runs with at least."""
+        return self.nodes.minimum * self.nproc_per_node
+
     @field_validator("env")
     @classmethod
     def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:

@@ -70,6 +70,32 @@ def rank_env(*, rank: int, world_size: int, nproc_per_node: int, master: tuple[s
 
 
 
+def replica_env(*, host: str, rank: int, lighthouse: str, min_replicas: int, joining: bool,
+                replica_only: bool, replicas: int, pause_s: float,
+                rust_log: str = "warn") -> dict[str, str]:
+    """What a torchft replica needs. An in-process worker is one replica (a group of one
+    process): for a replica-only worker RANK/WORLD_SIZE describe that group and
+    REPLICA_GROUP_ID is its unique id in the job; in auto mode the group-wide variables stay
+    for a script that takes the restart path."""
+    env = {"REPLICA_GROUP_ID": str(rank), "TORCHFT_LIGHTHOUSE": lighthouse,
+           # Retry quorum forever: the Lighthouse may be restarted under a running job.
+           "TORCHFT_QUORUM_RETRIES": "1000000",
+           "COORD_FT_MODE": "inprocess" if replica_only else "auto",
+           "COORD_FT_JOIN": "1" if joining else "0",
+           "COORD_FT_MIN_REPLICAS": str(min_replicas),
+           # How many replicas the generation starts with: until all have met, a growing
+           # quorum is the start, not a re-formation (trainer/elastic/inprocess.py).
+           "COORD_FT_REPLICAS": str(replicas),
+           # How long a stalled step may be before the worker voids it (docs/fencing.md).
+           "COORD_PAUSE_S": f"{pause_s:g}",
+           "RUST_LOG": rust_log}  # torchft logs every quorum at info
+    if replica_only:
+        env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",
+                "ROLE_RANK": "0", "ROLE_WORLD_SIZE": "1"}
+    return env
+
+
+
 # The agent's join token: a job's code has no business holding it.
 AGENT_SECRETS = frozenset({"COORD_TOKEN"})
 # What torchrun sets for its workers unless set already (set by the agent rather than in

@@ -42,3 +42,7 @@ class Metrics:
     def reconfigured(self, cause: str, seconds: float) -> None:
         self.reconfigurations.labels(cause or "unknown").inc()
         self.recovery.observe(seconds)
+
+    def reformed(self, cause: str) -> None:
+        """An in-place re-formation (no restart: no recovery time to observe)."""
+        self.reconfigurations.labels(cause or "unknown").inc()

@@ -72,8 +72,8 @@ class Coordinator:
         if s.ssh.hosts:
             from coordinator.providers.ssh import SshProvider  # asyncssh: only when used
             providers["ssh"] = SshProvider(s.ssh, access, s.stop_grace_s, job_events(jobs))
-        nodes = NodeRegistry(store, s, providers, jobs.on_node_change, metrics)
-        jobs.nodes = nodes
+        nodes = NodeRegistry(store, s, providers, jobs.router.on_node_change, metrics)
+        jobs.attach(nodes)
         await nodes.load()
         for provider in providers.values():
             await provider.start(nodes.nodes)
@@ -85,7 +85,7 @@ class Coordinator:
             metrics.serve(s.metrics_listen)
         dashboard = await start_dashboard(s, tokens, store, bus, jobs, nodes)
         self.dashboard_url = dashboard.url if dashboard else ""
-        watchdog = asyncio.create_task(nodes.watch())
+        jobs.supervisor.start("node watchdog", nodes.watch)
         await jobs.resume()
         await sweep_local(providers["local"], jobs)
         self.ready.set()
@@ -93,13 +93,12 @@ class Coordinator:
             await self._stop.wait()
         finally:
             log.info("coordd.stopping")
-            watchdog.cancel()
             if dashboard is not None:
                 await dashboard.stop()
             await server.stop(grace=2)
             await jobs.close()
             await nodes.close()
-            await jobs.stop_quorums()
+            await jobs.quorums.stop_all()
             await store.close()
             log.info("coordd.stopped")
 
@@ -148,10 +147,7 @@ class Coordinator:
 
 def job_events(jobs: JobManager) -> JobEvents:
     """Where providers write what a user should read: the job's own event log."""
-    async def emit(job_id: str, kind: str, message: str, **data) -> None:
-        if runner := jobs.runners.get(job_id):
-            await runner.event(kind, message, **data)
-    return emit
+    return jobs.job_event
 
 
 async def run(settings: CoorddSettings,

@@ -212,7 +212,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         log.info("agent.connected", node=session.node_id, peer=context.peer())
         if not session.closed:
             for change in first.register.exited:  # exits coordd may have missed while down
-                self.jobs.on_worker_exit(session.node_id, change)
+                self.jobs.router.on_worker_exit(session.node_id, change)
         yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
             node_id=session.node_id,
             heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s,
@@ -271,16 +271,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 state = message.worker_state
                 if state.phase in (agent_pb2.WORKER_PHASE_EXITED,
                                    agent_pb2.WORKER_PHASE_FAILED_TO_START):
-                    self.jobs.on_worker_exit(session.node_id, state)
+                    self.jobs.router.on_worker_exit(session.node_id, state)
             case "logs":
-                await self.jobs.on_logs(self.nodes.nodes[session.node_id], message.logs,
+                await self.jobs.router.on_logs(self.nodes.nodes[session.node_id], message.logs,
                                         message.seq)
             case "event":
-                await self.jobs.on_agent_event(session.node_id, message.event)
+                await self.jobs.router.on_agent_event(session.node_id, message.event)
             case "leaving":
                 node = self.nodes.nodes[session.node_id]
                 if node.job_id and node.state.alive:  # not one coordd released (job ended)
-                    await self.jobs.on_agent_event(session.node_id, agent_pb2.AgentEvent(
+                    await self.jobs.router.on_agent_event(session.node_id, agent_pb2.AgentEvent(
                         job_id=node.job_id, kind="node.leaving", message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)
 

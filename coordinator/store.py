@@ -37,6 +37,23 @@ jobs = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("version", sa.Integer, nullable=False, default=0),
+    # The worker generation (the membership epoch the running workers were started in), each
+    # member's replica slot and the next free slot: what a restarted coordd resumes from.
+    sa.Column("worker_generation", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("slots_json", sa.Text, nullable=False, default="{}", server_default="{}"),
+    sa.Column("next_slot", sa.Integer, nullable=False, default=0, server_default="0"),
+)
+
+# The intents of a decision's effects (start workers on a node, stop them ...), written in the
+# transaction that saves the decision and marked done once performed: a restarted coordd
+# performs again those not done.
+outbox = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String, nullable=False, index=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("data_json", sa.Text, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False, default=False),
 )
 
 nodes = sa.Table(
@@ -95,12 +112,16 @@ class JobRecord:
     created_at: float = dataclasses.field(default_factory=time.time)
     updated_at: float = dataclasses.field(default_factory=time.time)
     version: int = 0
+    worker_generation: int = 0
+    slots: dict[str, int] = dataclasses.field(default_factory=dict)
+    next_slot: int = 0
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
         row["state"] = str(self.state)
         row["node_ids"] = json.dumps(row["node_ids"])
         row["failure_json"] = json.dumps(row.pop("failure"))
+        row["slots_json"] = json.dumps(row.pop("slots"))
         return row
 
     @classmethod
@@ -109,6 +130,7 @@ class JobRecord:
         data["state"] = JobState(data["state"])
         data["node_ids"] = json.loads(data["node_ids"])
         data["failure"] = json.loads(data.pop("failure_json"))
+        data["slots"] = json.loads(data.pop("slots_json"))
         return cls(**data)
 
 
@@ -174,6 +196,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor.close()
 
 
+def _add_new_columns(conn: sa.Connection) -> None:
+    """A state directory of an older coordd: add the job columns it lacks (with defaults)."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
+    for column in jobs.columns:
+        if column.name not in have:
+            conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {column.name} "
+                                 f"{column.type.compile(conn.dialect)} NOT NULL "
+                                 f"DEFAULT '{column.server_default.arg}'"))
+
+
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -184,6 +216,7 @@ class Store:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(_add_new_columns)
         return cls(engine)
 
     async def close(self) -> None:
@@ -232,6 +265,40 @@ class Store:
         query = sa.select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(job_ids))
         async with self.engine.connect() as conn:
             return {row.id: JobState(row.state) for row in await conn.execute(query)}
+
+    async def commit(self, job: JobRecord, entries: list[tuple[str, str, dict[str, Any]]],
+                     intents: list[tuple[str, str]]) -> tuple[list[EventRecord], list[int]]:
+        """A decision: save the job row (compare-and-set, as save_job), append its events
+        (kind, message, data) and record its intents (kind, data_json), in one transaction."""
+        expected, now = job.version, time.time()
+        job.version, job.updated_at = expected + 1, now
+        rows = [dict(job_id=job.id, time=now, kind=kind, generation=job.generation,
+                     message=message, data_json=json.dumps(data, default=str))
+                for kind, message, data in entries]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                jobs.update().where(jobs.c.id == job.id, jobs.c.version == expected)
+                .values(**job.to_row()))
+            if result.rowcount != 1:
+                job.version = expected
+                raise Conflict(f"job {job.id} was changed by someone else")
+            seqs = [(await conn.execute(events.insert().values(**row))).inserted_primary_key[0]
+                    for row in rows]
+            ids = [(await conn.execute(outbox.insert().values(
+                job_id=job.id, kind=kind, data_json=data, done=False))).inserted_primary_key[0]
+                for kind, data in intents]
+        return [EventRecord(seq=seq, **row) for seq, row in zip(seqs, rows, strict=True)], ids
+
+    async def intent_done(self, intent_id: int) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(outbox.update().where(outbox.c.id == intent_id).values(done=True))
+
+    async def pending_intents(self, job_id: str) -> list[tuple[int, str, str]]:
+        """The job's intents not done, oldest first: (id, kind, data_json)."""
+        query = (sa.select(outbox.c.id, outbox.c.kind, outbox.c.data_json)
+                 .where(outbox.c.job_id == job_id, outbox.c.done.is_(False)).order_by(outbox.c.id))
+        async with self.engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(query)]
 
     # nodes ----------------------------------------------------------------------------
     async def save_node(self, node: NodeRecord) -> None:

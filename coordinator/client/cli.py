@@ -24,7 +24,7 @@ from contract.spec import Overrides, parse_env_flags
 from contract.states import JobState
 from coordinator.client import cliout
 from coordinator.client.sdk import AsyncClient
-from coordinator.client.sdktypes import Job, JobEvent, as_dict
+from coordinator.client.sdktypes import Job, JobEvent, as_dict, reformations
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -204,14 +204,13 @@ def _job_detail(job: Job, events: list[JobEvent]) -> None:
         console.print("  last lines of the first failed worker:")
         for line in job.failure_log_tail:
             console.print(f"    {escape(line)}")
-    history = [e for e in events if e.kind == "generation.started"]
+    history = reformations(events)
     if history:
-        console.print("  generations:")
-    for event in history:  # one line each, never cut: node ids are read and copied
-        data = event.data
-        console.print(f"    {event.generation:>3}  {when(event.time)}  "
-                      f"{data.get('cause', '-'):<14} {data.get('took_s', 0):6.2f} s  "
-                      f"{', '.join(data.get('new_members', [])) or '-'}")
+        console.print("  re-formations (epoch, worker generation):")
+    for r in history:  # one line each, never cut: node ids are read and copied
+        console.print(f"    {r.epoch:>3} {r.worker_generation:>3}  {when(r.time)}  "
+                      f"{r.kind:<8} {r.cause or '-':<14} {r.duration_s:6.2f} s  "
+                      f"{', '.join(r.new_members) or '-'}")
 
 
 @app.command("jobs")

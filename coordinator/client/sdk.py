@@ -33,7 +33,8 @@ from contract.transport import call_metadata
 from contract.transport import ca_bytes, open_channel, truthy
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator.client import transfer
-from coordinator.client.sdktypes import Job, JobEvent, LogLine, LogStream, Node
+from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node,
+                                           Reformation, reformations)
 
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
     "config.toml"
@@ -247,6 +248,10 @@ class AsyncClient:
             job=job, follow=follow, node_id=node, rank=rank or 0, has_rank=rank is not None,
             tail=tail), LogLine.from_proto)
 
+    async def reformations(self, job: str) -> list[Reformation]:
+        """Every re-formation of the job so far, restarts and in-place ones."""
+        return reformations([e async for e in self.watch(job, follow=False)])
+
     async def wait(self, job: str, timeout: float | None = None) -> Job:
         """Block until the job ends; returns its final record."""
         async def until_done() -> Job:
@@ -312,6 +317,9 @@ class Client:
 
     def logs(self, job: str, **kwargs) -> Iterator[LogLine]:
         return self._iterate(self._async.logs(job, **kwargs))
+
+    def reformations(self, job: str) -> list[Reformation]:
+        return self._run(self._async.reformations(job))
 
     def wait(self, job: str, timeout: float | None = None) -> Job:
         return self._run(self._async.wait(job, timeout))

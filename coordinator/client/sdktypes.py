@@ -159,3 +159,42 @@ class LogLine:
         return cls(m.job_id, m.generation, m.node_id, m.rank,
                    _enum(LogStream, types_pb2.LogStream, "LOG_STREAM_", m.stream), m.seq,
                    _time(m.time), m.text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reformation:
+    """One change of a job's membership (see docs/generations.md). `kind` "restart": every
+    worker started again (a new worker generation); "in_place": the running replicas re-formed
+    without restarting (in-process mode: the worker generation stays). The first start of a
+    job is a restart with cause "start"."""
+
+    epoch: int                  # the membership epoch it began
+    worker_generation: int      # what COORD_GENERATION says to the workers running after it
+    kind: str                   # "restart" | "in_place"
+    cause: str                  # start, node_lost, node_joined, node_leaving, worker_failed ...
+    time: dt.datetime
+    old_members: list[str]
+    new_members: list[str]
+    duration_s: float           # restart: RECONFIGURING -> RUNNING; in place: report -> done
+    # Steps trained again: 0 in place (survivors keep their state); for a restart, None:
+    # coordd sees the step it resumed from (`resumed_from`), not the last one trained.
+    steps_lost: int | None
+    resumed_from: int | None = None  # restart: the checkpoint step its workers resumed from
+
+
+def reformations(events: list[JobEvent]) -> list[Reformation]:
+    """A job's re-formations of either kind, oldest first, from its events."""
+    resumed = {e.data.get("worker_generation"): e.data.get("step") for e in events
+               if e.kind == "training.resumed"}
+    found = []
+    for e in events:
+        if e.kind not in ("generation.started", "generation.reformed"):
+            continue
+        restart = e.kind == "generation.started"
+        worker_generation = e.data.get("worker_generation", e.generation)
+        found.append(Reformation(
+            e.generation, worker_generation, "restart" if restart else "in_place",
+            e.data.get("cause", ""), e.time, e.data.get("old_members", []),
+            e.data.get("new_members", []), float(e.data.get("took_s", 0.0)),
+            None if restart else 0, resumed.get(worker_generation) if restart else None))
+    return found

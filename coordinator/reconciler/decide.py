@@ -99,7 +99,7 @@ def _provisioning(view: JobView, now: float) -> list[Action]:
 
 
 def _running(view: JobView, now: float) -> list[Action]:
-    if view.policy.mode == "auto" and not view.inprocess_confirmed and view.all_joined_quorum():
+    if view.policy.mode == "auto" and not view.inproc.confirmed and view.all_joined_quorum():
         return [ConfirmInProcess()]
     if view.inprocess:
         return _running_inprocess(view, now)
@@ -130,15 +130,15 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     leaving members are stopped alone (each leaves its quorum at a step boundary), and new
     nodes are started straight into the running quorum. Only when no replica is left, or the
     job itself fails, does the job go through the restart path (from the durable checkpoint)."""
-    if view.finished_at is not None:
+    if view.inproc.finished_at is not None:
         return _finishing(view, now)
     gone = [m for m in view.members if view.nodes[m].state in GONE_STATES]
     departed = [m for m in view.members if view.all_exited(m) and (
-        view.nodes[m].state == NodeState.DRAINING or m in view.stopping_nodes)]
+        view.nodes[m].state == NodeState.DRAINING or m in view.inproc.stopping_nodes)]
     if gone or departed:
         return _drop_members(view, gone, departed) + _replenish(view)
     leaving = tuple(m for m in view.members if view.nodes[m].state == NodeState.DRAINING
-                    and m not in view.stopping_nodes)
+                    and m not in view.inproc.stopping_nodes)
     if leaving:
         reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
         return [StopNodes(leaving, reason)] + _replenish(view)
@@ -161,7 +161,7 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
 
 def _unasked_failures(view: JobView) -> list[WorkerExit]:
     """Non-zero exits of workers coordd did not ask to stop, oldest first."""
-    told_to_stop = view.stopping_nodes | {m for m in view.members
+    told_to_stop = view.inproc.stopping_nodes | {m for m in view.members
                                           if view.nodes[m].state == NodeState.DRAINING}
     return sorted((e for e in view.exits.values()
                    if e.code != 0 and e.node_id not in told_to_stop), key=lambda e: e.time)
@@ -199,11 +199,11 @@ def _finishing(view: JobView, now: float) -> list[Action]:
         clean = all(e.code == 0 for e in view.exits.values())
         return finish(view, JobState.SUCCEEDED, "every worker exited 0" if clean else
                       "training finished; every worker exited")
-    if now - view.finished_at < view.policy.finish_grace_s:
+    if now - view.inproc.finished_at < view.policy.finish_grace_s:
         return []
     waiting = tuple(m for m in view.members
-                    if m not in view.stopping_nodes and not view.all_exited(m)
-                    and not set(view.ranks_of(m)) <= view.inprocess_ranks)
+                    if m not in view.inproc.stopping_nodes and not view.all_exited(m)
+                    and not set(view.ranks_of(m)) <= view.inproc.joined_ranks)
     if not waiting:
         return []
     return [StopNodes(waiting, f"training finished {view.policy.finish_grace_s:g} s ago and "
@@ -214,7 +214,7 @@ def _stop_surplus(view: JobView) -> list[Action]:
     """A member that came back after its replacement joined leaves the job above its target:
     the newest replicas beyond the target leave at a step boundary (then are handed back)."""
     live = [m for m in view.members if view.nodes[m].state in (NodeState.READY, NodeState.ASSIGNED)
-            and m not in view.stopping_nodes]
+            and m not in view.inproc.stopping_nodes]
     surplus = len(live) - view.policy.target
     if surplus <= 0 or view.exits:
         return []

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from contract.exits import PEER_LOST_EXIT
 from contract.states import JobState, NodeState
+from coordinator.reconciler.inprocess import InProcessView
 
 
 @dataclasses.dataclass
@@ -39,30 +40,30 @@ def failure_cause(exits: Iterable[WorkerExit]) -> WorkerExit | None:
 
 @dataclasses.dataclass(frozen=True)
 class Policy:
-    """Timings from coordd's settings and the job's spec."""
+    """Timings from coordd's settings and the job's spec (built by `policy.policy_for`)."""
 
     target: int
     minimum: int
     max_restarts: int
     wait_for_min_s: float
     nproc_per_node: int
-    stop_grace_s: float = 10.0
+    stop_grace_s: float
     # A failure is charged to the job only if no node went missing within this window:
     # when a machine dies, its peers' collectives fail a moment before its stream drops.
-    failure_settle_s: float = 2.5
+    failure_settle_s: float
     # Workers that exit with PEER_LOST_EXIT say a peer vanished: give node-loss detection
     # (heartbeats included) time to confirm before the job is charged.
-    peer_failure_settle_s: float = 7.0
+    peer_failure_settle_s: float
     # In-process mode: members that never took part in a step are stopped this long after a
     # replica reported the last step (they would wait for a quorum forever).
-    finish_grace_s: float = 60.0
+    finish_grace_s: float
     # Joins that arrive within this window are taken in one reconfiguration.
-    scale_up_settle_s: float = 2.0
+    scale_up_settle_s: float
     # A generation runs at least this long before a scale-up restarts it: growing back must
     # not cost more progress than it brings.
-    scale_up_min_runtime_s: float = 30.0
+    scale_up_min_runtime_s: float
     # How long the first generation waits for all `target` nodes before starting with `minimum`.
-    initial_full_wait_s: float = 60.0
+    initial_full_wait_s: float
     # [nodes] spares: idle nodes kept on top of the target, ready to replace a lost one.
     spares: int = 0
     # [fault_tolerance] mode: "inprocess" re-forms the replicas in place on a node loss,
@@ -73,12 +74,15 @@ class Policy:
 
 @dataclasses.dataclass
 class JobView:
+    """Changed only by `reduce.evolve` (see docs/generations.md for the two epochs)."""
+
     job_id: str
     state: JobState
-    generation: int
+    # The membership epoch: moved by every re-formation, in place or by a restart.
+    epoch: int
     restarts: int
     policy: Policy
-    members: list[str] = dataclasses.field(default_factory=list)   # rank order, current gen
+    members: list[str] = dataclasses.field(default_factory=list)   # rank order, current epoch
     nodes: dict[str, NodeView] = dataclasses.field(default_factory=dict)  # owned by the job
     requested: int = 0                       # provider acquisitions in flight
     exits: dict[int, WorkerExit] = dataclasses.field(default_factory=dict)  # rank -> exit
@@ -88,29 +92,30 @@ class JobView:
     cancel_reason: str | None = None
     fail_reason: str | None = None           # the job must fail now, for this reason
     reconfigure_cause: str = ""
-    # In-process mode: each member's replica slot (its workers' ranks never change while it
-    # runs) and the nodes already told to stop because they are leaving.
+    reconfigure_started: float = 0.0         # when the job last entered RECONFIGURING
+    changed_at: float = 0.0                  # when a node or worker report last arrived
+    # The worker (fence) generation: the epoch the running workers were started in; moved
+    # only when workers restart. In-process re-formations move `epoch` alone.
+    worker_generation: int = 0
+    # Each member's replica slot: its workers' ranks never change while it runs.
     slots: dict[str, int] = dataclasses.field(default_factory=dict)
     next_slot: int = 0  # slots are never reused, not even those of members since dropped
-    stopping_nodes: set[str] = dataclasses.field(default_factory=set)
-    # Ranks of the running generation that took part in a step as in-process replicas, and
-    # (auto mode) whether all of them did (recorded once: then the job runs in-process until
-    # its next restart).
-    inprocess_ranks: set[int] = dataclasses.field(default_factory=set)
-    inprocess_confirmed: bool = False
-    # In-process mode: when a replica of the running generation reported its last step.
-    finished_at: float | None = None
+    inproc: InProcessView = InProcessView()
 
     @property
     def inprocess(self) -> bool:
         """A node loss re-forms the running replicas in place (no worker restarts)."""
         return self.policy.mode == "inprocess" or (self.policy.mode == "auto"
-                                                   and self.inprocess_confirmed)
+                                                   and self.inproc.confirmed)
 
     def all_joined_quorum(self) -> bool:
         """Auto mode: every rank of every member took part in a step as an in-process replica."""
-        return bool(self.members) and all(rank in self.inprocess_ranks for m in self.members
-                                          for rank in self.ranks_of(m))
+        return bool(self.members) and all(rank in self.inproc.joined_ranks
+                                          for m in self.members for rank in self.ranks_of(m))
+
+    def counts(self, generation: int, node_id: str) -> bool:
+        """A worker's report counts only from the running worker generation on a member."""
+        return generation == self.worker_generation and node_id in self.members
 
     @property
     def world_size(self) -> int:
@@ -123,6 +128,11 @@ class JobView:
             slot = self.members.index(node_id)
         per_node = self.policy.nproc_per_node
         return range(slot * per_node, (slot + 1) * per_node)
+
+    def live_members(self) -> list[str]:
+        """Members that may still run workers (not lost, not released)."""
+        return [m for m in self.members
+                if self.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
 
     def all_exited(self, node_id: str) -> bool:
         return all(rank in self.exits for rank in self.ranks_of(node_id))

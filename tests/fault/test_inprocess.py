@@ -120,6 +120,11 @@ def test_sigkill_one_of_three_survivors_keep_running_and_a_replacement_heals(
               if e["cause"] == "node_lost"]
     assert victim in lost["old_members"] and victim not in lost["new_members"]
     assert [e["cause"] for e in events(client, record.id, "generation.started")] == ["start"]
+    # `coord status` and the SDK show the in-place re-formations beside the start.
+    assert {(r.kind, r.cause) for r in client.reformations(record.id)} >= {
+        ("restart", "start"), ("in_place", "node_lost"), ("in_place", "node_joined")}
+    status = coordd.cli("status", record.id).stdout
+    assert "in_place node_lost" in " ".join(status.split()), status
     assert_no_committed_step_lost(coordd, record.id)
     newcomer = joined[0]["added"][0]
     assert newcomer in final.node_ids

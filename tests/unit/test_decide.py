@@ -11,58 +11,64 @@ from contract.exits import PEER_LOST_EXIT
 from contract.states import JobState, NodeState
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
+from coordinator.reconciler.events import (Cancel, NodeChanged, NodesCreated, WorkerExited,
+                                           WorkerFinished, WorkerInProcess)
+from coordinator.reconciler.policy import timings
+from coordinator.reconciler.simulate import Simulation
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
 
-POLICY = Policy(target=3, minimum=2, max_restarts=1, wait_for_min_s=60, nproc_per_node=1,
-                stop_grace_s=5, failure_settle_s=1, scale_up_settle_s=2, initial_full_wait_s=30,
-                scale_up_min_runtime_s=15)
+POLICY = timings(target=3, minimum=2, max_restarts=1, wait_for_min_s=60, nproc_per_node=1,
+                 stop_grace_s=5, failure_settle_s=1, scale_up_settle_s=2, initial_full_wait_s=30,
+                 scale_up_min_runtime_s=15)
 
 
-def apply(view: JobView, actions: list, now: float) -> None:
-    """What the runner does to its view after acting (persistence and messages aside)."""
-    for a in actions:
-        match a:
-            case plan.Transition(to, _, cause):
-                view.state, view.state_since = to, now
-                if to == JobState.RECONFIGURING:
-                    view.reconfigure_cause = cause
-            case plan.StartGeneration(node_ids, _):
-                view.generation += 1
-                view.members, view.exits, view.next_slot = list(node_ids), {}, len(node_ids)
-                view.state, view.state_since, view.stopping_since = JobState.RUNNING, now, None
-                for n in node_ids:
-                    view.nodes[n].state = NodeState.ASSIGNED
-            case plan.StopGeneration():
-                view.stopping_since = now
-            case plan.Acquire(count, _):
-                view.requested += count
-            case plan.Release(node_ids, _):
-                for n in node_ids:
-                    view.nodes[n].state = NodeState.GONE
-            case plan.ChargeRestart():
-                view.restarts += 1
-            case plan.MarkBelowMinimum(since):
-                view.below_min_since = since
+class Job(Simulation):
+    """The real decide + evolve; reads go to the current view, changes arrive as events."""
+
+    def __getattr__(self, name: str):
+        return getattr(self.view, name)
+
+    def exit(self, exit_: WorkerExit) -> None:
+        self.hear(WorkerExited(self.view.worker_generation, exit_), exit_.time)
+
+    def node(self, node_id: str, state: NodeState, reconnecting: bool = False) -> None:
+        self.hear(NodeChanged(dataclasses.replace(self.view.nodes[node_id], state=state,
+                                                  reconnecting=reconnecting)))
+
+    def finish(self, now: float) -> None:
+        """A replica reported the last step."""
+        member = self.view.members[0]
+        self.hear(WorkerFinished(self.view.worker_generation, member,
+                                 self.view.ranks_of(member).start), now)
+
+    def joined_quorum(self, *ranks: int) -> None:
+        for m in self.view.members:
+            for rank in self.view.ranks_of(m):
+                if rank in ranks:
+                    self.hear(WorkerInProcess(self.view.worker_generation, m, rank))
 
 
-def step(view: JobView, now: float) -> list:
-    actions = decide(view, now)
-    apply(view, actions, now)
-    return actions
+def new_job(policy: Policy = POLICY) -> Job:
+    return Job(JobView("j", JobState.PENDING, 0, 0, policy))
 
 
-def join(view: JobView, node_id: str, now: float) -> None:
-    view.requested = max(0, view.requested - 1)
-    view.nodes[node_id] = NodeView(node_id, NodeState.READY, "127.0.0.1", 29500, now)
+def step(job: Job, now: float) -> list:
+    return job.step(now)
 
 
-def running_job(policy: Policy = POLICY) -> JobView:
-    view = JobView("j", JobState.PENDING, 0, 0, policy)
-    step(view, 0)
+def join(job: Job, node_id: str, now: float) -> None:
+    """A node the job asked for registered (the provider's answer to one Acquire)."""
+    job.hear(NodesCreated((NodeView(node_id, NodeState.READY, "127.0.0.1", 29500, now),), 1),
+             now)
+
+
+def running_job(policy: Policy = POLICY) -> Job:
+    job = new_job(policy)
+    step(job, 0)
     for i in range(policy.target):
-        join(view, f"n{i}", 1)
-    step(view, 1)
-    return view
+        join(job, f"n{i}", 1)
+    step(job, 1)
+    return job
 
 
 def kinds(actions: list) -> list[type]:
@@ -70,7 +76,7 @@ def kinds(actions: list) -> list[type]:
 
 
 def test_a_new_job_asks_for_its_nodes_and_starts_when_all_have_joined():
-    view = JobView("j", JobState.PENDING, 0, 0, POLICY)
+    view = new_job()
     actions = step(view, 0)
     assert plan.Acquire(3, "0 of 3 nodes healthy") in actions
     assert view.state == JobState.PROVISIONING
@@ -79,18 +85,18 @@ def test_a_new_job_asks_for_its_nodes_and_starts_when_all_have_joined():
         join(view, f"n{i}", 1)
     actions = step(view, 1)
     assert plan.StartGeneration(("n0", "n1", "n2"), "start") in actions
-    assert view.state == JobState.RUNNING and view.generation == 1
+    assert view.state == JobState.RUNNING and view.epoch == 1
 
 
 def test_node_loss_reforms_without_it_and_asks_for_a_replacement():
     view = running_job()
-    view.nodes["n0"].state = NodeState.LOST
+    view.node("n0", NodeState.LOST)
     actions = step(view, 10)
     assert view.state == JobState.RECONFIGURING and view.reconfigure_cause == "node_lost"
     assert plan.StopGeneration in kinds(actions) and plan.Acquire(1, "2 of 3 nodes healthy") in actions
     assert step(view, 10.1) == []  # survivors' workers have not exited yet
     for rank, node in ((1, "n1"), (2, "n2")):
-        view.exits[rank] = WorkerExit(node, rank, -15, 10.2)
+        view.exit(WorkerExit(node, rank, -15, 10.2))
     actions = step(view, 10.3)
     start = next(a for a in actions if isinstance(a, plan.StartGeneration))
     assert start.node_ids == ("n1", "n2")  # the lost node is never the master
@@ -99,7 +105,7 @@ def test_node_loss_reforms_without_it_and_asks_for_a_replacement():
 
 def test_survivors_that_never_report_do_not_block_recovery_forever():
     view = running_job()
-    view.nodes["n0"].state = NodeState.LOST
+    view.node("n0", NodeState.LOST)
     step(view, 10)
     assert not any(isinstance(a, plan.StartGeneration) for a in step(view, 12))
     assert any(isinstance(a, plan.StartGeneration) for a in step(view, 10 + 5 + 5.1))
@@ -107,9 +113,9 @@ def test_survivors_that_never_report_do_not_block_recovery_forever():
 
 def test_a_suspect_node_whose_peers_failed_is_dropped_without_waiting_or_charging():
     view = running_job()
-    view.nodes["n0"].state = NodeState.SUSPECT
+    view.node("n0", NodeState.SUSPECT)
     assert step(view, 10) == []  # a blip alone: wait for the reconnect grace
-    view.exits[1] = WorkerExit("n1", 1, 1, 10.1)
+    view.exit(WorkerExit("n1", 1, 1, 10.1))
     actions = step(view, 10.1)
     assert view.reconfigure_cause == "node_lost" and view.restarts == 0
     assert "n0" in actions[0].reason
@@ -117,15 +123,15 @@ def test_a_suspect_node_whose_peers_failed_is_dropped_without_waiting_or_chargin
 
 def test_worker_failures_use_the_restart_budget_then_fail_the_job():
     view = running_job()
-    view.exits[2] = WorkerExit("n2", 2, 3, 10)
+    view.exit(WorkerExit("n2", 2, 3, 10))
     assert step(view, 10.5) == []  # within the settle window
     step(view, 11.1)
     assert view.state == JobState.RECONFIGURING and view.restarts == 1
     for rank in (0, 1):
-        view.exits[rank] = WorkerExit(f"n{rank}", rank, -15, 11.2)
+        view.exit(WorkerExit(f"n{rank}", rank, -15, 11.2))
     step(view, 11.3)
-    assert view.state == JobState.RUNNING and view.generation == 2
-    view.exits[0] = WorkerExit("n0", 0, 7, 20)
+    assert view.state == JobState.RUNNING and view.epoch == 2
+    view.exit(WorkerExit("n0", 0, 7, 20))
     actions = step(view, 21.5)
     assert view.state == JobState.FAILED
     reason = actions[0].reason
@@ -135,7 +141,7 @@ def test_worker_failures_use_the_restart_budget_then_fail_the_job():
 def test_success_when_every_rank_exits_zero():
     view = running_job()
     for rank in range(3):
-        view.exits[rank] = WorkerExit(f"n{rank}", rank, 0, 10)
+        view.exit(WorkerExit(f"n{rank}", rank, 0, 10))
     actions = step(view, 10)
     assert view.state == JobState.SUCCEEDED
     assert plan.Release(("n0", "n1", "n2"), "job succeeded") in actions
@@ -143,8 +149,8 @@ def test_success_when_every_rank_exits_zero():
 
 def test_below_minimum_for_too_long_fails_with_a_reason():
     view = running_job()
-    view.nodes["n0"].state = NodeState.LOST
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n0", NodeState.LOST)
+    view.node("n1", NodeState.LOST)
     step(view, 10)
     assert view.below_min_since == 10
     step(view, 69)
@@ -156,11 +162,11 @@ def test_below_minimum_for_too_long_fails_with_a_reason():
 
 def test_joins_close_together_are_taken_in_one_reconfiguration():
     view = running_job(dataclasses.replace(POLICY, target=4))
-    view.nodes["n0"].state = NodeState.LOST
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n0", NodeState.LOST)
+    view.node("n1", NodeState.LOST)
     step(view, 10)
     for rank in (2, 3):
-        view.exits[rank] = WorkerExit(f"n{rank}", rank, -15, 10.1)
+        view.exit(WorkerExit(f"n{rank}", rank, -15, 10.1))
     step(view, 10.2)
     assert view.state == JobState.RUNNING and view.members == ["n2", "n3"]
     join(view, "n4", 11)
@@ -170,7 +176,7 @@ def test_joins_close_together_are_taken_in_one_reconfiguration():
     step(view, 26.1)
     assert view.state == JobState.RECONFIGURING and view.reconfigure_cause == "scale_up"
     for rank in (0, 1):
-        view.exits[rank] = WorkerExit(view.members[rank], rank, 0, 26.2)
+        view.exit(WorkerExit(view.members[rank], rank, 0, 26.2))
     actions = step(view, 26.3)
     start = next(a for a in actions if isinstance(a, plan.StartGeneration))
     assert start.node_ids == ("n2", "n3", "n4", "n5")  # one restart for both newcomers
@@ -178,7 +184,7 @@ def test_joins_close_together_are_taken_in_one_reconfiguration():
 
 def test_cancel_stops_and_releases_everything():
     view = running_job()
-    view.cancel_reason = "user"
+    view.hear(Cancel("user"))
     actions = step(view, 5)
     assert kinds(actions) == [plan.Transition, plan.StopGeneration, plan.Release]
     assert view.state == JobState.CANCELLED and step(view, 6) == []
@@ -189,26 +195,26 @@ events = st.lists(st.tuples(
     st.integers(0, 5), st.floats(0.01, 20)), max_size=60)
 
 
-def happen(view: JobView, kind: str, index: int, now: float, joined: int) -> int:
+def happen(view: Job, kind: str, index: int, now: float, joined: int) -> int:
     """One random event from `events` (index picks the node or member); returns how many
     nodes have joined so far (the next one's number)."""
     ids = sorted(view.nodes)
     node = view.nodes[ids[index % len(ids)]]
     if kind == "lose" and node.state != NodeState.GONE:
-        node.state = NodeState.LOST
+        view.node(node.id, NodeState.LOST)
     elif kind == "suspect" and node.state in (NodeState.READY, NodeState.ASSIGNED):
-        node.state = NodeState.SUSPECT
+        view.node(node.id, NodeState.SUSPECT)
     elif kind == "recover" and node.state == NodeState.SUSPECT:
-        node.state = NodeState.ASSIGNED
+        view.node(node.id, NodeState.ASSIGNED)
     elif kind == "join" and view.requested:
         join(view, f"n{joined}", now)
         return joined + 1
-    elif kind == "finish" and view.finished_at is None:  # a replica's last step
-        view.finished_at = now
+    elif kind == "finish" and view.inproc.finished_at is None and view.members:
+        view.finish(now)
     elif kind.startswith("exit") and view.members:
         member = view.members[index % len(view.members)]
         rank = view.ranks_of(member).start
-        view.exits.setdefault(rank, WorkerExit(member, rank, int(kind[-1]), now))
+        view.exit(WorkerExit(member, rank, int(kind[-1]), now))
     return joined
 
 
@@ -220,7 +226,7 @@ def test_invariants_hold_under_random_events(sequence):
     for kind, index, dt in sequence:
         now += dt
         joined = happen(view, kind, index, now, joined)
-        before_state, before_gen = view.state, view.generation
+        before_state, before_gen = view.state, view.epoch
         actions = step(view, now)
         for a in actions:
             if isinstance(a, plan.StartGeneration):
@@ -229,7 +235,7 @@ def test_invariants_hold_under_random_events(sequence):
                 assert len(set(a.node_ids)) == len(a.node_ids)
                 assert all(view.nodes[n].state not in (NodeState.LOST, NodeState.GONE)
                            for n in a.node_ids)
-        assert view.generation - before_gen <= 1  # never two generations at once
+        assert view.epoch - before_gen <= 1  # never two generations at once
         assert view.restarts <= 2
         assert view.requested >= 0
         if view.state.terminal:
@@ -239,13 +245,13 @@ def test_invariants_hold_under_random_events(sequence):
 
 def test_a_leaving_node_drains_the_generation_and_its_clean_exits_are_not_success():
     view = running_job()
-    view.nodes["n2"].state = NodeState.DRAINING
+    view.node("n2", NodeState.DRAINING)
     actions = step(view, 10)
     assert view.state == JobState.RECONFIGURING and view.reconfigure_cause == "node_leaving"
     assert plan.StopGeneration in kinds(actions)
     assert any(isinstance(a, plan.Acquire) for a in actions)  # replacement asked for at once
     for rank in range(3):
-        view.exits[rank] = WorkerExit(f"n{rank}", rank, 0, 10.5)
+        view.exit(WorkerExit(f"n{rank}", rank, 0, 10.5))
     actions = step(view, 10.6)
     assert view.state == JobState.RUNNING and view.members == ["n0", "n1"]
     assert view.restarts == 0
@@ -253,7 +259,7 @@ def test_a_leaving_node_drains_the_generation_and_its_clean_exits_are_not_succes
 
 def test_peer_lost_exits_wait_for_node_loss_detection_before_charging():
     view = running_job()
-    view.exits[1] = WorkerExit("n1", 1, 75, 10)
+    view.exit(WorkerExit("n1", 1, 75, 10))
     assert step(view, 13) == []  # past the ordinary settle window, still waiting
     step(view, 17.1)
     assert view.state == JobState.RECONFIGURING and view.restarts == 1
@@ -264,38 +270,12 @@ INPROCESS = dataclasses.replace(POLICY, mode="inprocess")
 AUTO = dataclasses.replace(POLICY, mode="auto")
 
 
-def step_inprocess(view: JobView, now: float) -> list:
-    """`step`, plus what the runner does for the in-process actions."""
-    actions = decide(view, now)
-    for a in actions:
-        match a:
-            case plan.Reform(members, added, _, _):
-                slots = {m: view.slots.get(m, i) for i, m in enumerate(view.members)}
-                next_slot = view.next_slot
-                view.next_slot = next_slot + len(added)
-                for node_id in set(view.members) - (set(members) - set(added)):
-                    for rank in view.ranks_of(node_id):
-                        view.exits.pop(rank, None)
-                    del slots[node_id]
-                for offset, node_id in enumerate(added):
-                    slots[node_id] = next_slot + offset
-                    view.nodes[node_id].state = NodeState.ASSIGNED
-                view.slots = {m: slots[m] for m in members}
-                view.members, view.generation = list(members), view.generation + 1
-            case plan.StopNodes(node_ids, _):
-                view.stopping_nodes.update(node_ids)
-            case plan.ConfirmInProcess():
-                view.inprocess_confirmed = True
-            case plan.StartGeneration(node_ids, _):
-                view.inprocess_ranks, view.inprocess_confirmed = set(), False
-                view.slots, view.next_slot, view.finished_at = {}, len(node_ids), None
-    apply(view, [a for a in actions if not isinstance(a, (plan.Reform, plan.StopNodes))], now)
-    return actions
+step_inprocess = step  # the same reducer handles the in-process actions
 
 
 def test_inprocess_node_loss_reforms_in_place_and_asks_for_a_replacement():
     view = running_job(INPROCESS)
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n1", NodeState.LOST)
     actions = step_inprocess(view, 10)
     assert plan.StopGeneration not in kinds(actions) and plan.Transition not in kinds(actions)
     [reform] = [a for a in actions if isinstance(a, plan.Reform)]
@@ -307,7 +287,7 @@ def test_inprocess_node_loss_reforms_in_place_and_asks_for_a_replacement():
 
 def test_inprocess_replacement_joins_the_running_replicas_with_a_fresh_slot():
     view = running_job(INPROCESS)
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n1", NodeState.LOST)
     step_inprocess(view, 10)
     join(view, "n3", 11)
     [reform] = [a for a in step_inprocess(view, 11) if isinstance(a, plan.Reform)]
@@ -316,20 +296,20 @@ def test_inprocess_replacement_joins_the_running_replicas_with_a_fresh_slot():
     assert view.state == JobState.RUNNING
     for node_id in view.members:
         rank = view.ranks_of(node_id).start
-        view.exits[rank] = WorkerExit(node_id, rank, 0, 20)
+        view.exit(WorkerExit(node_id, rank, 0, 20))
     step_inprocess(view, 20)
     assert view.state == JobState.SUCCEEDED
 
 
 def test_inprocess_leaving_node_is_stopped_alone_then_dropped_and_released():
     view = running_job(INPROCESS)
-    view.nodes["n0"].state = NodeState.DRAINING
+    view.node("n0", NodeState.DRAINING)
     actions = step_inprocess(view, 10)
     assert [a.node_ids for a in actions if isinstance(a, plan.StopNodes)] == [("n0",)]
     assert plan.StopGeneration not in kinds(actions)
     assert any(isinstance(a, plan.Acquire) for a in actions)  # replacement asked at the notice
     assert not any(isinstance(a, plan.StopNodes) for a in step_inprocess(view, 10.2))
-    view.exits[0] = WorkerExit("n0", 0, 0, 11)  # it left at a step boundary
+    view.exit(WorkerExit("n0", 0, 0, 11))  # it left at a step boundary
     actions = step_inprocess(view, 11)
     [reform] = [a for a in actions if isinstance(a, plan.Reform)]
     assert reform.cause == "node_leaving" and reform.members == ("n1", "n2")
@@ -341,7 +321,7 @@ def test_inprocess_leaving_node_is_stopped_alone_then_dropped_and_released():
 def test_inprocess_losing_every_replica_falls_back_to_a_restart_from_disk():
     view = running_job(INPROCESS)
     for node_id in ("n0", "n1", "n2"):
-        view.nodes[node_id].state = NodeState.LOST
+        view.node(node_id, NodeState.LOST)
     step_inprocess(view, 10)
     assert view.state == JobState.RECONFIGURING and view.restarts == 0
     for index in range(3, 5):
@@ -353,7 +333,7 @@ def test_inprocess_losing_every_replica_falls_back_to_a_restart_from_disk():
 
 def test_inprocess_a_failed_worker_restarts_in_place_under_a_fresh_rank_and_is_charged():
     view = running_job(INPROCESS)
-    view.exits[1] = WorkerExit("n1", 1, -9, 10)  # OOM-killed, say; its node stays healthy
+    view.exit(WorkerExit("n1", 1, -9, 10))  # OOM-killed, say; its node stays healthy
     actions = step_inprocess(view, 10)  # at once: no settle, nobody else stops
     assert kinds(actions) == [plan.ChargeRestart, plan.Reform]
     reform = actions[1]
@@ -362,7 +342,7 @@ def test_inprocess_a_failed_worker_restarts_in_place_under_a_fresh_rank_and_is_c
     assert view.state == JobState.RUNNING and view.restarts == 1
     assert list(view.ranks_of("n1")) == [3] and view.exits == {}
     assert step_inprocess(view, 10.5) == []
-    view.exits[0] = WorkerExit("n0", 0, 1, 20)  # another failure: the budget (1) is spent
+    view.exit(WorkerExit("n0", 0, 1, 20))  # another failure: the budget (1) is spent
     assert step_inprocess(view, 20) == []  # settling: a node loss may be the cause
     [failed] = [a for a in step_inprocess(view, 21) if isinstance(a, plan.Transition)]
     assert failed.to == JobState.FAILED and "max_restarts=1 used up" in failed.reason
@@ -370,9 +350,9 @@ def test_inprocess_a_failed_worker_restarts_in_place_under_a_fresh_rank_and_is_c
 
 def test_inprocess_a_node_of_several_replicas_restarts_in_place_only_when_all_failed():
     view = running_job(dataclasses.replace(INPROCESS, nproc_per_node=2, max_restarts=2))
-    view.exits[2] = WorkerExit("n1", 2, -9, 10)  # n1's rank 3 still trains
+    view.exit(WorkerExit("n1", 2, -9, 10))  # n1's rank 3 still trains
     assert not any(isinstance(a, plan.Reform) for a in step_inprocess(view, 10))
-    view.exits[3] = WorkerExit("n1", 3, -9, 10.2)
+    view.exit(WorkerExit("n1", 3, -9, 10.2))
     [reform] = [a for a in step_inprocess(view, 10.3) if isinstance(a, plan.Reform)]
     assert reform.added == ("n1",) and list(view.ranks_of("n1")) == [6, 7]
     assert view.exits == {} and view.restarts == 1
@@ -381,8 +361,8 @@ def test_inprocess_a_node_of_several_replicas_restarts_in_place_only_when_all_fa
 def test_inprocess_a_failure_after_training_finished_is_not_restarted_in_place():
     """Training is over: a joiner started now could find no peer left to heal from."""
     view = running_job(INPROCESS)
-    view.finished_at = 10  # a replica reported the last step
-    view.exits[1] = WorkerExit("n1", 1, -11, 10.1)  # a crash in teardown, say
+    view.finish(10)  # a replica reported the last step
+    view.exit(WorkerExit("n1", 1, -11, 10.1))  # a crash in teardown, say
     assert step_inprocess(view, 10.2) == []  # no restart in place: settling first
     step_inprocess(view, 12)
     assert view.state == JobState.RECONFIGURING  # the restart path (it resumes at the end)
@@ -390,15 +370,15 @@ def test_inprocess_a_failure_after_training_finished_is_not_restarted_in_place()
 
 def test_inprocess_after_training_finished_only_members_that_never_took_part_are_stopped():
     view = running_job(INPROCESS)
-    view.inprocess_ranks = {0, 1}  # n2's replica never committed a step: it waits to join
-    view.finished_at = 10
-    view.exits[0] = WorkerExit("n0", 0, 0, 10)  # n1 (the leader, say) still saves its last
+    view.joined_quorum(0, 1)  # n2's replica never committed a step: it waits to join
+    view.finish(10)
+    view.exit(WorkerExit("n0", 0, 0, 10))  # n1 (the leader, say) still saves its last
     assert step_inprocess(view, 10 + INPROCESS.finish_grace_s - 1) == []
     [stop] = step_inprocess(view, 10 + INPROCESS.finish_grace_s)
     assert isinstance(stop, plan.StopNodes) and stop.node_ids == ("n2",)
     assert step_inprocess(view, 200) == []  # n1 is left to finish, however long it takes
-    view.exits[2] = WorkerExit("n2", 2, -9, 201)  # killed at the end of its stop grace
-    view.exits[1] = WorkerExit("n1", 1, 0, 300)
+    view.exit(WorkerExit("n2", 2, -9, 201))  # killed at the end of its stop grace
+    view.exit(WorkerExit("n1", 1, 0, 300))
     actions = step_inprocess(view, 300)
     assert view.state == JobState.SUCCEEDED and view.restarts == 0
     assert not any(isinstance(a, (plan.Reform, plan.Acquire)) for a in actions)
@@ -406,10 +386,10 @@ def test_inprocess_after_training_finished_only_members_that_never_took_part_are
 
 def test_inprocess_a_node_lost_after_training_finished_is_not_replaced():
     view = running_job(INPROCESS)
-    view.finished_at = 10
-    view.exits[0] = WorkerExit("n0", 0, 0, 10)
-    view.exits[1] = WorkerExit("n1", 1, 0, 10)
-    view.nodes["n2"].state = NodeState.LOST
+    view.finish(10)
+    view.exit(WorkerExit("n0", 0, 0, 10))
+    view.exit(WorkerExit("n1", 1, 0, 10))
+    view.node("n2", NodeState.LOST)
     actions = step_inprocess(view, 11)
     assert not any(isinstance(a, (plan.Reform, plan.Acquire)) for a in actions)
     assert view.state == JobState.SUCCEEDED
@@ -418,7 +398,7 @@ def test_inprocess_a_node_lost_after_training_finished_is_not_replaced():
 def test_inprocess_failed_workers_with_no_replica_left_take_the_restart_path():
     view = running_job(INPROCESS)
     for rank, node_id in enumerate(view.members):
-        view.exits[rank] = WorkerExit(node_id, rank, 1, 10)  # the script fails everywhere
+        view.exit(WorkerExit(node_id, rank, 1, 10))  # the script fails everywhere
     step_inprocess(view, 10)
     actions = step_inprocess(view, 11)
     assert not any(isinstance(a, plan.Reform) for a in actions)
@@ -427,24 +407,24 @@ def test_inprocess_failed_workers_with_no_replica_left_take_the_restart_path():
 
 def test_inprocess_a_failed_worker_on_a_suspect_node_is_not_restarted_there():
     view = running_job(INPROCESS)
-    view.nodes["n1"].state = NodeState.SUSPECT
-    view.exits[1] = WorkerExit("n1", 1, -9, 10)
+    view.node("n1", NodeState.SUSPECT)
+    view.exit(WorkerExit("n1", 1, -9, 10))
     assert not any(isinstance(a, plan.Reform) for a in step_inprocess(view, 10))
-    view.nodes["n1"].state = NodeState.LOST  # it was the machine: dropped, not charged
+    view.node("n1", NodeState.LOST)  # it was the machine: dropped, not charged
     [reform] = [a for a in step_inprocess(view, 10.5) if isinstance(a, plan.Reform)]
     assert reform.cause == "node_lost" and view.restarts == 0
 
 
 def test_inprocess_replacement_is_asked_for_and_joins_while_the_lost_node_is_only_suspect():
     view = running_job(INPROCESS)
-    view.nodes["n1"].state = NodeState.SUSPECT  # stream dropped: the grace has not run out
+    view.node("n1", NodeState.SUSPECT)  # stream dropped: the grace has not run out
     actions = step_inprocess(view, 10)
     assert any(isinstance(a, plan.Acquire) and a.count == 1 for a in actions)
     assert not any(isinstance(a, plan.Reform) for a in actions)  # n1 may still come back
     join(view, "n3", 10.5)
     [reform] = [a for a in step_inprocess(view, 10.5) if isinstance(a, plan.Reform)]
     assert reform.added == ("n3",)
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n1", NodeState.LOST)
     [reform] = [a for a in step_inprocess(view, 12) if isinstance(a, plan.Reform)]
     assert reform.members == ("n0", "n2", "n3") and reform.cause == "node_lost"
     assert not any(isinstance(a, plan.Acquire) for a in step_inprocess(view, 12.5))
@@ -456,26 +436,25 @@ def test_after_a_coordd_restart_reconnecting_members_keep_their_places():
     for policy, stepper in ((POLICY, step), (INPROCESS, step_inprocess)):
         view = running_job(policy)
         for node_id in view.members:
-            view.nodes[node_id].state = NodeState.SUSPECT
-            view.nodes[node_id].reconnecting = True
+            view.node(node_id, NodeState.SUSPECT, reconnecting=True)
         assert stepper(view, 10) == []
-        view.nodes["n1"].state = NodeState.LOST  # its grace ran out: now it is replaced
+        view.node("n1", NodeState.LOST)  # its grace ran out: now it is replaced
         actions = stepper(view, 40) + stepper(view, 41)
         assert [a.count for a in actions if isinstance(a, plan.Acquire)] == [1]
 
 
 def test_inprocess_member_back_after_its_replacement_joined_trims_the_job_to_its_target():
     view = running_job(INPROCESS)
-    view.nodes["n1"].state = NodeState.SUSPECT
+    view.node("n1", NodeState.SUSPECT)
     step_inprocess(view, 10)
     join(view, "n3", 10.5)
     step_inprocess(view, 10.5)  # n3 joins the running replicas
-    view.nodes["n1"].state = NodeState.READY  # the blip is over: 4 replicas, target 3
+    view.node("n1", NodeState.READY)  # the blip is over: 4 replicas, target 3
     actions = step_inprocess(view, 11)
     assert [a.node_ids for a in actions if isinstance(a, plan.StopNodes)] == [("n3",)]
     assert plan.StopGeneration not in kinds(actions)
     assert not any(isinstance(a, plan.StopNodes) for a in step_inprocess(view, 11.2))
-    view.exits[3] = WorkerExit("n3", 3, -15, 12)  # stopped hard: not a failure of the job
+    view.exit(WorkerExit("n3", 3, -15, 12))  # stopped hard: not a failure of the job
     actions = step_inprocess(view, 12)
     [reform] = [a for a in actions if isinstance(a, plan.Reform)]
     assert reform.members == ("n0", "n1", "n2")
@@ -487,24 +466,24 @@ def test_inprocess_member_back_after_its_replacement_joined_trims_the_job_to_its
 # auto mode (the default): in-process once every worker joined the quorum ---------------------
 def test_auto_mode_restarts_the_group_until_every_worker_joined_the_quorum():
     view = running_job(AUTO)
-    view.inprocess_ranks = {0, 1}  # rank 2 has not joined (yet), or its script cannot
+    view.joined_quorum(0, 1)  # rank 2 has not joined (yet), or its script cannot
     assert not view.inprocess
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n1", NodeState.LOST)
     actions = step_inprocess(view, 10)
     assert plan.StopGeneration in kinds(actions) and view.state == JobState.RECONFIGURING
 
 
 def test_auto_mode_re_forms_in_place_once_every_worker_joined_until_the_next_restart():
     view = running_job(AUTO)
-    view.inprocess_ranks = {0, 1, 2}
+    view.joined_quorum(0, 1, 2)
     assert kinds(step_inprocess(view, 5)) == [plan.ConfirmInProcess]
     assert view.inprocess
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n1", NodeState.LOST)
     actions = step_inprocess(view, 10)
     assert plan.StopGeneration not in kinds(actions)
     assert [a.members for a in actions if isinstance(a, plan.Reform)] == [("n0", "n2")]
     for node_id in ("n0", "n2"):  # every replica gone: restart from disk, choose again
-        view.nodes[node_id].state = NodeState.LOST
+        view.node(node_id, NodeState.LOST)
     step_inprocess(view, 11)
     for index in range(3, 6):
         join(view, f"n{index}", 12)
@@ -514,14 +493,14 @@ def test_auto_mode_re_forms_in_place_once_every_worker_joined_until_the_next_res
 
 
 def test_spares_are_kept_ready_and_take_a_lost_nodes_place_at_once():
-    view = JobView("j", JobState.PENDING, 0, 0, dataclasses.replace(INPROCESS, spares=1))
+    view = new_job(dataclasses.replace(INPROCESS, spares=1))
     assert [a.count for a in step_inprocess(view, 0) if isinstance(a, plan.Acquire)] == [4]
     for i in range(4):
         join(view, f"n{i}", 1)
     step_inprocess(view, 1)
     assert view.members == ["n0", "n1", "n2"]  # n3 waits, idle
     assert not any(isinstance(a, (plan.Release, plan.Acquire)) for a in step_inprocess(view, 2))
-    view.nodes["n1"].state = NodeState.LOST
+    view.node("n1", NodeState.LOST)
     actions = step_inprocess(view, 10) + step_inprocess(view, 10.1)
     assert [a.added for a in actions if isinstance(a, plan.Reform) and a.added] == [("n3",)]
     assert [a.count for a in actions if isinstance(a, plan.Acquire)] == [1]  # a new spare
@@ -563,9 +542,36 @@ def test_inprocess_invariants_hold_under_random_events(sequence):
 
 def test_a_failure_is_named_by_the_rank_that_failed_not_by_the_peers_it_took_down():
     view = running_job()
-    view.exits[0] = WorkerExit("n0", 0, PEER_LOST_EXIT, 10.0)  # its peer crashed under it
-    view.exits[1] = WorkerExit("n1", 1, 1, 10.2)
+    view.exit(WorkerExit("n0", 0, PEER_LOST_EXIT, 10.0))  # its peer crashed under it
+    view.exit(WorkerExit("n1", 1, 1, 10.2))
     actions = step(view, 11.5)
     assert view.state == JobState.RECONFIGURING
     transition = next(a for a in actions if isinstance(a, plan.Transition))
     assert "rank 1 on node n1 exited with code 1" in transition.reason
+
+
+def test_a_whole_inprocess_life_runs_on_decide_and_evolve_alone():
+    """Start, a node loss, the in-place re-formation, the replacement joining, the finish:
+    the real reconciler with no runner, sockets or sleeps (what a simulator builds on)."""
+    job = new_job(INPROCESS)
+    assert [a.count for a in step(job, 0) if isinstance(a, plan.Acquire)] == [3]
+    for i in range(3):
+        join(job, f"n{i}", 1)
+    assert plan.StartGeneration in kinds(step(job, 1))
+    assert (job.epoch, job.worker_generation) == (1, 1)
+    job.joined_quorum(0, 1, 2)
+    job.node("n1", NodeState.LOST)
+    actions = step(job, 10)
+    assert [a.cause for a in actions if isinstance(a, plan.Reform)] == ["node_lost"]
+    assert (job.epoch, job.worker_generation, job.members) == (2, 1, ["n0", "n2"])
+    join(job, "n3", 11)
+    [reform] = [a for a in step(job, 11) if isinstance(a, plan.Reform)]
+    assert reform.added == ("n3",) and list(job.ranks_of("n3")) == [3]
+    assert (job.epoch, job.worker_generation) == (3, 1)  # re-formed in place: no restart
+    job.finish(20)
+    for member in job.members:
+        rank = job.ranks_of(member).start
+        job.exit(WorkerExit(member, rank, 0, 21))
+    actions = step(job, 21)
+    assert job.state == JobState.SUCCEEDED and job.restarts == 0
+    assert [a.node_ids for a in actions if isinstance(a, plan.Release)] == [("n0", "n1", "n2", "n3")]

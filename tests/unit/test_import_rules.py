@@ -11,10 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("agent", "contract", "coordinator", "trainer")
 CLIENT = "coordinator.client"
-# TEMPORARY: coordinator/jobs.py and coordinator/reconciler/runner.py import each other; the
-# reducer/runner split (issue 17, section 2, another branch) breaks this cycle, and whoever
-# merges both removes this allowance.
-KNOWN_CYCLES = [{"coordinator.jobs", "coordinator.reconciler.runner"}]
 
 
 def modules() -> dict[str, Path]:
@@ -117,5 +113,4 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_no_modules_import_each_other_in_a_circle():
-    cycles = [c for c in strongly_connected(graph()) if c not in KNOWN_CYCLES]
-    assert cycles == []
+    assert strongly_connected(graph()) == []

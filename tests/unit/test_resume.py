@@ -14,6 +14,7 @@ from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
+from coordinator.reconciler.events import FailJob
 from coordinator.reconciler.resume import (CHECKPOINTED, RESUMED, STOPPED, CheckpointCommitted,
                                            ResumeState, WorkerRestored)
 from coordinator.settings import CoorddSettings
@@ -83,8 +84,8 @@ def test_without_a_restored_line_a_new_generations_first_checkpoint_tells():
 
 def test_a_fail_reason_fails_the_job():
     view = running_job()
-    view.fail_reason = "its workers found no checkpoint"
-    actions = decide(view, time.time())
+    view.hear(FailJob("its workers found no checkpoint"))
+    actions = decide(view.view, time.time())
     assert plan.Transition(JobState.FAILED, reason="its workers found no checkpoint") in actions
 
 
@@ -100,7 +101,7 @@ async def test_a_stop_before_the_runners_first_turn_keeps_a_resumable_job(tmp_pa
     await store.append_event(job.id, CHECKPOINTED, 1, "", {"worker_generation": 1, "step": 40})
     await store.append_event(job.id, STOPPED, 1, "", {"resume": True, "checkpoint_step": 40})
     jobs = JobManager(store, Bus(), settings, Metrics())
-    jobs.nodes = NodeRegistry(store, settings, {}, jobs.on_node_change, Metrics())
+    jobs.attach(NodeRegistry(store, settings, {}, jobs.router.on_node_change, Metrics()))
     try:
         await jobs.resume()
         await jobs.close()

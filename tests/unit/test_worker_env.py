@@ -25,15 +25,12 @@ def test_threads_follow_torchrun_unless_the_node_has_a_share_of_cores(monkeypatc
 
 
 def test_every_variable_coordd_sets_is_in_the_one_table():
-    from coordinator.jobs import replica_env
-    from contract.spec import JobSpec
-    from contract.workerenv import TABLE, rank_env
+    from contract.workerenv import TABLE, rank_env, replica_env
 
-    spec = JobSpec(name="a", run="x")
     names = {*rank_env(rank=3, world_size=4, nproc_per_node=2, master=("h", 1), restarts=0,
                        max_restarts=0, job_id="j"),
-             *replica_env("h", 3, "l:1", spec, joining=False, replica_only=True,
-                         replicas=4, pause_s=2.0)}
+             *replica_env(host="h", rank=3, lighthouse="l:1", min_replicas=2, joining=False,
+                          replica_only=True, replicas=4, pause_s=2.0)}
     assert names <= {v.name for v in TABLE}
     assert set(node_env({}, workers=2)) - set(os.environ) <= {v.name for v in TABLE}
 

@@ -1,0 +1,47 @@
+"""The quorum services (torchft Lighthouses) of in-process jobs: one per job, started with its
+first in-process generation and kept to its end."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from coordinator.quorum import QuorumService, public_host
+from coordinator.settings import CoorddSettings
+from contract.spec import JobSpec
+from coordinator.store import JobRecord
+
+JobEvent = Callable[..., Awaitable[None]]  # (job_id, kind, message, **data)
+
+
+class Quorums:
+    def __init__(self, settings: CoorddSettings, event: JobEvent):
+        self.settings, self.event = settings, event
+        self.services: dict[str, QuorumService] = {}
+
+    async def address(self, record: JobRecord, spec: JobSpec) -> str:
+        """The job's Lighthouse, started on first use."""
+        if service := self.services.get(record.id):
+            return service.address
+
+        async def on_event(kind: str, message: str, **data) -> None:
+            await self.event(record.id, kind, message, **data)
+
+        service = QuorumService(record.id, public_host(self.settings), spec.min_world_size,
+                                on_event, self.settings.state_dir / "quorum" / record.id)
+        self.services[record.id] = service
+        address = await service.start()
+        await self.event(record.id, "quorum.started", f"quorum service (Lighthouse) at {address}",
+                         address=address)
+        return address
+
+    async def stop(self, job_id: str) -> None:
+        """The job ended: its Lighthouse and its lease go."""
+        if service := self.services.pop(job_id, None):
+            await service.stop()
+
+    async def stop_all(self) -> None:
+        """After the local nodes stopped: in-process replicas that leave need their quorum
+        service to commit the step in flight. The jobs go on: their leases are kept."""
+        for service in self.services.values():
+            await service.stop(job_ended=False)
+        self.services.clear()

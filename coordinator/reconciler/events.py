@@ -1,0 +1,57 @@
+"""What the reconciler hears: node and worker reports, and a user's cancel. Plain values,
+fed to `evolve` in the order they arrive."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
+from coordinator.reconciler.view import NodeView, WorkerExit
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeChanged:
+    node: NodeView
+
+
+@dataclasses.dataclass(frozen=True)
+class NodesCreated:
+    nodes: tuple[NodeView, ...]
+    asked: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerExited:
+    generation: int  # the worker generation the worker was started in
+    exit: WorkerExit
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInProcess:
+    """A worker took part in its first step as an in-process replica."""
+    generation: int
+    node_id: str
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFinished:
+    """An in-process replica trained to the last step: the job's training is done."""
+    generation: int
+    node_id: str
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Cancel:
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FailJob:
+    """The job must fail now (its workers would start over, its reconciler crashed ...)."""
+    reason: str
+
+
+Event = (NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | WorkerFinished | Cancel
+         | FailJob | CheckpointCommitted | WorkerRestored)
