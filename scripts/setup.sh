@@ -4,7 +4,8 @@
 #                                  demo's example (examples/allreduce) needs, nothing more
 #   bash scripts/setup.sh          everything: also the trainer ('.[train]': the elastic library
 #                                  with numpy and torchft, DALI, scikit-learn, tensorboard), the
-#                                  test tools ('.[dev]') and, as root, sshd for the ssh tests
+#                                  test tools ('.[dev]') and, as root, sshd and PostgreSQL 15
+#                                  for the ssh and PostgreSQL tests
 # torch is pinned exactly: on a CPU machine a looser pin pulls several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,10 @@ fi
 # The ssh provider's tests start a real sshd (Debian's openssh-server) on a loopback port.
 if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }) >/dev/null
+fi
+# The PostgreSQL backend's tests start a real PostgreSQL 15 (initdb + pg_ctl in a temp dir).
+# flock: other installs on the same machine may run apt at the same time.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (flock /tmp/apt.lock apt-get install -y -q postgresql-15 || { flock /tmp/apt.lock apt-get update -q && flock /tmp/apt.lock apt-get install -y -q postgresql-15; }) >/dev/null
 fi
 echo "coord installed in $(pwd)/.venv"
