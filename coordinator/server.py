@@ -57,7 +57,7 @@ class Coordinator:
         agent_token = await asyncio.to_thread(bootstrap, tokens, s.token_path,
                                               s.agent_token_path)
         files = await asyncio.to_thread(self._tls_files)
-        store = await Store.open(s.db_path)
+        store = await Store.open(s.database)
         metrics, bus = Metrics(), Bus()
         jobs = JobManager(store, bus, s, metrics)
         jobs.coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
@@ -113,6 +113,10 @@ class CoorddSettings(BaseSettings):
 
     state_dir: Path = Field(default_factory=default_state_dir,
                             description="SQLite database, token, bundles, checkpoints, node dirs")
+    database_url: str = Field("", description="where jobs and nodes are kept: "
+                              "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB for several "
+                              "coordd on one database (docs/postgresql.md); default: the "
+                              "SQLite file STATE_DIR/coord.db")
     listen: str = Field("127.0.0.1:7070", description="HOST:PORT for gRPC (port 0: any free port)")
     advertise: str = Field("", description="address agents use to reach coordd (default: listen)")
     heartbeat_interval_s: float = Field(1.0, gt=0)
@@ -175,9 +179,22 @@ class CoorddSettings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if url and not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
+            raise ValueError("database_url must start with postgresql+asyncpg:// or "
+                             f"sqlite+aiosqlite:///, not {url.partition(':')[0]!r}")
+        return url
+
     @property
     def db_path(self) -> Path:
         return self.state_dir / "coord.db"
+
+    @property
+    def database(self) -> str | Path:
+        """What Store.open takes: the URL, else the SQLite file in the state directory."""
+        return self.database_url or self.db_path
 
     @property
     def token_path(self) -> Path:

@@ -1,6 +1,7 @@
-"""Durable state: jobs, nodes, an append-only event log and worker logs, in SQLite (WAL).
+"""Durable state: jobs, nodes, an append-only event log and worker logs, in SQLite (WAL) or
+PostgreSQL (asyncpg); the schema is built by coordinator/migrations, `metadata` mirrors it.
 
-SQLAlchemy Core over aiosqlite so a PostgreSQL backend stays open. Every call takes its own
+SQLAlchemy Core, the same statements on both backends. Every call takes its own
 connection from the pool (never one shared across coroutines). Writes that decide ownership
 (job state) are compare-and-set on a version column.
 """
@@ -17,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from coordinator import migrations
 from coordinator.errors import Conflict, NotFound
 from coordinator.states import JobState, NodeState
 
@@ -174,16 +176,37 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor.close()
 
 
+def create_engine(where: Path | str) -> AsyncEngine:
+    url = where if isinstance(where, str) else f"sqlite+aiosqlite:///{where}"
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    # pre_ping: a pooled connection that died with a database restart or failover is
+    # replaced instead of failing the caller's first statement.
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _utf8_bytes(engine: AsyncEngine, text: sa.ColumnElement) -> sa.ColumnElement:
+    if engine.dialect.name == "postgresql":
+        return sa.func.octet_length(text)
+    return sa.func.length(sa.cast(text, sa.LargeBinary))
+
+
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+    async def open(cls, where: Path | str) -> Store:
+        """A SQLite file (a path) or a database URL (`postgresql+asyncpg://...`), brought to
+        the newest schema (coordinator/migrations)."""
+        engine = create_engine(where)
+        try:
+            await migrations.upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
 
     async def close(self) -> None:
@@ -281,8 +304,7 @@ class Store:
 
     async def log_bytes(self, job_id: str) -> int:
         """How much log text (UTF-8 bytes) the job has stored."""
-        size = sa.func.coalesce(sa.func.sum(sa.func.length(sa.cast(logs.c.text,
-                                                                   sa.LargeBinary))), 0)
+        size = sa.func.coalesce(sa.func.sum(_utf8_bytes(self.engine, logs.c.text)), 0)
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(size).where(logs.c.job_id == job_id))).scalar()
 
