@@ -15,6 +15,7 @@ from tenacity import (AsyncRetrying, retry_if_exception, stop_after_delay,
 
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
+from coord.leader import leader_hint, next_address, split_addresses
 from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from coordinator.auth import call_metadata
 from coordinator.transport import open_channel
@@ -43,11 +44,29 @@ class Connection:
         self.address, self.token, self.node_id, self.host = address, token, node_id, host
         self.resources, self.outbox, self.supervisor = resources, outbox, supervisor
         self.stop_grace_s = stop_grace_s
-        self.channel = open_channel(address, ca_pem, insecure, options=[
+        self.ca_pem, self.insecure = ca_pem, insecure
+        # A set of coordd (`a:7070,b:7070`): the agent talks to the leader among them.
+        self.addresses = split_addresses(address) or [address]
+        self._open(self.addresses[0])
+
+    def _open(self, address: str) -> None:
+        self.address = address
+        self.channel = open_channel(address, self.ca_pem, self.insecure, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
             ("grpc.keepalive_time_ms", 10_000)])
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def _follow(self, exc: grpc.aio.AioRpcError) -> None:
+        """The stream broke: to the leader a standby named, else the next coordd of the set."""
+        hint = leader_hint(exc.trailing_metadata())
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or (len(self.addresses) == 1 and not hint):
+            return
+        following = next_address(self.addresses, self.address, hint)
+        if following != self.address:
+            log.info("agent.following", address=following, leader_named=bool(hint))
+            await self.channel.close()
+            self._open(following)
 
     async def fetch_bundle(self, job_id: str, digest: str) -> bytes:
         """The job's bundle from coordd, tried again while coordd cannot be reached."""
@@ -75,6 +94,9 @@ class Connection:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("agent.unauthenticated", detail=exc.details())
                 log.warning("agent.disconnected", code=exc.code().name, detail=exc.details())
+                await self._follow(exc)
+                if leader_hint(exc.trailing_metadata()):
+                    continue  # straight to the leader that was named
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 5.0)
 

@@ -113,7 +113,8 @@ async def leave(outbox: Outbox, supervisor: Supervisor, stop_grace_s: float) -> 
 @app.command()
 def main_command(
     coordinator: Annotated[str, typer.Option(envvar="COORD_ADDR",
-                                             help="coordd's HOST:PORT")],
+                                             help="coordd's HOST:PORT; a set's "
+                                                  "a:7070,b:7070 (follows the leader)")],
     token: Annotated[str, typer.Option(envvar="COORD_TOKEN", show_default=False,
                                        help="an agent join token (coordd's STATE_DIR/"
                                             "agent-token, or `coordd token create --role "

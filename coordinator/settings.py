@@ -117,6 +117,9 @@ class CoorddSettings(BaseSettings):
                               "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB for several "
                               "coordd on one database (docs/postgresql.md); default: the "
                               "SQLite file STATE_DIR/coord.db")
+    lease_s: float = Field(3.0, ge=0.5, le=60, description="with PostgreSQL: the leader "
+                           "renews its lease well within this; a standby takes over once it "
+                           "ran out")
     listen: str = Field("127.0.0.1:7070", description="HOST:PORT for gRPC (port 0: any free port)")
     advertise: str = Field("", description="address agents use to reach coordd (default: listen)")
     heartbeat_interval_s: float = Field(1.0, gt=0)

@@ -8,15 +8,17 @@ connection from the pool (never one shared across coroutines). Writes that decid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from coordinator import migrations
 from coordinator.errors import Conflict, NotFound
@@ -65,6 +67,7 @@ events = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data_json", sa.Text, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=True),  # the leader's (coordinator/leadership.py)
 )
 
 logs = sa.Table(
@@ -79,6 +82,25 @@ logs = sa.Table(
     sa.Column("time", sa.Float, nullable=False),
     sa.Column("text", sa.Text, nullable=False),
     sa.Index("logs_by_job", "job_id", "id"),
+)
+
+# Leadership of a coordd set on PostgreSQL (coordinator/leadership.py): one lease row, id 1.
+leader = sa.Table(
+    "leader", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String, nullable=False),
+    sa.Column("address", sa.String, nullable=False),
+    sa.Column("renewed_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+members = sa.Table(
+    "members", metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("address", sa.String, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=False),
 )
 
 
@@ -153,6 +175,7 @@ class EventRecord:
     generation: int
     message: str
     data_json: str
+    epoch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +219,17 @@ def _utf8_bytes(engine: AsyncEngine, text: sa.ColumnElement) -> sa.ColumnElement
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        # Set while this coordd leads a set on PostgreSQL (coordinator/leadership.py): run
+        # first in every write transaction, it refuses the write once another took over.
+        self.guard: Callable[[AsyncConnection], Awaitable[None]] | None = None
+        self.epoch: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            if self.guard is not None:
+                await self.guard(conn)
+            yield conn
 
     @classmethod
     async def open(cls, where: Path | str) -> Store:
@@ -214,7 +248,7 @@ class Store:
 
     # jobs -----------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord) -> None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(jobs.insert().values(**job.to_row()))
 
     async def save_job(self, job: JobRecord) -> None:
@@ -222,7 +256,7 @@ class Store:
         expected = job.version
         job.version += 1
         job.updated_at = time.time()
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 jobs.update().where(jobs.c.id == job.id, jobs.c.version == expected)
                 .values(**job.to_row()))
@@ -259,7 +293,7 @@ class Store:
     # nodes ----------------------------------------------------------------------------
     async def save_node(self, node: NodeRecord) -> None:
         row = node.to_row()
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             updated = await conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
             if updated.rowcount == 0:
                 await conn.execute(nodes.insert().values(**row))
@@ -278,8 +312,9 @@ class Store:
     async def append_event(self, job_id: str, kind: str, generation: int, message: str,
                            data: dict[str, Any] | None = None) -> EventRecord:
         values = dict(job_id=job_id, time=time.time(), kind=kind, generation=generation,
-                      message=message, data_json=json.dumps(data or {}, default=str))
-        async with self.engine.begin() as conn:
+                      message=message, data_json=json.dumps(data or {}, default=str),
+                      epoch=self.epoch)
+        async with self._write() as conn:
             result = await conn.execute(events.insert().values(**values))
         return EventRecord(seq=result.inserted_primary_key[0], **values)
 
@@ -296,7 +331,7 @@ class Store:
         transaction: a replayed message is then either wholly new or wholly known."""
         rows = [{k: v for k, v in dataclasses.asdict(line).items() if k != "id"} for line in lines]
         insert = logs.insert().returning(logs.c.id, sort_by_parameter_order=True)
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             ids = (await conn.execute(insert, rows)).scalars().all() if rows else []
             await conn.execute(nodes.update().where(nodes.c.id == node_id)
                                .values(applied_seq=applied_seq))

@@ -12,6 +12,7 @@ import time
 
 import asyncpg
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -38,8 +39,9 @@ async def test_the_migrated_schema_is_the_one_the_store_uses(store_url):
 async def test_a_sqlite_file_from_before_migrations_is_adopted_with_its_jobs(tmp_path):
     path = tmp_path / "coord.db"
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
-    async with engine.begin() as conn:   # what coordd did at start until now
-        await conn.run_sync(metadata.create_all)
+    async with engine.begin() as conn:   # the tables coordd's create_all made until now
+        await conn.run_sync(lambda c: command.upgrade(migrations.config(c), migrations.BASELINE))
+        await conn.execute(sa.text("DROP TABLE alembic_version"))
     await engine.dispose()
     store = await Store.open(path)
     await store.insert_job(JobRecord(id="j-1", name="old", spec_json="{}"))
