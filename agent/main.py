@@ -18,6 +18,7 @@ from agent.connection import Connection
 from agent.notices import NoticeWatcher
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
+from coord.leader import split_addresses
 from coord.v1 import agent_pb2, types_pb2
 from coordinator import logs
 from coordinator.transport import ca_bytes
@@ -155,7 +156,8 @@ def main_command(
     ca_pem = ca_bytes(ca or os.environ.get("COORD_CA_PEM") or os.environ.get("COORD_CA"))
     workdir = workdir.expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run(coordinator, token, node_id, host or default_host(coordinator), workdir,
+    asyncio.run(run(coordinator, token, node_id,
+                    host or default_host(split_addresses(coordinator)[0]), workdir,
                     stop_grace, imds_endpoint, imds_interval, ca_pem, insecure, cpus))
 
 

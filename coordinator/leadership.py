@@ -41,7 +41,9 @@ SEEN = sa.text(f"""
 # Members count while seen within two leases.
 LOOK = sa.text(f"""
     SELECT epoch, address, {NOW} - renewed_at AS age,
-           (SELECT count(*) FROM members WHERE seen_at > {NOW} - 2 * :lease) AS members
+           (SELECT count(*) FROM members WHERE seen_at > {NOW} - 2 * :lease) AS members,
+           (SELECT string_agg(address, ',' ORDER BY started_at) FROM members
+            WHERE seen_at > {NOW} - 2 * :lease) AS addresses
     FROM leader WHERE id = 1""")
 # FOR SHARE: a takeover (an update of this row) waits until this write has committed. The
 # idle timeout ends a transaction its coordd stopped in (SIGSTOP, cut off), releasing the row.
@@ -58,6 +60,7 @@ class Seen:
     lease_age_s: float = 0.0
     members: int = 0
     at: float = 0.0  # monotonic
+    addresses: str = ""  # of the members, comma-separated
 
 
 @dataclasses.dataclass
@@ -80,6 +83,11 @@ class Leadership:
         self.valid_until = 0.0    # monotonic: act only before this
         self.seen = Seen()        # the lease as last read, for the metrics
 
+    def addresses(self) -> str:
+        """What agents get to reach the set: this coordd first, then the other members."""
+        others = [a for a in self.seen.addresses.split(",") if a and a != self.address]
+        return ",".join([self.address, *others])
+
     def lease_age(self) -> float:
         return self.seen.lease_age_s + time.monotonic() - self.seen.at if self.seen.at else 0.0
 
@@ -91,8 +99,9 @@ class Leadership:
             epoch = (await conn.execute(CLAIM, params)).scalar()
             seen = (await conn.execute(LOOK, {"lease": self.lease_s})).first()
         self.leader_address = seen.address if seen else ""
-        self.seen = Seen(seen.epoch, seen.age, seen.members, time.monotonic()) if seen else \
-            self.seen
+        if seen:
+            self.seen = Seen(seen.epoch, seen.age, seen.members, time.monotonic(),
+                             seen.addresses or "")
         return epoch
 
     async def campaign(self) -> int:

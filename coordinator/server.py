@@ -64,12 +64,13 @@ class Coordinator:
         store = await Store.open(s.database)
         metrics, bus = Metrics(), Bus()
         coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")
-        holding = None
+        holding = leadership = None
         if store.engine.dialect.name == "postgresql":
-            holding = await self._lead(store, coordd_id, tokens, files, lock, metrics)
+            leadership = Leadership(store.engine, coordd_id, "", s.lease_s)
+            holding = await self._lead(store, leadership, tokens, files, lock, metrics)
         jobs = JobManager(store, bus, s, metrics)
         jobs.coordd_id = coordd_id
-        access = AgentAccess(self.advertised, agent_token,
+        access = AgentAccess(leadership.addresses if leadership else self.advertised, agent_token,
                              files.ca_pem.decode() if files else None, insecure=files is None)
         providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s,
                                             s.local)}
@@ -108,20 +109,20 @@ class Coordinator:
             await store.close()
             log.info("coordd.stopped")
 
-    async def _lead(self, store: Store, coordd_id: str, tokens, files, lock: InstanceLock,
-                    metrics: Metrics) -> asyncio.Task:
+    async def _lead(self, store: Store, leadership: Leadership, tokens, files,
+                    lock: InstanceLock, metrics: Metrics) -> asyncio.Task:
         """On PostgreSQL: serve as a standby until this coordd leads, then guard the store's
         writes with its epoch; the task that keeps the lease."""
         s = self.settings
         standby = self._bind(grpc.aio.server(interceptors=[AuthInterceptor(tokens)]), files)
-        leadership = Leadership(store.engine, coordd_id, self.advertised(), s.lease_s)
+        leadership.address = self.advertised()
         standby.add_generic_rpc_handlers([StandbyHandler(lambda: leadership.leader_address)])
         await standby.start()
         await asyncio.to_thread(lock.announce, self.address)
         if s.metrics_listen:
             metrics.serve(s.metrics_listen)
         metrics.watch_leadership(leadership)
-        log.info("coordd.standby", address=self.address, member=coordd_id)
+        log.info("coordd.standby", address=self.address, member=leadership.me)
         try:
             await leadership.campaign()
         finally:

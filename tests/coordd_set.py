@@ -1,0 +1,54 @@
+"""Two coordd on one PostgreSQL, as two hosts would run them (docs/postgresql.md): each its own
+state directory, the CA and the tokens shared (copied from the first)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from coordinator.localcluster import LocalCoordd
+from tests.integration.harness import start_coordd, wait_for
+from tests.pg import Postgres
+
+SHARED = ["tokens.json", "token", "agent-token", "tls/ca.key", "tls/ca.pem"]
+
+
+def start_set(tmp_path: Path, postgres: Postgres, pg_url: str,
+              lease_s: float = 2.0) -> list[LocalCoordd]:
+    """The first started leads; the second is its standby."""
+    env = {"COORDD_DATABASE_URL": pg_url, "COORDD_LEASE_S": str(lease_s)}
+    first = start_coordd(tmp_path / "host-a", env=env)
+    second_dir = tmp_path / "host-b"
+    (second_dir / "tls").mkdir(parents=True, mode=0o700)
+    second_dir.chmod(0o700)
+    for name in SHARED:
+        shutil.copy2(first.state_dir / name, second_dir / name)
+    second = start_coordd(second_dir, env=env)
+    # The leader hands agents the members it saw at its last renewal: one after both joined.
+    database = pg_url.rpartition("/")[2]
+    wait_for(lambda: postgres.psql(JOINED, database) == "t", 30, what="the set to form")
+    return [first, second]
+
+
+JOINED = ("SELECT count(*) = 2 AND (SELECT renewed_at FROM leader) > max(seen_at) "
+          "FROM members")
+
+
+def leader(postgres: Postgres, pg_url: str) -> tuple[int, str]:
+    """The lease row: epoch and the leader's address."""
+    epoch, _, address = postgres.psql("SELECT epoch, address FROM leader",
+                                      pg_url.rpartition("/")[2]).partition("|")
+    return int(epoch or 0), address
+
+
+def wait_for_leader(postgres: Postgres, pg_url: str, epoch: int, timeout: float = 20) -> str:
+    """The address of the coordd that took the lease at `epoch`."""
+    return wait_for(lambda: (seen := leader(postgres, pg_url))[0] >= epoch and seen[1], timeout,
+                    what=f"a leader at epoch {epoch}")
+
+
+def set_client(members: list[LocalCoordd], first: LocalCoordd):
+    """An SDK client that knows every member, `first` tried first, and follows the leader."""
+    from coordinator.sdk import Client
+    addresses = [first.address] + [m.address for m in members if m is not first]
+    return Client(",".join(addresses), first.token, ca=first.ca_path)
