@@ -117,7 +117,8 @@ class Connection:
                 if leader_hint(exc.trailing_metadata()):
                     continue  # straight to the leader that was named
             await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 5.0)
+            # in a set, one of the others is the leader soon: try them more often
+            delay = min(delay * 2, 5.0 if len(self.addresses) == 1 else 1.0)
 
     async def _session(self) -> None:
         self.outbox.rewind()

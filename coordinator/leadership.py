@@ -121,20 +121,23 @@ class Leadership:
             await asyncio.sleep(self.lease_s / RENEWALS_PER_LEASE)
 
     async def hold(self, on_lost: Callable[[str], None]) -> None:
-        """Renew until the lease is lost, then call `on_lost(why)` once."""
+        """Renew until the lease is lost, then call `on_lost(why)` once: at the latest when
+        STEP_DOWN_AT of a lease has passed since the last renewal began."""
         while True:
             await asyncio.sleep(self.lease_s / RENEWALS_PER_LEASE)
             started = time.monotonic()
-            if started >= self.valid_until:
-                return on_lost("the lease ran out before a renewal (frozen or too slow)")
-            try:
-                epoch = await asyncio.wait_for(self._claim(), self.valid_until - started)
-            except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
-                log.warning("leadership.renew_failed", error=str(exc)[:200])
-                continue
-            if epoch != self.epoch:
-                return on_lost(f"another coordd took over (epoch {epoch})")
-            self.valid_until = started + self.lease_s * STEP_DOWN_AT
+            if started < self.valid_until:
+                try:
+                    epoch = await asyncio.wait_for(self._claim(), self.valid_until - started)
+                except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
+                    log.warning("leadership.renew_failed", error=str(exc)[:200])
+                else:
+                    if epoch != self.epoch:
+                        return on_lost(f"another coordd took over (epoch {epoch})")
+                    self.valid_until = started + self.lease_s * STEP_DOWN_AT
+                    continue
+            if time.monotonic() >= self.valid_until:
+                return on_lost("no renewal within the lease (cut off, frozen or too slow)")
 
     def acting(self) -> bool:
         return self.epoch is not None and time.monotonic() < self.valid_until

@@ -18,16 +18,25 @@ def start_set(tmp_path: Path, postgres: Postgres, pg_url: str,
     """The first started leads; the second is its standby."""
     env = {"COORDD_DATABASE_URL": pg_url, "COORDD_LEASE_S": str(lease_s)}
     first = start_coordd(tmp_path / "host-a", env=env)
-    second_dir = tmp_path / "host-b"
-    (second_dir / "tls").mkdir(parents=True, mode=0o700)
-    second_dir.chmod(0o700)
+    share_credentials(first.state_dir, tmp_path / "host-b")
+    second = start_coordd(tmp_path / "host-b", env=env)
+    wait_formed(postgres, pg_url)
+    return [first, second]
+
+
+def share_credentials(first: Path, other: Path) -> None:
+    """What every coordd of a set shares: the CA and the tokens."""
+    (other / "tls").mkdir(parents=True, mode=0o700)
+    other.chmod(0o700)
     for name in SHARED:
-        shutil.copy2(first.state_dir / name, second_dir / name)
-    second = start_coordd(second_dir, env=env)
-    # The leader hands agents the members it saw at its last renewal: one after both joined.
+        shutil.copy2(first / name, other / name)
+
+
+def wait_formed(postgres: Postgres, pg_url: str) -> None:
+    """The leader hands agents the members it saw at its last renewal: one after both
+    joined."""
     database = pg_url.rpartition("/")[2]
     wait_for(lambda: postgres.psql(JOINED, database) == "t", 30, what="the set to form")
-    return [first, second]
 
 
 JOINED = ("SELECT count(*) = 2 AND (SELECT renewed_at FROM leader) > max(seen_at) "

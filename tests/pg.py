@@ -67,9 +67,9 @@ def _run_as(owner_dir: Path, argv: list[str], check: bool = True) -> None:
                            f"{result.stdout[-1500:]}{result.stderr[-1500:]}")
 
 
-def start(listen: str = "127.0.0.1") -> Postgres:
-    """initdb + pg_ctl start; `listen` is postgres' listen_addresses (add a namespace's
-    address for coordd processes on other network namespaces)."""
+def start(listen: str = "127.0.0.1", trusted_net: str = "") -> Postgres:
+    """initdb + pg_ctl start; `listen` is postgres' listen_addresses and `trusted_net` a
+    CIDR whose clients may connect too (a test's own network namespace)."""
     found = bin_dir()
     if found is None:
         raise FileNotFoundError(MISSING)
@@ -81,6 +81,9 @@ def start(listen: str = "127.0.0.1") -> Postgres:
     pg = Postgres(found, data, port)
     _run_as(data, [str(found / "initdb"), "-D", str(data / "db"), "-U", pg.user, "-A", "trust",
                    "-E", "UTF8", "--no-sync"])
+    if trusted_net:
+        with open(data / "db" / "pg_hba.conf", "a") as hba:
+            hba.write(f"host all all {trusted_net} trust\n")
     options = (f"-p {port} -k {data} -c listen_addresses='{listen}' -c fsync=off "
                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
     try:

@@ -16,8 +16,10 @@ import pytest
 from coordinator.localcluster import BIN
 from coordinator.server import LOST_LEASE
 from coordinator.states import JobState, NodeState
-from tests.coordd_set import leader, set_client, start_set, wait_for_leader
-from tests.integration.harness import ROOT, job_pids, wait_for
+from tests import netns, pg
+from tests.coordd_set import (leader, set_client, share_credentials, start_set, wait_for_leader,
+                              wait_formed)
+from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from trainer.elastic import committed_history
 
 
@@ -125,3 +127,61 @@ def test_a_leader_frozen_past_its_lease_steps_down_and_changes_nothing(tmp_path,
             active.process.send_signal(signal.SIGCONT)
         for member in members:
             member.stop()
+
+
+@pytest.fixture
+def other_host():
+    """A network namespace with its own links to this one (tests/netns.py)."""
+    if why := netns.available():
+        pytest.skip(why)
+    host = netns.make_host()
+    yield host
+    host.remove()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_leader_cut_from_the_database_stops_within_its_lease(tmp_path, other_host):
+    """The leader on another host loses its database link but not its agents: it exits
+    within its lease, no write of its epoch lands afterwards, the standby leads, and the
+    workers it started go on under the standby."""
+    lease_s = 2.0
+    postgres = pg.start(listen=f"127.0.0.1,{other_host.db_outside}",
+                        trusted_net=f"{other_host.db_inside}/32")
+    members = []
+    try:
+        url = postgres.new_database()
+        database = url.rpartition("/")[2]
+        env = {"COORDD_LEASE_S": str(lease_s)}
+        remote_url = postgres.url(database, host=other_host.db_outside)
+        active = start_coordd(tmp_path / "host-a", env={**env, "COORDD_DATABASE_URL": remote_url},
+                              listen=f"{other_host.inside}:0", prefix=other_host.command([]))
+        members.append(active)
+        share_credentials(active.state_dir, tmp_path / "host-b")
+        standby = start_coordd(tmp_path / "host-b", env={**env, "COORDD_DATABASE_URL": url},
+                               listen=f"{other_host.outside}:0")
+        members.append(standby)
+        wait_formed(postgres, url)
+        (tmp_path / "job.toml").write_text('name = "sleeper"\nrun = "sleep 600"\n'
+                                           '[nodes]\ncount = 2\n')
+        with active.client() as client:
+            job = client.submit(tmp_path / "job.toml")
+            wait_for(lambda: len(job_pids(job.id)) >= 2, 60, what="the workers to start")
+        workers = sorted(job_pids(job.id))
+        cut_at, cut_wall = time.monotonic(), time.time()
+        other_host.cut_database()
+        assert active.process.wait(lease_s + 5) == LOST_LEASE
+        assert time.monotonic() - cut_at <= lease_s
+        wait_for_leader(postgres, url, 2)
+        assert postgres.psql(f"SELECT count(*) FROM events WHERE epoch = 1 AND time > {cut_wall}",
+                             database) == "0"
+        with set_client(members, standby) as client:
+            wait_for(lambda: all(n.state == NodeState.ASSIGNED for n in client.nodes(job.id)),
+                     60, what="the agents to follow the new leader")
+            assert sorted(job_pids(job.id)) == workers
+            assert client.get(job.id).state == JobState.RUNNING
+            client.cancel(job.id)
+    finally:
+        for member in members:
+            member.stop()
+        postgres.stop()
