@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # the test harness's PostgreSQL and coordd set
 from coordinator.localcluster import wait_for  # noqa: E402
 from coordinator.states import JobState, NodeState  # noqa: E402
 from tests import pg  # noqa: E402
-from tests.coordd_set import set_client, start_set, wait_for_leader  # noqa: E402
+from tests.coordd_set import set_client, start_set, stop_set, wait_for_leader  # noqa: E402
 from tests.integration.harness import job_pids  # noqa: E402
 from trainer.elastic import committed_history  # noqa: E402
 from trainer.elastic.steplog import STEPLOG_FILE, read_records  # noqa: E402
@@ -93,8 +93,7 @@ def one_round(postgres: pg.Postgres, lease_s: float, scratch: Path) -> dict:
                 "ok": (final.state == JobState.SUCCEEDED and final.generation == 1
                        and same_workers and history.ok and not history.lost)}
     finally:
-        for member in members:
-            member.stop()
+        stop_set(members)
 
 
 def main() -> None:

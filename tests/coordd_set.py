@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from coordinator import quorum
 from coordinator.localcluster import LocalCoordd
 from tests.integration.harness import start_coordd, wait_for
 from tests.pg import Postgres
@@ -61,3 +62,14 @@ def set_client(members: list[LocalCoordd], first: LocalCoordd):
     from coordinator.sdk import Client
     addresses = [first.address] + [m.address for m in members if m is not first]
     return Client(",".join(addresses), first.token, ca=first.ca_path)
+
+
+def stop_set(members: list[LocalCoordd]) -> None:
+    """Stop every member, and the Lighthouses a killed or stepped-down leader left running
+    (on separate hosts they would go with their host)."""
+    for member in members:
+        member.stop()
+        for lease in (member.state_dir / "quorum").glob("*"):
+            if found := quorum._read_lease(lease):
+                port, pid = found
+                quorum._stop_orphan(pid, port)

@@ -17,8 +17,8 @@ from coordinator.localcluster import BIN
 from coordinator.server import LOST_LEASE
 from coordinator.states import JobState, NodeState
 from tests import netns, pg
-from tests.coordd_set import (leader, set_client, share_credentials, start_set, wait_for_leader,
-                              wait_formed)
+from tests.coordd_set import (leader, set_client, share_credentials, start_set, stop_set,
+                              wait_for_leader, wait_formed)
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from trainer.elastic import committed_history
 
@@ -52,8 +52,7 @@ def test_the_standby_names_the_leader_and_leads_within_5_s_of_its_kill(tmp_path,
                                 capture_output=True, text=True, timeout=60)
         assert listed.returncode == 0, listed.stderr
     finally:
-        for member in members:
-            member.stop()
+        stop_set(members)
 
 
 @pytest.mark.slow
@@ -91,8 +90,7 @@ def test_training_survives_a_leader_kill_without_restarting_workers(tmp_path, pg
         history = committed_history(ckpt)
         assert history.ok and history.steps == list(range(1, 301)) and not history.lost
     finally:
-        for member in members:
-            member.stop()
+        stop_set(members)
 
 
 @pytest.mark.slow
@@ -125,8 +123,7 @@ def test_a_leader_frozen_past_its_lease_steps_down_and_changes_nothing(tmp_path,
     finally:
         with contextlib.suppress(ProcessLookupError):
             active.process.send_signal(signal.SIGCONT)
-        for member in members:
-            member.stop()
+        stop_set(members)
 
 
 @pytest.fixture
@@ -182,6 +179,45 @@ def test_a_leader_cut_from_the_database_stops_within_its_lease(tmp_path, other_h
             assert client.get(job.id).state == JobState.RUNNING
             client.cancel(job.id)
     finally:
-        for member in members:
-            member.stop()
+        stop_set(members)
         postgres.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_inprocess_training_survives_a_leader_kill(tmp_path, pg_url, postgres):
+    """On one machine: the old leader's Lighthouse outlives it (as after a coordd crash) and
+    the replicas keep using it; across hosts it would go with the host (docs/postgresql.md)."""
+    pytest.importorskip("torchft")
+    active, standby = members = start_set(tmp_path, postgres, pg_url)
+    work = tmp_path / "job"
+    shutil.copytree(ROOT / "examples" / "elastic", work)
+    (work / "job.toml").write_text(textwrap.dedent("""
+        name = "inproc"
+        run = "python train.py --steps 300 --ckpt-every 20 --step-sleep 0.03"
+        [nodes]
+        count = 2
+        [fault_tolerance]
+        mode = "inprocess"
+    """))
+    try:
+        with active.client() as client:
+            job = client.submit(work / "job.toml")
+        ckpt = active.state_dir / "checkpoints" / job.id
+        wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= 40, 90,
+                 what="step 40")
+        workers = sorted(job_pids(job.id))
+        active.process.kill()
+        active.process.wait()
+        wait_for_leader(postgres, pg_url, 2)
+        with set_client(members, standby) as client:
+            wait_for(lambda: all(n.state == NodeState.ASSIGNED for n in client.nodes(job.id)),
+                     30, what="the agents to follow the new leader")
+            assert sorted(job_pids(job.id)) == workers
+            final = client.wait(job.id, timeout=150)
+        assert final.state == JobState.SUCCEEDED, final.reason
+        assert final.generation == 1
+        history = committed_history(ckpt)
+        assert history.ok and history.steps == list(range(1, 301)) and not history.lost
+    finally:
+        stop_set(members)
