@@ -16,6 +16,7 @@ from tenacity import (AsyncRetrying, retry_if_exception, stop_after_delay,
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from contract.transport import call_metadata, open_channel
+from coord.leader import leader_hint, next_address, split_addresses
 from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 log = structlog.get_logger("agent.connection")
@@ -25,8 +26,19 @@ MAX_MESSAGE = 80 * 2**20
 BUNDLE_PATIENCE_S = 120.0
 
 
+# coordd answers every heartbeat: this many intervals of silence (at least MIN_SILENCE_S)
+# mean it is frozen or cut off, and the agent connects again (to the next of a set).
+SILENT_HEARTBEATS = 5
+MIN_SILENCE_S = 5.0
+REGISTER_SILENCE_S = 15.0  # connect to registered, busy coordd included
+
+
 class Drained(Exception):
     """The coordinator told this node to leave."""
+
+
+class CoorddSilent(Exception):
+    """coordd sent nothing for too long on an open stream."""
 
 
 def free_port(host: str) -> int:
@@ -42,11 +54,34 @@ class Connection:
         self.address, self.token, self.node_id, self.host = address, token, node_id, host
         self.resources, self.outbox, self.supervisor = resources, outbox, supervisor
         self.stop_grace_s = stop_grace_s
-        self.channel = open_channel(address, ca_pem, insecure, options=[
+        self.ca_pem, self.insecure = ca_pem, insecure
+        # A set of coordd (`a:7070,b:7070`): the agent talks to the leader among them.
+        self.addresses = split_addresses(address) or [address]
+        self._open(self.addresses[0])
+
+    def _open(self, address: str) -> None:
+        self.address = address
+        self.channel = open_channel(address, self.ca_pem, self.insecure, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.keepalive_time_ms", 10_000)])
+            ("grpc.keepalive_time_ms", 10_000),
+            # a coordd frozen (SIGSTOP) or cut off is left within the new leader's
+            # restart_grace_s: its TCP connection alone would look alive for minutes
+            ("grpc.keepalive_timeout_ms", 5_000)])
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def _follow(self, exc: grpc.aio.AioRpcError | None) -> None:
+        """The stream broke (or coordd fell silent: None): to the leader a standby named,
+        else the next coordd of the set."""
+        hint = leader_hint(exc.trailing_metadata()) if exc else ""
+        unavailable = exc is None or exc.code() == grpc.StatusCode.UNAVAILABLE
+        if not unavailable or (len(self.addresses) == 1 and not hint):
+            return
+        following = next_address(self.addresses, self.address, hint)
+        if following != self.address:
+            log.info("agent.following", address=following, leader_named=bool(hint))
+            await self.channel.close()
+            self._open(following)
 
     async def fetch_bundle(self, job_id: str, digest: str) -> bytes:
         """The job's bundle from coordd, tried again while coordd cannot be reached."""
@@ -70,12 +105,19 @@ class Connection:
                 delay = 0.2
             except Drained:
                 return
+            except CoorddSilent as exc:
+                log.warning("agent.coordd_silent", detail=str(exc))
+                await self._follow(None)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("agent.unauthenticated", detail=exc.details())
                 log.warning("agent.disconnected", code=exc.code().name, detail=exc.details())
+                await self._follow(exc)
+                if leader_hint(exc.trailing_metadata()):
+                    continue  # straight to the leader that was named
             await asyncio.sleep(random.uniform(0, delay))
-            delay = min(delay * 2, 5.0)
+            # in a set, one of the others is the leader soon: try them more often
+            delay = min(delay * 2, 5.0 if len(self.addresses) == 1 else 1.0)
 
     async def _session(self) -> None:
         self.outbox.rewind()
@@ -88,15 +130,26 @@ class Connection:
                                       scratch_jobs=self.supervisor.scratch.jobs())
         call = self.stub.Connect(self._requests(register), metadata=call_metadata(self.token))
         heartbeat: asyncio.Task | None = None
+        messages, silence = aiter(call), REGISTER_SILENCE_S
         try:
-            async for message in call:
+            while True:
+                try:
+                    async with asyncio.timeout(silence):
+                        message = await anext(messages)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    call.cancel()
+                    raise CoorddSilent(f"nothing from {self.address} for {silence:.0f} s") \
+                        from None
                 body = message.WhichOneof("body")
                 if body == "registered":
                     self.node_id = message.registered.node_id
                     self.supervisor.coordd_id = message.registered.coordd_id
                     log.info("agent.registered", node=self.node_id)
-                    heartbeat = asyncio.create_task(
-                        self._heartbeat(message.registered.heartbeat_interval_s))
+                    interval = message.registered.heartbeat_interval_s
+                    heartbeat = asyncio.create_task(self._heartbeat(interval))
+                    silence = max(MIN_SILENCE_S, SILENT_HEARTBEATS * interval)
                     await self.supervisor.forget(message.registered.finished_jobs)
                 else:
                     await self._obey(message)

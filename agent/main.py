@@ -20,6 +20,7 @@ from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from contract import logs
 from contract.transport import ca_bytes
+from coord.leader import split_addresses
 from coord.v1 import agent_pb2, types_pb2
 
 log = structlog.get_logger("agent")
@@ -113,7 +114,8 @@ async def leave(outbox: Outbox, supervisor: Supervisor, stop_grace_s: float) -> 
 @app.command()
 def main_command(
     coordinator: Annotated[str, typer.Option(envvar="COORD_ADDR",
-                                             help="coordd's HOST:PORT")],
+                                             help="coordd's HOST:PORT; a set's "
+                                                  "a:7070,b:7070 (follows the leader)")],
     token: Annotated[str, typer.Option(envvar="COORD_TOKEN", show_default=False,
                                        help="an agent join token (coordd's STATE_DIR/"
                                             "agent-token, or `coordd token create --role "
@@ -154,7 +156,8 @@ def main_command(
     ca_pem = ca_bytes(ca or os.environ.get("COORD_CA_PEM") or os.environ.get("COORD_CA"))
     workdir = workdir.expanduser()
     workdir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run(coordinator, token, node_id, host or default_host(coordinator), workdir,
+    asyncio.run(run(coordinator, token, node_id,
+                    host or default_host(split_addresses(coordinator)[0]), workdir,
                     stop_grace, imds_endpoint, imds_interval, ca_pem, insecure, cpus))
 
 

@@ -67,6 +67,14 @@ class CoorddUnreachable(Unavailable):
     """The client cannot reach coordd itself (or has no address for one)."""
 
 
+class NotLeader(Unavailable):
+    """This coordd is a standby: the leader of its set (docs/postgresql.md) acts."""
+
+
+class Fenced(CoordError):
+    """A write of a coordd that is no longer the leader: another took over (a newer epoch)."""
+
+
 class ProviderError(CoordError):
     """A provider could not make or remove a node."""
 
@@ -94,7 +102,7 @@ _BY_CODE = {
 ERROR_KEY = "coord-error"
 _BY_NAME = {cls.__name__: cls for cls in (
     InvalidSpec, NotFound, Conflict, AlreadyRunning, Unauthenticated, PermissionDenied,
-    PathDenied, ResourceExhausted, Unavailable, ProviderError)}
+    PathDenied, ResourceExhausted, Unavailable, NotLeader, ProviderError)}
 
 
 def error_tag(exc: CoordError) -> str:

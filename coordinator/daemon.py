@@ -144,7 +144,10 @@ def status(state_dir: StateDir = None, config: Config = None) -> None:
     Exit code 0: it runs; 3: none runs (a coordd.addr left by one that crashed is reported
     as stale).
     """
-    directory = _settings(state_dir, config).state_dir
+    settings = _settings(state_dir, config)
+    directory = settings.state_dir
+    if settings.database_url.startswith("postgresql"):
+        _print_leadership(settings.database_url)
     try:
         found = contract_instance.running(directory)
     except OSError as exc:
@@ -181,6 +184,25 @@ def stop(state_dir: StateDir = None, config: Config = None,
     typer.echo(f"coordd (pid {found.pid}) stopped after {time.monotonic() - started:.1f} s")
     for line in stopreport.outcomes(settings.db_path, asked_at):
         typer.echo(f"  {line}")
+
+
+def _print_leadership(url: str) -> None:
+    """The coordd set on the database: its leader, epoch and lease age, and its members."""
+    from coordinator.leadership import read_view
+    try:
+        view = asyncio.run(read_view(url))
+    except Exception as exc:  # noqa: BLE001 - any database error is reported, not raised
+        typer.echo(f"cannot read the coordd set from the database: {exc}", err=True)
+        return
+    if view is None:
+        typer.echo("coordd set: no leader yet")
+        return
+    typer.echo(f"coordd set: leader {view.holder} at {view.address}, epoch {view.epoch}, "
+               f"lease renewed {view.lease_age_s:.1f} s ago "
+               f"({'expired' if view.expires_in_s < 0 else 'valid'})")
+    for member, address, seen in view.members:
+        role = "leader" if member == view.holder else "standby"
+        typer.echo(f"  {member}  {address:21}  {role:7}  seen {seen:.1f} s ago")
 
 
 def _stale_note(directory: Path) -> str:

@@ -98,8 +98,9 @@ def _owner_only(path: str, flags: int) -> int:
 
 
 def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None,
-                 listen: str = "127.0.0.1:0") -> LocalCoordd:
-    """Start coordd; `listen` with a fixed port lets a restarted coordd keep its address."""
+                 listen: str = "127.0.0.1:0", prefix: list[str] | None = None) -> LocalCoordd:
+    """Start coordd; `listen` with a fixed port lets a restarted coordd keep its address;
+    `prefix` runs it through a wrapper (`ip netns exec NAME`: another "host")."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     addr_file = state_dir / "coordd.addr"
     addr_file.unlink(missing_ok=True)
@@ -107,7 +108,7 @@ def start_coordd(state_dir: Path, *flags: str, env: dict[str, str] | None = None
     # it listens, warnings, a crash's traceback) goes beside it.
     with open(state_dir / "coordd.out", "ab", opener=_owner_only) as out:
         process = subprocess.Popen(
-            [str(BIN / "coordd"), "serve", "--state-dir", str(state_dir),
+            [*(prefix or []), str(BIN / "coordd"), "serve", "--state-dir", str(state_dir),
              "--listen", listen, *flags], stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})})
     address = wait_for(lambda: process.poll() is not None or (

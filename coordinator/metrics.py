@@ -34,6 +34,17 @@ class Metrics:
             self.nodes.labels(str(old)).dec()
         self.nodes.labels(str(new)).inc()
 
+    def watch_leadership(self, leadership) -> None:
+        """Gauges of the coordd set on PostgreSQL, read from `leadership` at each scrape."""
+        for name, what, read in (
+                ("coord_leader", "1 while this coordd leads its set", lambda: leadership.acting()),
+                ("coord_leader_epoch", "the leader's epoch", lambda: leadership.seen.epoch),
+                ("coord_lease_age_seconds", "since the leader last renewed its lease",
+                 leadership.lease_age),
+                ("coord_members", "coordd processes of the set seen lately",
+                 lambda: leadership.seen.members)):
+            Gauge(name, what, registry=self.registry).set_function(read)
+
     def serve(self, listen: str) -> None:
         """/metrics over HTTP on a thread of prometheus_client's own."""
         host, _, port = listen.rpartition(":")

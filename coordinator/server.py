@@ -4,6 +4,7 @@ them under one task group with an ordered, idempotent shutdown."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 
@@ -17,15 +18,18 @@ from coordinator.bus import Bus
 from coordinator.edge import DecodeGuard
 from coordinator.instance import InstanceLock, load_or_create_id
 from coordinator.jobs import JobManager
+from coordinator.leadership import Leadership
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.providers.base import AgentAccess, JobEvents
 from coordinator.providers.local import LocalProvider
 from coordinator.service import AgentService, JobService
 from coordinator.settings import CoorddSettings
+from coordinator.standby import StandbyHandler
 from coordinator.store import Store
 
 log = structlog.get_logger("coordinator.server")
+LOST_LEASE = 75  # EX_TEMPFAIL: coordd exits when it stops leading; start it again
 
 
 class Coordinator:
@@ -58,11 +62,16 @@ class Coordinator:
         agent_token = await asyncio.to_thread(bootstrap, tokens, s.token_path,
                                               s.agent_token_path)
         files = await asyncio.to_thread(self._tls_files)
-        store = await Store.open(s.db_path)
+        store = await Store.open(s.database)
         metrics, bus = Metrics(), Bus()
+        coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")
+        holding = leadership = None
+        if store.engine.dialect.name == "postgresql":
+            leadership = Leadership(store.engine, coordd_id, "", s.lease_s)
+            holding = await self._lead(store, leadership, tokens, files, lock, metrics)
         jobs = JobManager(store, bus, s, metrics)
-        jobs.coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")
-        access = AgentAccess(self.advertised, agent_token,
+        jobs.coordd_id = coordd_id
+        access = AgentAccess(leadership.addresses if leadership else self.advertised, agent_token,
                              files.ca_pem.decode() if files else None, insecure=files is None)
         providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s,
                                             s.local)}
@@ -81,7 +90,7 @@ class Coordinator:
         await server.start()
         await asyncio.to_thread(lock.announce, self.address)
         log.info("coordd.listening", address=self.address, state_dir=str(s.state_dir))
-        if s.metrics_listen:
+        if s.metrics_listen and holding is None:
             metrics.serve(s.metrics_listen)
         dashboard = await start_dashboard(s, tokens, store, bus, jobs, nodes)
         self.dashboard_url = dashboard.url if dashboard else ""
@@ -95,12 +104,35 @@ class Coordinator:
             log.info("coordd.stopping")
             if dashboard is not None:
                 await dashboard.stop()
+            if holding is not None:
+                holding.cancel()
             await server.stop(grace=2)
             await jobs.close()
             await nodes.close()
             await jobs.quorums.stop_all()
             await store.close()
             log.info("coordd.stopped")
+
+    async def _lead(self, store: Store, leadership: Leadership, tokens, files,
+                    lock: InstanceLock, metrics: Metrics) -> asyncio.Task:
+        """On PostgreSQL: serve as a standby until this coordd leads, then guard the store's
+        writes with its epoch; the task that keeps the lease."""
+        s = self.settings
+        standby = self._bind(grpc.aio.server(interceptors=[AuthInterceptor(tokens)]), files)
+        leadership.address = self.advertised()
+        standby.add_generic_rpc_handlers([StandbyHandler(lambda: leadership.leader_address)])
+        await standby.start()
+        await asyncio.to_thread(lock.announce, self.address)
+        if s.metrics_listen:
+            metrics.serve(s.metrics_listen)
+        metrics.watch_leadership(leadership)
+        log.info("coordd.standby", address=self.address, member=leadership.me)
+        try:
+            await leadership.campaign()
+        finally:
+            await standby.stop(grace=0)
+        store.guard, store.epoch = leadership.guard, leadership.epoch
+        return asyncio.create_task(leadership.hold(_step_down))
 
     def _tls_files(self) -> tls.TlsFiles | None:
         """None only when plaintext was asked for explicitly."""
@@ -130,19 +162,33 @@ class Coordinator:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobService(jobs, store, bus, nodes, metrics), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(jobs, nodes, metrics), server)
+        return self._bind(server, files)
+
+    def _bind(self, server: grpc.aio.Server, files) -> grpc.aio.Server:
+        """Listen; a second server of this coordd (the leader after the standby) takes the
+        port the first one got."""
         host, _, port = self.settings.listen.rpartition(":")
+        listen = f"{host}:{self.address.rpartition(':')[2]}" if self.address else \
+            self.settings.listen
         if files is None:
-            bound = server.add_insecure_port(self.settings.listen)
+            bound = server.add_insecure_port(listen)
         else:
-            bound = server.add_secure_port(self.settings.listen, grpc.ssl_server_credentials(
+            bound = server.add_secure_port(listen, grpc.ssl_server_credentials(
                 [(files.key_pem, files.cert_pem)]))
         if bound == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+            raise OSError(f"cannot listen on {listen}")
         self.address = f"{host or '127.0.0.1'}:{bound if port == '0' else port}"
         return server
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _step_down(why: str) -> None:
+    """A leader that lost its lease exits at once, as in a crash: nothing it holds in memory
+    may act again, and its supervisor (systemd) starts it anew as a standby."""
+    log.error("leadership.lost", why=why, exit_code=LOST_LEASE)
+    os._exit(LOST_LEASE)
 
 
 def job_events(jobs: JobManager) -> JobEvents:

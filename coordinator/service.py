@@ -267,6 +267,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         match message.WhichOneof("body"):
             case "heartbeat":
                 self.nodes.heartbeat(session, message.heartbeat)
+                # the answer tells the agent this coordd is alive: one frozen (SIGSTOP) or
+                # cut off keeps a TCP connection open that only its silence gives away
+                session.send(_ack(self.nodes.nodes[session.node_id].applied_seq))
             case "worker_state":
                 state = message.worker_state
                 if state.phase in (agent_pb2.WORKER_PHASE_EXITED,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
@@ -110,6 +110,13 @@ class CoorddSettings(BaseSettings):
 
     state_dir: Path = Field(default_factory=default_state_dir,
                             description="SQLite database, token, bundles, checkpoints, node dirs")
+    database_url: str = Field("", description="where jobs and nodes are kept: "
+                              "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DB for several "
+                              "coordd on one database (docs/postgresql.md); default: the "
+                              "SQLite file STATE_DIR/coord.db")
+    lease_s: float = Field(3.0, ge=0.5, le=60, description="with PostgreSQL: the leader "
+                           "renews its lease well within this; a standby takes over once it "
+                           "ran out")
     listen: str = Field("127.0.0.1:7070", description="HOST:PORT for gRPC (port 0: any free port)")
     advertise: str = Field("", description="address agents use to reach coordd (default: listen)")
     heartbeat_interval_s: float = Field(1.0, gt=0)
@@ -185,6 +192,14 @@ class CoorddSettings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if url and not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
+            raise ValueError("database_url must start with postgresql+asyncpg:// or "
+                             f"sqlite+aiosqlite:///, not {url.partition(':')[0]!r}")
+        return url
+
     @property
     def pause_threshold_s(self) -> float:
         """A worker that did not run this long during a step commits nothing of it: coordd
@@ -196,6 +211,11 @@ class CoorddSettings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "coord.db"
+
+    @property
+    def database(self) -> str | Path:
+        """What Store.open takes: the URL, else the SQLite file in the state directory."""
+        return self.database_url or self.db_path
 
     @property
     def token_path(self) -> Path:

@@ -1,22 +1,26 @@
-"""Durable state: jobs, nodes, an append-only event log and worker logs, in SQLite (WAL).
+"""Durable state: jobs, nodes, an append-only event log and worker logs, in SQLite (WAL) or
+PostgreSQL (asyncpg); the schema is built by coordinator/migrations, `metadata` mirrors it.
 
-SQLAlchemy Core over aiosqlite so a PostgreSQL backend stays open. Every call takes its own
+SQLAlchemy Core, the same statements on both backends. Every call takes its own
 connection from the pool (never one shared across coroutines). Writes that decide ownership
 (job state) are compare-and-set on a version column.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from coordinator import migrations
 from contract.errors import Conflict, NotFound
 from contract.states import JobState, NodeState
 
@@ -80,6 +84,7 @@ events = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("data_json", sa.Text, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=True),  # the leader's (coordinator/leadership.py)
 )
 
 logs = sa.Table(
@@ -94,6 +99,25 @@ logs = sa.Table(
     sa.Column("time", sa.Float, nullable=False),
     sa.Column("text", sa.Text, nullable=False),
     sa.Index("logs_by_job", "job_id", "id"),
+)
+
+# Leadership of a coordd set on PostgreSQL (coordinator/leadership.py): one lease row, id 1.
+leader = sa.Table(
+    "leader", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("holder", sa.String, nullable=False),
+    sa.Column("address", sa.String, nullable=False),
+    sa.Column("renewed_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+members = sa.Table(
+    "members", metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("address", sa.String, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("seen_at", sa.Float, nullable=False),
 )
 
 
@@ -173,6 +197,7 @@ class EventRecord:
     generation: int
     message: str
     data_json: str
+    epoch: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,27 +221,48 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cursor.close()
 
 
-def _add_new_columns(conn: sa.Connection) -> None:
-    """A state directory of an older coordd: add the job columns it lacks (with defaults)."""
-    have = {c["name"] for c in sa.inspect(conn).get_columns("jobs")}
-    for column in jobs.columns:
-        if column.name not in have:
-            conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {column.name} "
-                                 f"{column.type.compile(conn.dialect)} NOT NULL "
-                                 f"DEFAULT '{column.server_default.arg}'"))
+def create_engine(where: Path | str) -> AsyncEngine:
+    url = where if isinstance(where, str) else f"sqlite+aiosqlite:///{where}"
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    # pre_ping: a pooled connection that died with a database restart or failover is
+    # replaced instead of failing the caller's first statement.
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _utf8_bytes(engine: AsyncEngine, text: sa.ColumnElement) -> sa.ColumnElement:
+    if engine.dialect.name == "postgresql":
+        return sa.func.octet_length(text)
+    return sa.func.length(sa.cast(text, sa.LargeBinary))
 
 
 class Store:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        # Set while this coordd leads a set on PostgreSQL (coordinator/leadership.py): run
+        # first in every write transaction, it refuses the write once another took over.
+        self.guard: Callable[[AsyncConnection], Awaitable[None]] | None = None
+        self.epoch: int | None = None
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            if self.guard is not None:
+                await self.guard(conn)
+            yield conn
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        engine = create_async_engine(f"sqlite+aiosqlite:///{path}")
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.run_sync(_add_new_columns)
+    async def open(cls, where: Path | str) -> Store:
+        """A SQLite file (a path) or a database URL (`postgresql+asyncpg://...`), brought to
+        the newest schema (coordinator/migrations)."""
+        engine = create_engine(where)
+        try:
+            await migrations.upgrade(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
 
     async def close(self) -> None:
@@ -224,7 +270,7 @@ class Store:
 
     # jobs -----------------------------------------------------------------------------
     async def insert_job(self, job: JobRecord) -> None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(jobs.insert().values(**job.to_row()))
 
     async def save_job(self, job: JobRecord) -> None:
@@ -232,7 +278,7 @@ class Store:
         expected = job.version
         job.version += 1
         job.updated_at = time.time()
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 jobs.update().where(jobs.c.id == job.id, jobs.c.version == expected)
                 .values(**job.to_row()))
@@ -275,7 +321,7 @@ class Store:
         rows = [dict(job_id=job.id, time=now, kind=kind, generation=job.generation,
                      message=message, data_json=json.dumps(data, default=str))
                 for kind, message, data in entries]
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 jobs.update().where(jobs.c.id == job.id, jobs.c.version == expected)
                 .values(**job.to_row()))
@@ -290,7 +336,7 @@ class Store:
         return [EventRecord(seq=seq, **row) for seq, row in zip(seqs, rows, strict=True)], ids
 
     async def intent_done(self, intent_id: int) -> None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(outbox.update().where(outbox.c.id == intent_id).values(done=True))
 
     async def pending_intents(self, job_id: str) -> list[tuple[int, str, str]]:
@@ -303,7 +349,7 @@ class Store:
     # nodes ----------------------------------------------------------------------------
     async def save_node(self, node: NodeRecord) -> None:
         row = node.to_row()
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             updated = await conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
             if updated.rowcount == 0:
                 await conn.execute(nodes.insert().values(**row))
@@ -322,8 +368,9 @@ class Store:
     async def append_event(self, job_id: str, kind: str, generation: int, message: str,
                            data: dict[str, Any] | None = None) -> EventRecord:
         values = dict(job_id=job_id, time=time.time(), kind=kind, generation=generation,
-                      message=message, data_json=json.dumps(data or {}, default=str))
-        async with self.engine.begin() as conn:
+                      message=message, data_json=json.dumps(data or {}, default=str),
+                      epoch=self.epoch)
+        async with self._write() as conn:
             result = await conn.execute(events.insert().values(**values))
         return EventRecord(seq=result.inserted_primary_key[0], **values)
 
@@ -340,7 +387,7 @@ class Store:
         transaction: a replayed message is then either wholly new or wholly known."""
         rows = [{k: v for k, v in dataclasses.asdict(line).items() if k != "id"} for line in lines]
         insert = logs.insert().returning(logs.c.id, sort_by_parameter_order=True)
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             ids = (await conn.execute(insert, rows)).scalars().all() if rows else []
             await conn.execute(nodes.update().where(nodes.c.id == node_id)
                                .values(applied_seq=applied_seq))
@@ -348,8 +395,7 @@ class Store:
 
     async def log_bytes(self, job_id: str) -> int:
         """How much log text (UTF-8 bytes) the job has stored."""
-        size = sa.func.coalesce(sa.func.sum(sa.func.length(sa.cast(logs.c.text,
-                                                                   sa.LargeBinary))), 0)
+        size = sa.func.coalesce(sa.func.sum(_utf8_bytes(self.engine, logs.c.text)), 0)
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(size).where(logs.c.job_id == job_id))).scalar()
 

@@ -4,8 +4,8 @@
 #                                  demo's example (examples/allreduce) needs, nothing more
 #   bash scripts/setup.sh          everything: also the trainer ('.[train]': the elastic library
 #                                  with numpy and torchft, DALI, scikit-learn, tensorboard), the
-#                                  test tools ('.[dev]') and, as root, sshd for the ssh tests
-#                                  and chromium for the dashboard's browser tests
+#                                  test tools ('.[dev]') and, as root, the daemons the tests
+#                                  start (sshd, chromium, PostgreSQL 15)
 # torch is pinned exactly: on a CPU machine a looser pin pulls several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +29,21 @@ if [ "$PROFILE" = demo ]; then
   exit 0
 fi
 "${PIP[@]}" -e ".[coordd,dev,train]"
-# The ssh provider's tests start a real sshd (Debian's openssh-server) on a loopback port.
-if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }) >/dev/null
-fi
-# The dashboard's browser tests drive Debian's chromium through Playwright (no browser download).
-if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }) >/dev/null
+# Real daemons the tests start themselves in temp dirs, from Debian's packages: sshd (the ssh
+# provider), chromium (the dashboard's browser tests through Playwright, no browser download),
+# PostgreSQL 15 (the PostgreSQL backend). One `apt-get update`, one install of what is missing;
+# flock: other installs on the same machine may run apt at the same time.
+NEEDED=(/usr/sbin/sshd:openssh-server /usr/bin/chromium:chromium
+        /usr/lib/postgresql/15/bin/initdb:postgresql-15)
+MISSING=()
+for pair in "${NEEDED[@]}"; do
+  [ -x "${pair%%:*}" ] || MISSING+=("${pair#*:}")
+done
+if [ ${#MISSING[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing from Debian: ${MISSING[*]}"
+  flock /tmp/apt.lock apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive flock /tmp/apt.lock apt-get install -y -q "${MISSING[@]}" >/dev/null
+elif [ ${#MISSING[@]} -gt 0 ]; then
+  echo "not installed, and the tests that start them need them: ${MISSING[*]} (as root: apt-get install ${MISSING[*]})" >&2
 fi
 echo "coord installed in $(pwd)/.venv"

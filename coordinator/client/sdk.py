@@ -23,19 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from contract import bundle
 from contract.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
 from contract.instance import default_state_dir, live_address
 from contract.spec import JobSpec, Overrides, load_job_file, parse_spec
 from contract.states import JobState, NodeState
-from contract.transport import call_metadata
-from contract.transport import ca_bytes, open_channel, truthy
+from contract.transport import ca_bytes, call_metadata, open_channel, truthy
+from coord.leader import leader_hint, next_address, split_addresses
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator.client import transfer
 from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node,
                                            Reformation, reformations)
 
+FOLLOW_ATTEMPTS = 8  # with their pauses, longer than a failover takes
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
     "config.toml"
 
@@ -123,12 +125,31 @@ class AsyncClient:
     def __init__(self, address: str | None = None, token: str | None = None,
                  ca: str | bytes | Path | None = None):
         self.target = target = resolve(address, token, ca)
-        self.address = target.address
+        # A set of coordd (`a:7070,b:7070`): calls go to one and follow the leader.
+        self.addresses = split_addresses(target.address) or [target.address]
         self._metadata = call_metadata(target.token)
-        self._channel = open_channel(self.address, target.ca_pem, target.insecure, options=[
+        self._connect(self.addresses[0])
+
+    def _connect(self, address: str) -> None:
+        self.address = address
+        self._channel = open_channel(address, self.target.ca_pem, self.target.insecure, options=[
             ("grpc.max_send_message_length", 80 * 2**20),
             ("grpc.max_receive_message_length", 80 * 2**20)])
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    async def _follow(self, exc: grpc.aio.AioRpcError, attempt: int) -> bool:
+        """After a call failed: on to the leader a standby named, or to the next address
+        while a failover may be under way. False: report the error."""
+        hint = leader_hint(exc.trailing_metadata())
+        tag = dict(exc.trailing_metadata() or ()).get(ERROR_KEY, "")
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or (tag and not hint) or \
+                attempt >= FOLLOW_ATTEMPTS or (len(self.addresses) == 1 and not hint):
+            return False
+        if not hint:  # nobody named a leader: one may be being chosen
+            await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
+        await self._channel.close()
+        self._connect(next_address(self.addresses, self.address, hint))
+        return True
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -148,20 +169,33 @@ class AsyncClient:
         return from_status(exc.code(), exc.details(), tag)
 
     async def _call(self, method: str, request) -> Any:
-        try:
-            return await getattr(self._stub, method)(request, metadata=self._metadata)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
+        """A request message is sent again where the leader is; a stream of them (an
+        upload) only once."""
+        attempt = 0
+        while True:
+            try:
+                return await getattr(self._stub, method)(request, metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                if not isinstance(request, Message) or not await self._follow(exc, attempt):
+                    raise self._error(exc) from None
+                attempt += 1
 
     async def _stream(self, method: str, request, wrap=None) -> AsyncIterator[Any]:
-        call = getattr(self._stub, method)(request, metadata=self._metadata)
-        try:
-            async for item in call:
-                yield wrap(item) if wrap else item
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc) from None
-        finally:  # a caller that stops early tells the server now (its exec is killed)
-            call.cancel()
+        """Follows the leader until the first item has arrived, never after."""
+        attempt, started = 0, False
+        while True:
+            call = getattr(self._stub, method)(request, metadata=self._metadata)
+            try:
+                async for item in call:
+                    started = True
+                    yield wrap(item) if wrap else item
+                return
+            except grpc.aio.AioRpcError as exc:
+                if started or not await self._follow(exc, attempt):
+                    raise self._error(exc) from None
+                attempt += 1
+            finally:  # a caller that stops early tells the server now (its exec is killed)
+                call.cancel()
 
     async def submit(self, spec: JobSpec | str | Path, *, workdir: str | Path | None = None,
                      dry_run: bool = False, overrides: Overrides | None = None) -> Job:

@@ -28,6 +28,7 @@ def write_job(tmp_path: Path, body: str, script: str | None = None) -> Path:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("coordd", ["sqlite", "postgresql"], indirect=True)
 def test_example_job_succeeds_and_every_rank_prints_the_sum(coordd, client):
     result = coordd.cli("submit", "examples/allreduce/job.toml", cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -42,6 +43,7 @@ def test_example_job_succeeds_and_every_rank_prints_the_sum(coordd, client):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("coordd", ["sqlite", "postgresql"], indirect=True)
 def test_logs_arrive_in_order_per_worker(coordd, client, tmp_path):
     job = write_job(tmp_path, """
         name = "lines"

@@ -89,11 +89,11 @@ def test_a_fail_reason_fails_the_job():
     assert plan.Transition(JobState.FAILED, reason="its workers found no checkpoint") in actions
 
 
-async def test_a_stop_before_the_runners_first_turn_keeps_a_resumable_job(tmp_path):
+async def test_a_stop_before_the_runners_first_turn_keeps_a_resumable_job(tmp_path, store_url):
     """coordd started on a state dir holding a job that a clean stop left to resume, and
     stopped at once: the job is again left to resume, not failed for want of a checkpoint."""
     settings = CoorddSettings(state_dir=tmp_path)
-    store = await Store.open(tmp_path / "coord.db")
+    store = await Store.open(store_url)
     spec = JobSpec(name="j", run="true")
     job = JobRecord(id="j-1", name="j", spec_json=spec.to_json(), state=JobState.RUNNING,
                     generation=1, node_ids=["n-1"])

@@ -17,8 +17,8 @@ from coordinator.settings import CoorddSettings
 from coordinator.store import JobRecord, Store
 
 
-async def test_ended_asks_the_store_once_for_every_job(tmp_path):
-    store = await Store.open(tmp_path / "coord.db")
+async def test_ended_asks_the_store_once_for_every_job(tmp_path, store_url):
+    store = await Store.open(store_url)
     try:
         for i, state in enumerate([JobState.SUCCEEDED, JobState.RUNNING, JobState.FAILED]):
             await store.insert_job(JobRecord(id=f"j-{i}", name="j", spec_json="{}",
