@@ -71,6 +71,9 @@ class Coordinator:
         if s.ssh.hosts:
             from coordinator.providers.ssh import SshProvider  # asyncssh: only when used
             providers["ssh"] = SshProvider(s.ssh, access, s.stop_grace_s, job_events(jobs))
+        if s.sim.spool_dir:
+            from coordinator.providers.sim import SimProvider
+            providers["sim"] = SimProvider(s.sim.spool_dir)
         nodes = NodeRegistry(store, s, providers, jobs.on_node_change, metrics)
         jobs.nodes = nodes
         await nodes.load()
