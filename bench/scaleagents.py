@@ -33,7 +33,7 @@ from coordinator.auth import call_metadata
 from coordinator.transport import ca_bytes, open_channel
 
 RUNNING, EXITED = agent_pb2.WORKER_PHASE_RUNNING, agent_pb2.WORKER_PHASE_EXITED
-RESOURCES = types_pb2.Resources(cpus=96, gpus=8, memory_bytes=1 << 40)
+RESOURCES = types_pb2.Resources(cpus=96, gpus=8, memory_bytes=1 << 40, software=["torchft"])
 CTL_POLL_S = 0.05
 RTT_SAMPLES = 50_000
 
@@ -50,6 +50,7 @@ class Stats:
         self.reconfigures: dict[str, dict] = {}
         self.acted: dict[str, float] = {}        # "node.action" -> when it was done
         self.connected = 0
+        self.started = time.time()
 
     @staticmethod
     def mark(table: dict[str, dict], key: str) -> None:
@@ -60,7 +61,7 @@ class Stats:
 
     def dump(self, path: Path, agents: int) -> None:
         cpu = os.times()
-        body = dict(time=time.time(), pid=os.getpid(), cpu_s=cpu.user + cpu.system,
+        body = dict(time=time.time(), started=self.started, pid=os.getpid(), cpu_s=cpu.user + cpu.system,
                     agents=agents, connected=self.connected,
                     registered=len(self.registered),
                     last_registered=max(self.registered.values(), default=0.0),

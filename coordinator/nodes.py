@@ -70,6 +70,7 @@ class NodeRegistry:
         # has launched the machine: a slow launch (capacity fallbacks) is not boot time.
         self._join_by: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
+        metrics.load.agents.set_function(lambda: len(self.sessions))
 
     async def load(self) -> None:
         """At start-up: every node that was alive must reconnect within the restart grace,
@@ -213,7 +214,9 @@ class NodeRegistry:
         await self.store.save_node(node)
 
     def heartbeat(self, session: AgentSession, msg: agent_pb2.Heartbeat) -> None:
-        session.last_heartbeat = time.monotonic()
+        now = time.monotonic()
+        self.metrics.load.heartbeat_gap.observe(now - session.last_heartbeat)
+        session.last_heartbeat = now
         session.free_port = msg.free_port or session.free_port
 
     async def leaving(self, session: AgentSession, reason: str) -> None:

@@ -59,6 +59,7 @@ class Coordinator:
         files = await asyncio.to_thread(self._tls_files)
         store = await Store.open(s.db_path)
         metrics, bus = Metrics(), Bus()
+        metrics.load.watch_commits(store.engine)
         jobs = JobManager(store, bus, s, metrics)
         jobs.coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")
         access = AgentAccess(self.advertised, agent_token,
@@ -86,6 +87,7 @@ class Coordinator:
         if s.metrics_listen:
             metrics.serve(s.metrics_listen)
         watchdog = asyncio.create_task(nodes.watch())
+        loop_lag = asyncio.create_task(metrics.load.watch_loop())
         await jobs.resume()
         await sweep_local(providers["local"], jobs)
         self.ready.set()
@@ -94,6 +96,7 @@ class Coordinator:
         finally:
             log.info("coordd.stopping")
             watchdog.cancel()
+            loop_lag.cancel()
             await server.stop(grace=2)
             await jobs.close()
             await nodes.close()
