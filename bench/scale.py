@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -222,6 +223,7 @@ async def run_one(n: int, args: argparse.Namespace) -> dict:
         try:
             scale = Scale(rig, n, args)
             scale.fig["job_nodes"] = args.job_nodes
+            spy = args.profile and rig.profile(Path(f"{args.profile}-{n}.txt"))
             scale.burst()
             scale.steady()
             scale.loss_detection()
@@ -231,6 +233,9 @@ async def run_one(n: int, args: argparse.Namespace) -> dict:
             if args.jobs:
                 await scale.many_jobs()
         finally:
+            if spy:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             rig.close()
     return scale.fig
 
@@ -245,6 +250,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=10.0, help="steady-state window (s)")
     parser.add_argument("--json", type=Path, default=Path("scale.json"))
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="record coordd with py-spy into PROFILE-N.txt (collapsed stacks)")
     args = parser.parse_args()
     results = []
     for n in [int(x) for x in args.n.split(",")]:

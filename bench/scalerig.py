@@ -133,6 +133,13 @@ class Rig:
                     return sample.value
         return 0.0
 
+    def profile(self, out: Path) -> subprocess.Popen:
+        """py-spy samples coordd until SIGINT, then writes collapsed stacks to `out`."""
+        spy = Path(sys.executable).parent / "py-spy"
+        return subprocess.Popen([str(spy), "record", "--pid", str(self.pid), "--format", "raw",
+                                 "--rate", "50", "--output", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def generator_cpu(self) -> float:
         return sum(cpu_seconds(g.pid) for g in self.generators if g.poll() is None)
 
