@@ -7,6 +7,7 @@ is sent to agents or providers, so a crash never leaves an action done but unrec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -131,12 +132,15 @@ class JobRunner:
             await self.event(RESUMING, self.resume.resuming_message(),
                              checkpoint_step=self.resume.expected_from)
         while not self.view.state.terminal:
-            try:
-                event = await asyncio.wait_for(self.queue.get(), TICK_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # lands as an event arrives, and coordd's stop would wait on this loop for ever.
+            event = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    event = await self.queue.get()
+            if event is not None:
                 await self._record(event)
                 self._apply(event)
-            except TimeoutError:
-                pass
             for action in decide(self.view, time.time()):
                 await self._act(action)
         self.m.bus.close("events", self.record.id)
