@@ -106,7 +106,7 @@ class AwsResources(AwsChoice):
 
 
 class ResourcesSpec(_Strict):
-    provider: Literal["local", "ssh", "aws"] = "local"
+    provider: Literal["local", "ssh", "aws", "sim"] = "local"
     instance_type: str | None = Field(None, max_length=64)
     spot: bool = False
     aws: AwsResources | None = None

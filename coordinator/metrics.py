@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from contract.states import JobState, NodeState
+from coordinator.loadmetrics import LoadMetrics
 
 
 class Metrics:
@@ -21,6 +22,7 @@ class Metrics:
                                   registry=self.registry)
         self.rpc_latency = Histogram("coord_rpc_seconds", "RPC latency", ["method"],
                                      registry=self.registry)
+        self.load = LoadMetrics(self.registry)
 
     def job_transition(self, old: JobState, new: JobState) -> None:
         self.jobs.labels(str(old)).dec()

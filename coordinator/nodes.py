@@ -20,6 +20,7 @@ from contract.spec import JobSpec
 from contract.states import NodeState, check_node_transition
 from coord.v1 import agent_pb2
 from coordinator.metrics import Metrics
+from coordinator.nodewriter import NodeWriter
 from coordinator.providers.base import Provider
 from coordinator.reconciler.view import NodeView
 from coordinator.settings import CoorddSettings
@@ -59,6 +60,7 @@ class NodeRegistry:
     def __init__(self, store: Store, settings: CoorddSettings, providers: dict[str, Provider],
                  on_change: Callable[[NodeRecord, NodeView], None], metrics: Metrics):
         self.store, self.settings, self.providers = store, settings, providers
+        self.writer = NodeWriter(store)
         self.metrics = metrics
         self.on_change = on_change
         self.nodes: dict[str, NodeRecord] = {}
@@ -70,6 +72,7 @@ class NodeRegistry:
         # has launched the machine: a slow launch (capacity fallbacks) is not boot time.
         self._join_by: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
+        metrics.load.agents.set_function(lambda: len(self.sessions))
 
     async def load(self) -> None:
         """At start-up: every node that was alive must reconnect within the restart grace,
@@ -102,7 +105,7 @@ class NodeRegistry:
             return
         check_node_transition(old, new)
         node.state = new
-        await self.store.save_node(node)
+        self.writer.mark(node)
         self.metrics.node_transition(old, new)
         log.info("node.state", node=node.id, job=node.job_id, old=str(old), new=str(new),
                  cause=cause)
@@ -127,10 +130,10 @@ class NodeRegistry:
         provider = self.provider(spec)
         records = [NodeRecord(id=node_id(job.name), provider=provider.name, job_id=job.id,
                               last_heartbeat=time.time()) for _ in range(count)]
-        for node in records:  # persisted before the provider acts: nothing launched unrecorded
-            await self.store.save_node(node)
+        for node in records:
             self.nodes[node.id] = node
             self.metrics.node_transition(None, node.state)
+        await self.writer.durable(*records)  # before the provider acts: nothing unrecorded
         try:
             await provider.launch(records, job, spec)
         except Exception as exc:
@@ -148,7 +151,7 @@ class NodeRegistry:
             raise
         finally:
             for node in records:  # with what the provider recorded (machine ids, pids)
-                await self.store.save_node(node)
+                self.writer.mark(node)
         self._start_join_clocks(records)
         return [self.view(n) for n in records]
 
@@ -183,7 +186,7 @@ class NodeRegistry:
                           "memory_bytes": msg.resources.memory_bytes,
                           "software": sorted(set(msg.resources.software))}
         node.last_heartbeat = time.time()
-        await self.store.save_node(node)
+        self.writer.mark(node)
         session = AgentSession(node.id)
         session.free_port = msg.free_port
         if old := self.sessions.get(node.id):
@@ -210,10 +213,12 @@ class NodeRegistry:
 
     async def applied(self, node: NodeRecord, seq: int) -> None:
         node.applied_seq = seq
-        await self.store.save_node(node)
+        await self.writer.durable(node)
 
     def heartbeat(self, session: AgentSession, msg: agent_pb2.Heartbeat) -> None:
-        session.last_heartbeat = time.monotonic()
+        now = time.monotonic()
+        self.metrics.load.heartbeat_gap.observe(now - session.last_heartbeat)
+        session.last_heartbeat = now
         session.free_port = msg.free_port or session.free_port
 
     async def leaving(self, session: AgentSession, reason: str) -> None:
@@ -321,3 +326,4 @@ class NodeRegistry:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for provider in self.providers.values():
             await provider.close()
+        await self.writer.close()

@@ -69,6 +69,7 @@ class Coordinator:
         if store.engine.dialect.name == "postgresql":
             leadership = Leadership(store.engine, coordd_id, "", s.lease_s)
             holding = await self._lead(store, leadership, tokens, files, lock, metrics)
+        metrics.load.watch_commits(store.engine)
         jobs = JobManager(store, bus, s, metrics)
         jobs.coordd_id = coordd_id
         access = AgentAccess(leadership.addresses if leadership else self.advertised, agent_token,
@@ -81,6 +82,9 @@ class Coordinator:
         if s.ssh.hosts:
             from coordinator.providers.ssh import SshProvider  # asyncssh: only when used
             providers["ssh"] = SshProvider(s.ssh, access, s.stop_grace_s, job_events(jobs))
+        if s.sim.spool_dir:
+            from coordinator.providers.sim import SimProvider  # the scale benchmark's nodes
+            providers["sim"] = SimProvider(s.sim.spool_dir)
         nodes = NodeRegistry(store, s, providers, jobs.router.on_node_change, metrics)
         jobs.attach(nodes)
         await nodes.load()
@@ -95,6 +99,7 @@ class Coordinator:
         dashboard = await start_dashboard(s, tokens, store, bus, jobs, nodes)
         self.dashboard_url = dashboard.url if dashboard else ""
         jobs.supervisor.start("node watchdog", nodes.watch)
+        jobs.supervisor.start("loop lag", metrics.load.watch_loop)
         await jobs.resume()
         await sweep_local(providers["local"], jobs)
         self.ready.set()

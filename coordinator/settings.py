@@ -104,6 +104,16 @@ class LocalSettings(BaseModel):
     worker_memory_mb: float = Field(225.0, ge=0, description="one worker, at least")
 
 
+class SimSettings(BaseModel):
+    """The `sim` provider (`[sim]` in the config file): nodes are simulated agents run by
+    load generators (bench/scaleagents.py), for benchmarks and scale tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spool_dir: Path | None = Field(None, description="where coordd leaves launches for the "
+                                                     "load generators (unset: no sim provider)")
+
+
 class CoorddSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COORDD_", env_nested_delimiter="__",
                                       extra="forbid")
@@ -170,6 +180,7 @@ class CoorddSettings(BaseSettings):
     aws: AwsSettings = Field(default_factory=AwsSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
+    sim: SimSettings = Field(default_factory=SimSettings)
 
     config_file: Path | None = Field(None, exclude=True)
 

@@ -354,6 +354,21 @@ class Store:
             if updated.rowcount == 0:
                 await conn.execute(nodes.insert().values(**row))
 
+    async def save_nodes(self, records: list[NodeRecord]) -> None:
+        """Insert or update many node records in one transaction."""
+        rows = {node.id: node.to_row() for node in records}
+        if not rows:
+            return
+        async with self._write() as conn:
+            known = set((await conn.execute(sa.select(nodes.c.id).where(
+                nodes.c.id.in_(list(rows))))).scalars())
+            if known:
+                update = nodes.update().where(nodes.c.id == sa.bindparam("node_id"))
+                await conn.execute(update, [{**row, "node_id": node_id}
+                                            for node_id, row in rows.items() if node_id in known])
+            if fresh := [row for node_id, row in rows.items() if node_id not in known]:
+                await conn.execute(nodes.insert(), fresh)
+
     async def list_nodes(self, job_id: str | None = None,
                          include_gone: bool = False) -> list[NodeRecord]:
         query = nodes.select().order_by(nodes.c.created_at)

@@ -10,6 +10,7 @@ next start, every intent not marked done (effects are safe to repeat: see effect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from typing import Any
@@ -63,12 +64,15 @@ class JobRunner:
             await self.event(RESUMING, self.resume.resuming_message(),
                              checkpoint_step=self.resume.expected_from)
         while not self.view.state.terminal:
-            try:
-                event = await asyncio.wait_for(self.queue.get(), TICK_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # lands as an event arrives, and coordd's stop would wait on this loop for ever.
+            event = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_S):
+                    event = await self.queue.get()
+            if event is not None:
                 await self._record(event)
                 self._evolve(event)
-            except TimeoutError:
-                pass
             fault_point("reconciler.turn")
             await self._redrive()
             for action in decide(self.view, self.ports.clock.now()):
