@@ -119,15 +119,7 @@ class JobManager:
 
     # runners -------------------------------------------------------------------------
     def _policy(self, spec: JobSpec) -> Policy:
-        s = self.settings
-        return Policy(target=spec.nodes.count, minimum=spec.nodes.minimum,
-                      spares=spec.nodes.spares, max_restarts=spec.max_restarts, wait_for_min_s=spec.nodes.wait_for_min_s,
-                      nproc_per_node=spec.nproc_per_node, stop_grace_s=s.stop_grace_s,
-                      failure_settle_s=s.reconnect_grace_s + 0.5,
-                      peer_failure_settle_s=s.heartbeat_timeout_s + 2.0,
-                      scale_up_settle_s=s.scale_up_settle_s,
-                      scale_up_min_runtime_s=s.scale_up_min_runtime_s,
-                      initial_full_wait_s=s.initial_full_wait_s, mode=fault_mode(spec))
+        return job_policy(spec, self.settings, fault_mode(spec))
 
     def _start_runner(self, record: JobRecord, spec: JobSpec,
                       history: list[EventRecord] | None = None) -> None:
@@ -340,6 +332,20 @@ def replica_env(host: str, rank: int, lighthouse: str, spec: JobSpec, joining: b
         env |= {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": host, "MASTER_PORT": "0",
                 "ROLE_RANK": "0", "ROLE_WORLD_SIZE": "1"}
     return env
+
+
+def job_policy(spec: JobSpec, s: CoorddSettings, mode: str) -> Policy:
+    """The reconciler's policy for a job: its spec's settings and coordd's timings (`coord
+    simulate` builds the same one)."""
+    return Policy(target=spec.nodes.count, minimum=spec.nodes.minimum,
+                  spares=spec.nodes.spares, max_restarts=spec.max_restarts,
+                  wait_for_min_s=spec.nodes.wait_for_min_s,
+                  nproc_per_node=spec.nproc_per_node, stop_grace_s=s.stop_grace_s,
+                  failure_settle_s=s.reconnect_grace_s + 0.5,
+                  peer_failure_settle_s=s.heartbeat_timeout_s + 2.0,
+                  scale_up_settle_s=s.scale_up_settle_s,
+                  scale_up_min_runtime_s=s.scale_up_min_runtime_s,
+                  initial_full_wait_s=s.initial_full_wait_s, mode=mode)
 
 
 def fault_mode(spec: JobSpec) -> str:
