@@ -49,10 +49,19 @@ class CoordRun(PolicyRun):
         self.workers: dict[str, Worker] = {}
         self.broken = False     # restart mode: the running generation lost a member
         self._wake: Timer | None = None
+        # Set by anything that changes what `decide` sees (through the seam) and by wake-ups:
+        # an instant that changed only the workers' progress needs no decision.
+        self.dirty = True
+        self._workers_changed = False
 
     # the reconciler's loop ------------------------------------------------------------
     def step(self) -> None:
         now = self.engine.now
+        if self._workers_changed:
+            self._refresh()
+        if not self.dirty:
+            return
+        self.dirty = False
         for _ in range(MAX_ROUNDS):
             actions = decide(self.view, now)
             if not actions:
@@ -64,6 +73,8 @@ class CoordRun(PolicyRun):
             raise SimulationError(f"{self.name}: decide did not settle at t={now:.3f}")
         if self.view.state.terminal:
             return self.end()
+        if self._workers_changed:
+            self._refresh()
         self._forget_gone()
         self._schedule_wake()
 
@@ -79,7 +90,15 @@ class CoordRun(PolicyRun):
         """Wake at the next instant a decision may change with no new event: every time
         `decide` compares with `now` is one of these anchors plus one of these delays."""
         v, p, now = self.view, self.view.policy, self.engine.now
-        times = [v.state_since + p.initial_full_wait_s, v.state_since + p.scale_up_min_runtime_s]
+        times = []
+        if v.state == JobState.PROVISIONING:
+            times.append(v.state_since + p.initial_full_wait_s)
+        if v.state == JobState.RUNNING and not v.inprocess:  # a scale-up restart
+            times.append(v.state_since + p.scale_up_min_runtime_s)
+            joins = [n.joined_at for n in v.nodes.values() if n.state == NodeState.READY
+                     and n.id not in v.slots]
+            if joins:
+                times.append(max(joins) + p.scale_up_settle_s)
         if v.below_min_since is not None:
             times.append(v.below_min_since + p.wait_for_min_s)
         if v.stopping_since is not None:
@@ -89,13 +108,18 @@ class CoordRun(PolicyRun):
         failed = [e.time for e in v.exits.values() if e.code != 0]
         if failed:
             times += [min(failed) + p.failure_settle_s, min(failed) + p.peer_failure_settle_s]
-        joins = [n.joined_at for n in v.nodes.values() if n.state == NodeState.READY]
-        if joins:
-            times.append(max(joins) + p.scale_up_settle_s)
         due = [t for t in times if t > now]
         if self._wake is not None:
             self._wake.cancel()
-        self._wake = self.engine.at(min(due) + EPSILON, _noop) if due else None
+        self._wake = self.engine.at(min(due) + EPSILON, self._woken) if due else None
+
+    def _woken(self) -> None:
+        self.dirty = True
+
+    def _tell(self, change, *args) -> None:  # noqa: ANN001 (a seam function and its args)
+        """News for the view, through the seam: the next decision step must run."""
+        change(self.view, *args)
+        self.dirty = True
 
     # actions: what agents, workers and the provider do ----------------------------------
     def _act(self, action: plan.Action) -> None:
@@ -122,25 +146,26 @@ class CoordRun(PolicyRun):
         delay = self.model.worker_cold_start_s + self.model.restore_s
         self.workers = {n: Worker(n, self.engine.now + delay) for n in node_ids}
         self.engine.after(delay, self._workers_up, self.view.generation)
-        self._refresh()
+        self._workers_changed = True
 
     def _workers_up(self, generation: int) -> None:
         for worker in self.workers.values():
             if not worker.exited and worker.ready_at <= self.engine.now:
                 worker.running = True
-        self._refresh()
+        self._workers_changed = True
 
     def _reform(self, added: tuple[str, ...]) -> None:
         self.reformations += 1
+        members = set(self.view.members)
         for node_id in list(self.workers):
-            if node_id not in self.view.members:
+            if node_id not in members:
                 del self.workers[node_id]
         warm = self.view.policy.spares > 0  # agents keep a warm interpreter for such jobs
         delay = self.model.join_warm_s if warm else self.model.join_cold_s
         for node_id in added:
             self.workers[node_id] = Worker(node_id, self.engine.now + delay)
         self.engine.after(delay, self._workers_up, self.view.generation)
-        self._refresh()
+        self._workers_changed = True
 
     def _stop_generation(self, grace_s: float | None) -> None:
         for node_id in list(self.workers):
@@ -157,6 +182,10 @@ class CoordRun(PolicyRun):
         else:
             self._exit(worker, 0 if graceful else -9)
 
+    def _exit_all(self, workers: list[Worker], code: int) -> None:
+        for worker in workers:
+            self._exit(worker, code)
+
     def _exit(self, worker: Worker, code: int) -> None:
         if worker.exited or self.workers.get(worker.node_id) is not worker:
             return
@@ -167,16 +196,17 @@ class CoordRun(PolicyRun):
             for rank in self.view.ranks_of(worker.node_id):
                 seam.on_worker_exited(self.view, WorkerExit(worker.node_id, rank, code,
                                                             self.engine.now))
-        self._refresh()
+            self.dirty = True
+        self._workers_changed = True
 
     def _acquire(self, count: int) -> None:
         created = self.cloud.launch(count)
         for node in created:
             self.sim[node.id] = node
-        seam.on_nodes_created(self.view, [NodeView(n.id, NodeState.JOINING) for n in created],
+        self._tell(seam.on_nodes_created, [NodeView(n.id, NodeState.JOINING) for n in created],
                               len(created))
         if len(created) < count:  # the provider failed for the rest: coordd retries later
-            self.engine.after(self.settings.provider_retry_s, seam.on_nodes_created, self.view,
+            self.engine.after(self.settings.provider_retry_s, self._tell, seam.on_nodes_created,
                               [], count - len(created))
 
     def _release(self, node_id: str) -> None:
@@ -187,12 +217,12 @@ class CoordRun(PolicyRun):
 
     # the cloud's news --------------------------------------------------------------------
     def node_ready(self, node: SimNode) -> None:
-        seam.on_node_changed(self.view, NodeView(node.id, NodeState.READY, joined_at=node.ready_at))
+        self._tell(seam.on_node_changed, NodeView(node.id, NodeState.READY, joined_at=node.ready_at))
 
     def node_noticed(self, node: SimNode) -> None:
         seen = self.view.nodes.get(node.id)
         if seen is not None and seen.state in (NodeState.READY, NodeState.ASSIGNED):
-            seam.on_node_changed(self.view, dataclasses.replace(seen, state=NodeState.DRAINING))
+            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.DRAINING))
 
     def node_died(self, node: SimNode) -> None:
         self.sim.pop(node.id, None)
@@ -200,7 +230,7 @@ class CoordRun(PolicyRun):
         if seen is None or seen.state == NodeState.GONE:
             return
         if node.ready_at is None:  # never registered: the provider reports it gone
-            seam.on_node_changed(self.view, dataclasses.replace(seen, state=NodeState.LOST))
+            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.LOST))
             return
         worker = self.workers.pop(node.id, None)
         if not any(m in self.cloud.nodes for m in self.view.members):
@@ -218,24 +248,25 @@ class CoordRun(PolicyRun):
         else:
             self.broken = True
             self.training.lose_in_flight()
-            for worker in list(self.workers.values()):
-                self.engine.after(self.model.peer_fail_s, self._exit, worker, PEER_LOST_EXIT)
-        self._refresh()
+            self.engine.after(self.model.peer_fail_s, self._exit_all,
+                              list(self.workers.values()), PEER_LOST_EXIT)
+        self._workers_changed = True
 
     def _stream_dropped(self, node_id: str) -> None:
         seen = self.view.nodes.get(node_id)
         if seen is not None and seen.state != NodeState.GONE:
-            seam.on_node_changed(self.view, dataclasses.replace(seen, state=NodeState.SUSPECT))
+            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.SUSPECT))
             self.engine.after(self.settings.reconnect_grace_s, self._lost, node_id)
 
     def _lost(self, node_id: str) -> None:
         seen = self.view.nodes.get(node_id)
         if seen is not None and seen.state == NodeState.SUSPECT:
-            seam.on_node_changed(self.view, dataclasses.replace(seen, state=NodeState.LOST))
+            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.LOST))
 
     # training ----------------------------------------------------------------------------
     def _refresh(self) -> None:
         """How many replicas step now: in restart mode all of the generation or none."""
+        self._workers_changed = False
         running = sum(1 for w in self.workers.values() if w.running)
         if not self.view.inprocess:
             everyone = running == len(self.workers) and not self.broken
@@ -246,9 +277,7 @@ class CoordRun(PolicyRun):
         """The last step is done: in-process a replica says so; every worker exits 0."""
         if self.view.inprocess:
             seam.on_worker_finished(self.view, self.engine.now)
-        for worker in list(self.workers.values()):
-            self._exit(worker, 0)
+        self._exit_all(list(self.workers.values()), 0)
+        self.dirty = True
 
 
-def _noop() -> None:
-    """A wake-up: the engine runs the policy's decision step after it."""
