@@ -50,7 +50,9 @@ def make(name: str, spec: JobSpec, model: WorkloadModel, trace: Trace, seed: int
                 "on-demand": OnDemandOnly}.get(name)
     if baseline is None:
         raise SimulationInputError(f"--policy {name!r}: not one of {', '.join(POLICIES)}")
-    return baseline(model, trace, n, seed)
+    run = baseline(model, trace, n, seed)
+    run.name = name
+    return run
 
 
 def horizon_s(model: WorkloadModel, trace: Trace) -> float:
