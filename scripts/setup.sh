@@ -27,7 +27,7 @@ if [ "$PROFILE" = demo ]; then
   echo "to add the fast trainer too (DALI ~1 GB, scikit-learn, tensorboard): bash scripts/setup.sh"
   exit 0
 fi
-"${PIP[@]}" -e ".[dev,train]"
+"${PIP[@]}" -e ".[dev,train,simulate]"
 # The ssh provider's tests start a real sshd (Debian's openssh-server) on a loopback port.
 if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }) >/dev/null
