@@ -28,7 +28,7 @@ if [ "$PROFILE" = demo ]; then
   echo "to add the fast trainer too (DALI ~1 GB, scikit-learn, tensorboard): bash scripts/setup.sh"
   exit 0
 fi
-"${PIP[@]}" -e ".[coordd,dev,train]"
+"${PIP[@]}" -e ".[coordd,dev,train,simulate]"
 # Real daemons the tests start themselves in temp dirs, from Debian's packages: sshd (the ssh
 # provider), chromium (the dashboard's browser tests through Playwright, no browser download),
 # PostgreSQL 15 (the PostgreSQL backend). One `apt-get update`, one install of what is missing;

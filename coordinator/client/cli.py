@@ -383,6 +383,15 @@ def download(node: NodeArg,
     run(go())
 
 
+@app.command("simulate", add_help_option=False, context_settings={
+    "ignore_unknown_options": True, "allow_extra_args": True})
+def simulate(ctx: typer.Context) -> None:
+    """What a job will cost and when it will finish on spot: a whole run replayed through
+    coordd's reconciler on a simulated clock (`coord simulate --help`, docs/simulate.md)."""
+    from simulator.cli import main as simulate_main  # matplotlib and the rest, only here
+    simulate_main(ctx.args)
+
+
 debug = typer.Typer(help="Rehearse failures on local nodes.", no_args_is_help=True)
 app.add_typer(debug, name="debug")
 
