@@ -4,7 +4,7 @@
 #                                  demo's example (examples/allreduce) needs, nothing more
 #   bash scripts/setup.sh          everything: also the trainer ('.[train]': the elastic library
 #                                  with numpy and torchft, DALI, scikit-learn, tensorboard), the
-#                                  test tools ('.[dev]') and, as root, sshd for the ssh tests
+#                                  test tools ('.[dev]') and, as root, sshd and Slurm for the provider tests
 # torch is pinned exactly: on a CPU machine a looser pin pulls several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +31,11 @@ fi
 # The ssh provider's tests start a real sshd (Debian's openssh-server) on a loopback port.
 if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q openssh-server || { apt-get update -q && apt-get install -y -q openssh-server; }) >/dev/null
+fi
+# The slurm provider's tests start a real Slurm (Debian's slurm-wlm and munge) in a temp dir.
+if ! command -v slurmctld >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  SLURM_PKGS=(slurm-wlm slurm-client munge)
+  (apt-get install -y -q --no-install-recommends "${SLURM_PKGS[@]}" || { apt-get update -q &&
+    apt-get install -y -q --no-install-recommends "${SLURM_PKGS[@]}"; }) >/dev/null
 fi
 echo "coord installed in $(pwd)/.venv"
