@@ -198,6 +198,8 @@ class SlurmProvider(Provider):
             elif cause := await self._loss(node, seen.get(node_id), dead):
                 self._forget(node_id)
                 log.warning("slurm.node_lost", node=node_id, cause=cause)
+                await self.events(node.job_id, "slurm.node_lost", f"node {node_id}: {cause}",
+                                  node=node_id)
                 if self.report_lost is not None:
                     await self.report_lost(node_id, cause)
 

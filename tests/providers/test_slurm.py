@@ -167,3 +167,124 @@ def test_three_slurm_nodes_finish_with_every_step_committed_once(coordd, slurm):
         assert_every_step_committed_once(server, job.id)
         assert nodes
     wait_for(lambda: not slurm.live_jobs(), 30, what="every allocation released")
+
+
+def tag_of(state_dir: Path) -> str:
+    import hashlib
+    return "coordd=" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+
+
+def reformed_with_joiner(client, job_id: str, count: int) -> list[dict]:
+    return wait_for(lambda: (added := [e for e in events(client, job_id, "generation.reformed")
+                                       if e["added"]]) and len(added) >= count and added,
+                    120, what=f"{count} replacement(s) to join")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_scancel_and_a_dead_slurmd_replace_nodes_while_the_others_train(coordd, slurm):
+    server = coordd.server
+    with server.client() as client:
+        job = client.submit(job_file(coordd.tmp_path, step_sleep=0.08))
+        wait_for(lambda: len(running(client, job.id, slurm)) == 3 and
+                 reached(server, job.id, 20), 120, what="3 slurm nodes at step 20")
+        first = running(client, job.id, slurm)
+        cancelled, killed, survivor = list(first)
+        before = worker_pids(job.id)
+        # an allocation ends (scancel): its agent is told (SIGTERM) and leaves
+        slurm.cli("scancel", slurm_jobs(server, client, job.id)[cancelled])
+        reformed_with_joiner(client, job.id, 1)
+        # a machine dies: its slurmd and everything on it; Slurm marks the node DOWN
+        slurm.kill_node(first[killed])
+        reformed_with_joiner(client, job.id, 2)
+        assert worker_pids(job.id).get(survivor) == before[survivor], \
+            "the survivor's workers were restarted"
+        wait_for(lambda: slurm.node_states().get(first[killed], "").startswith("down"), 60,
+                 what="Slurm to mark the dead node DOWN")
+        final = client.wait(job.id, timeout=200)
+        assert final.state == JobState.SUCCEEDED, final.reason
+        assert final.restarts == 0
+        assert_every_step_committed_once(server, job.id)
+        lost = {e["node"] for e in events(client, job.id, "slurm.submitted")} - set(first)
+        assert len(lost) >= 2  # two replacement allocations were submitted
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_high_priority_job_preempts_a_node_without_losing_a_step(coordd, slurm):
+    server = coordd.server
+    with server.client() as client:
+        job = client.submit(job_file(coordd.tmp_path, step_sleep=0.08))
+        wait_for(lambda: len(running(client, job.id, slurm)) == 3 and
+                 reached(server, job.id, 20), 120, what="3 slurm nodes at step 20")
+        first = running(client, job.id, slurm)
+        victim, where = next(iter(first.items()))
+        slurm.cli("sbatch", "-p", "high", "-w", where, "-o", "/dev/null", "--wrap", "sleep 20")
+        reformed_with_joiner(client, job.id, 1)
+        leaving = [e for e in events(client, job.id, "node.leaving") if e.get("node") == victim
+                   or victim in e["message"]]
+        final = client.wait(job.id, timeout=200)
+        assert final.state == JobState.SUCCEEDED, final.reason
+        assert_every_step_committed_once(server, job.id)
+        reformed = events(client, job.id, "generation.reformed")
+        assert any(e["cause"] == "node_leaving" for e in reformed), reformed
+        assert leaving or any(victim in e["message"] for e in reformed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_restarted_coordd_adopts_its_allocations_and_cancels_orphans(coordd, slurm):
+    server = coordd.server
+    with server.client() as client:
+        job = client.submit(job_file(coordd.tmp_path, step_sleep=0.08))
+        wait_for(lambda: len(running(client, job.id, slurm)) == 3 and
+                 reached(server, job.id, 20), 120, what="3 slurm nodes at step 20")
+        ours = {n: j for n, j in slurm_jobs(server, client, job.id).items()}
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    orphan = slurm.cli("sbatch", "--parsable", "-p", "low", "--job-name=coord-node-orphan-1",
+                       f"--comment={tag_of(server.state_dir)}", "-o", "/dev/null",
+                       "--wrap", "sleep 300").stdout.strip()
+    server = coordd.start()
+    with server.client() as client:
+        wait_for(lambda: orphan not in slurm.live_jobs(), 30, what="the orphan cancelled")
+        final = client.wait(job.id, timeout=200)
+        assert final.state == JobState.SUCCEEDED, final.reason
+        assert_every_step_committed_once(server, job.id)
+        assert set(slurm_jobs(server, client, job.id)) == set(ours), "a node was replaced"
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_partition_is_refused_at_submit_and_cancel_releases_allocations(coordd, slurm):
+    server = coordd.server
+    with server.client() as client:
+        with pytest.raises(InvalidSpec) as refused:
+            client.submit(job_file(coordd.tmp_path, partition="nope"))
+        message = str(refused.value)
+        assert "resources.slurm.partition = 'nope'" in message, message
+        assert "invalid partition" in message.lower(), message
+        assert not slurm.live_jobs(), "something was queued"
+        job = client.submit(job_file(coordd.tmp_path, count=2, step_sleep=1))
+        wait_for(lambda: len(running(client, job.id, slurm)) == 2, 60, what="2 slurm nodes")
+        result = server.cli("cancel", job.id)
+        assert result.returncode == 0, result.stderr
+        wait_for(lambda: not slurm.live_jobs(), 60, what="every allocation released")
+
+
+@pytest.mark.timeout(120)
+def test_an_agent_that_cannot_start_is_lost_through_slurm_with_its_log(tmp_path, slurm):
+    setup = SlurmCoordd(tmp_path, slurm)
+    config = Path(setup.env["COORDD_CONFIG"])
+    config.write_text(config.read_text().replace(str(AGENT), "/nonexistent/coord-agent"))
+    server = setup.start()
+    try:
+        with server.client() as client:
+            job = client.submit(job_file(tmp_path, count=2))
+            lost = wait_for(lambda: events(client, job.id, "slurm.node_lost"), 60,
+                            what="a node lost through Slurm")
+            assert "ended (FAILED" in lost[0]["message"], lost[0]
+            assert "/nonexistent/coord-agent" in lost[0]["message"], lost[0]
+            client.cancel(job.id)
+        wait_for(lambda: not slurm.live_jobs(), 60, what="every allocation released")
+    finally:
+        server.stop()
