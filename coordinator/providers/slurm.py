@@ -29,7 +29,7 @@ from coordinator.providers.slurmjobs import (SQUEUE_FORMAT, SlurmJob, batch_scri
                                              parse_squeue, sbatch_argv)
 from coordinator.providers.sshhost import shell_path, tail
 from coordinator.settings import SlurmSettings
-from coordinator.spec import JobSpec
+from coordinator.spec import JobSpec, SlurmResources
 from coordinator.states import NodeState
 from coordinator.store import JobRecord, NodeRecord
 
@@ -91,7 +91,15 @@ class SlurmProvider(Provider):
                            test_only=True)
         result = await self._sbatch(argv, self._script(root, "check"))
         if result.status != 0:
-            raise InvalidSpec(f"{source}: {explain_refusal(result.stderr, res)}")
+            offered = await self._gres_offered(res) if res.gres else ""
+            raise InvalidSpec(f"{source}: {explain_refusal(result.stderr, res)}{offered}")
+
+    async def _gres_offered(self, res: SlurmResources) -> str:
+        """What the partition's nodes offer, for a refusal that may be about `gres`."""
+        where = f"-p {shlex.quote(res.partition)}" if res.partition else ""
+        result = await self.shell.run(f"sinfo -h {where} -o '%P %G'")
+        offered = sorted({line.strip() for line in result.stdout.splitlines() if line.strip()})
+        return f" (gres by partition: {', '.join(offered)})" if offered else ""
 
     async def _sbatch(self, argv: list[str], script: str) -> Result:
         """sbatch copies its environment into the job, where `scontrol` may show it: coord's

@@ -118,4 +118,14 @@ def explain_refusal(stderr: str, res: SlurmResources) -> str:
     options = [o for o in res.sbatch_options if o.partition("=")[0][2:] in lowered]
     if options:
         return f"sbatch refused resources.slurm.sbatch_options {options}: {text}"
+    if "node configuration is not available" in lowered and (shaping := _shaping(res)):
+        return (f"sbatch refused the allocation: no node of the partition has what "
+                f"resources.slurm asks for ({'; '.join(shaping)}): {text}")
     return f"sbatch refused the allocation: {text}"
+
+
+def _shaping(res: SlurmResources) -> list[str]:
+    """The keys that decide which nodes an allocation fits on, as set."""
+    keys = [f"{key} = {getattr(res, key)!r}" for key in ("gres", "constraint")
+            if getattr(res, key)]
+    return keys + [f"sbatch_options = {res.sbatch_options}"] * bool(res.sbatch_options)

@@ -84,11 +84,11 @@ def coordd(tmp_path, slurm):
     setup.server.stop()
 
 
-def job_file(tmp_path: Path, count: int = 3, partition: str | None = None,
-             step_sleep: float = 0.03) -> Path:
+def job_file(tmp_path: Path, count: int = 3, step_sleep: float = 0.03, **slurm_keys) -> Path:
     work = tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work, dirs_exist_ok=True)
-    slurm = f'[resources.slurm]\npartition = "{partition}"\n' if partition else ""
+    slurm = "[resources.slurm]\n" + "".join(f"{key} = {json.dumps(value)}\n"
+                                            for key, value in slurm_keys.items())
     (work / "job.toml").write_text(textwrap.dedent(f"""
         name = "on-slurm"
         run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
@@ -263,6 +263,11 @@ def test_a_bad_partition_is_refused_at_submit_and_cancel_releases_allocations(co
         message = str(refused.value)
         assert "resources.slurm.partition = 'nope'" in message, message
         assert "invalid partition" in message.lower(), message
+        with pytest.raises(InvalidSpec) as refused:
+            client.submit(job_file(coordd.tmp_path, partition="high", gres="gpu:1"))
+        message = str(refused.value)
+        assert "gres = 'gpu:1'" in message and "gres by partition: high (null)" in message, \
+            message
         assert not slurm.live_jobs(), "something was queued"
         job = client.submit(job_file(coordd.tmp_path, count=2, step_sleep=1))
         wait_for(lambda: len(running(client, job.id, slurm)) == 2, 60, what="2 slurm nodes")
