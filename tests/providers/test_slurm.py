@@ -23,6 +23,7 @@ from coordinator.states import JobState
 from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
 from tests.net import free_port
 from tests.providers.slurmcluster import SlurmCluster
+from tests.providers.sshd import start_sshd
 from trainer.elastic import committed_history
 
 pytest.importorskip("torchft")
@@ -49,12 +50,15 @@ def slurm(slurm_cluster: SlurmCluster) -> SlurmCluster:
 
 
 class SlurmCoordd:
-    """coordd configured for the test cluster; `start()` again restarts it on its address."""
+    """coordd configured for the test cluster; `start()` again restarts it on its address.
+    `login`: reach Slurm over SSH through this `[slurm.login]` host."""
 
-    def __init__(self, tmp_path: Path, slurm: SlurmCluster):
+    def __init__(self, tmp_path: Path, slurm: SlurmCluster, login: dict | None = None):
         self.tmp_path, self.slurm = tmp_path, slurm
         self.workdir = tmp_path / "slurm-work"
         config = tmp_path / "coordd.toml"
+        login_table = "[slurm.login]\n" + "".join(
+            f"{key} = {json.dumps(value)}\n" for key, value in login.items()) if login else ""
         config.write_text(textwrap.dedent(f"""
             [slurm]
             enabled = true
@@ -64,7 +68,7 @@ class SlurmCoordd:
             join_timeout_s = 60
             [slurm.defaults]
             partition = "low"
-        """))
+        """) + login_table)
         self.env = {**slurm.env, "COORDD_CONFIG": str(config), "COORDD_STOP_GRACE_S": "3",
                     "COORDD_PROVIDER_RETRY_S": "0.5"}
         self.listen = f"127.0.0.1:{free_port()}"
@@ -293,3 +297,28 @@ def test_an_agent_that_cannot_start_is_lost_through_slurm_with_its_log(tmp_path,
         wait_for(lambda: not slurm.live_jobs(), 60, what="every allocation released")
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_slurm_through_a_login_node_over_ssh(tmp_path, slurm):
+    """coordd's host has no Slurm client set up: sbatch, squeue and scancel run on the login
+    node (a real sshd on loopback whose sessions see the cluster's slurm.conf)."""
+    sshd = start_sshd(tmp_path / "sshd", f"SetEnv SLURM_CONF={slurm.conf}\n")
+    login = {"name": "login", "address": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+             "key_file": str(sshd.key), "known_hosts": str(sshd.known_hosts)}
+    setup = SlurmCoordd(tmp_path, slurm, login)
+    setup.env.pop("SLURM_CONF")
+    server = setup.start()
+    try:
+        with server.client() as client:
+            with pytest.raises(InvalidSpec, match="partition = 'nope'"):
+                client.submit(job_file(tmp_path, partition="nope"))
+            job = client.submit(job_file(tmp_path, count=2))
+            final = client.wait(job.id, timeout=120)
+            assert final.state == JobState.SUCCEEDED, final.reason
+            assert_every_step_committed_once(server, job.id)
+        wait_for(lambda: not slurm.live_jobs(), 60, what="every allocation released")
+    finally:
+        server.stop()
+        sshd.stop()
