@@ -125,7 +125,8 @@ class SlurmProvider(Provider):
                 raise PartialLaunch(failed, explain_refusal(result.stderr, res))
             job_id = result.stdout.strip().split(";")[0]
             node.provider_data = {"job_id": job_id, "workdir": f"{node_dir}/work",
-                                  "log": f"{node_dir}/agent.log"}
+                                  "log": f"{node_dir}/agent.log",
+                                  "machine": f"slurm job {job_id} (queued)"}
             self._nodes[node.id] = node
             log.info("slurm.submitted", node=node.id, slurm_job=job_id)
             await self.events(job.id, "slurm.submitted", f"node {node.id}: slurm job {job_id} "
@@ -227,7 +228,8 @@ class SlurmProvider(Provider):
         if job.state != "RUNNING":
             return ""
         if node.provider_data.get("slurm_node") != job.node:
-            node.provider_data["slurm_node"] = job.node
+            node.provider_data.update(slurm_node=job.node,
+                                      machine=f"slurm job {job_id} on {job.node}")
             self._running_since[node.id] = time.monotonic()
             await self.events(node.job_id, "slurm.running", f"node {node.id}: slurm job "
                               f"{job_id} runs on {job.node}", node=node.id, slurm_job=job_id)

@@ -163,13 +163,16 @@ def test_three_slurm_nodes_finish_with_every_step_committed_once(coordd, slurm):
         secrets = coordd.workdir / "agent.env"
         assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
         assert stat.S_IMODE(coordd.workdir.stat().st_mode) == 0o700
-        nodes = {n.id: n for n in client.nodes(job.id)}
-        listed = server.cli("nodes")
-        assert all(node_id in listed.stdout for node_id in placed), listed.stdout
+        listed = server.cli("nodes", "--job", job.id, "-o", "json", "--fields", "id,machine")
+        machines = {n["id"]: n["machine"] for n in json.loads(listed.stdout)}
+        submitted = slurm_jobs(server, client, job.id)
+        assert machines == {node: f"slurm job {submitted[node]} on {where}"
+                            for node, where in placed.items()}, machines
+        table = server.cli("nodes", "--job", job.id).stdout
+        assert all(f"slurm job {submitted[node]}" in table for node in placed), table
         final = client.wait(job.id, timeout=150)
         assert final.state == JobState.SUCCEEDED, final.reason
         assert_every_step_committed_once(server, job.id)
-        assert nodes
     wait_for(lambda: not slurm.live_jobs(), 30, what="every allocation released")
 
 
