@@ -149,18 +149,18 @@ class SlurmProvider(Provider):
     # restart -----------------------------------------------------------------------------
     async def start(self, known: Mapping[str, NodeRecord]) -> None:
         """Adopt the allocations a live node still owns; cancel this coordd's others."""
+        self._nodes.update({node_id: node for node_id, node in known.items()
+                            if node.provider == self.name and
+                            (node.state.alive or node.state == NodeState.JOINING)})
         try:
             self._seen = await self._list()
-        except ProviderError as exc:
+        except ProviderError as exc:  # the poll finds out later; orphans wait for a restart
             log.warning("slurm.list_failed", error=str(exc))
             self._seen = None
         for node_id, job in (self._seen or {}).items():
-            node = known.get(node_id)
             if job.ended:
                 continue
-            if node is not None and node.provider == self.name and \
-                    (node.state.alive or node.state == NodeState.JOINING):
-                self._nodes[node_id] = node
+            if node_id in self._nodes:
                 log.info("slurm.adopted", node=node_id, slurm_job=job.job_id, state=job.state)
             else:
                 log.warning("slurm.orphan_cancelled", node=node_id, slurm_job=job.job_id)
@@ -225,6 +225,11 @@ class SlurmProvider(Provider):
         if job is None or job.ended:
             why = f"ended ({job.state}, {job.reason})" if job else "left the queue"
             return f"slurm job {job_id} {why}" + await self._log_if_joining(node)
+        if job.state == "PENDING" and job.reason not in ("None", node.provider_data.get("queued")):
+            node.provider_data["queued"] = job.reason
+            await self.events(node.job_id, "slurm.queued", f"node {node.id}: slurm job {job_id} "
+                              f"waits in the queue ({job.reason})", node=node.id,
+                              slurm_job=job_id, reason=job.reason)
         if job.state != "RUNNING":
             return ""
         if node.provider_data.get("slurm_node") != job.node:

@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from coordinator.providers.procs import tree_pids
 from tests.net import free_port
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "scontrol")
@@ -196,7 +197,6 @@ class SlurmCluster:
 
 
 def _kill_tree(root: int) -> None:
-    from coordinator.providers.procs import tree_pids
     for pid in tree_pids(root):
         try:
             os.kill(pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ allocations; a bad partition is refused at submit with nothing queued."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -88,7 +89,8 @@ def coordd(tmp_path, slurm):
     setup.server.stop()
 
 
-def job_file(tmp_path: Path, count: int = 3, step_sleep: float = 0.03, **slurm_keys) -> Path:
+def job_file(tmp_path: Path, count: int = 3, step_sleep: float = 0.03, minimum: int = 0,
+             wait_for_min_s: float = 600, **slurm_keys) -> Path:
     work = tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work, dirs_exist_ok=True)
     slurm = "[resources.slurm]\n" + "".join(f"{key} = {json.dumps(value)}\n"
@@ -98,7 +100,8 @@ def job_file(tmp_path: Path, count: int = 3, step_sleep: float = 0.03, **slurm_k
         run = "python train.py --steps {STEPS} --ckpt-every 20 --step-sleep {step_sleep}"
         [nodes]
         count = {count}
-        min = {count - 1}
+        min = {minimum or count - 1}
+        wait_for_min_s = {wait_for_min_s}
         [fault_tolerance]
         mode = "inprocess"
         [resources]
@@ -177,7 +180,6 @@ def test_three_slurm_nodes_finish_with_every_step_committed_once(coordd, slurm):
 
 
 def tag_of(state_dir: Path) -> str:
-    import hashlib
     return "coordd=" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
 
 
@@ -351,3 +353,16 @@ def test_an_allocation_near_its_time_limit_drains_its_node_without_losing_a_step
         final = client.wait(job.id, timeout=280)
         assert final.state == JobState.SUCCEEDED, final.reason
         assert_every_step_committed_once(server, job.id)
+
+
+@pytest.mark.timeout(120)
+def test_a_queue_that_gives_no_allocation_fails_the_job_after_wait_for_min_s(coordd, slurm):
+    server = coordd.server
+    with server.client() as client:
+        job = client.submit(job_file(coordd.tmp_path, count=5, minimum=5, wait_for_min_s=8))
+        queued = wait_for(lambda: events(client, job.id, "slurm.queued"), 30,
+                          what="the fifth allocation to wait in the queue")
+        assert queued[0]["reason"] in ("Resources", "Priority"), queued
+        final = client.wait(job.id, timeout=60)
+        assert final.state == JobState.FAILED and "wait_for_min_s" in final.reason, final.reason
+    wait_for(lambda: not slurm.live_jobs(), 60, what="every allocation released")
