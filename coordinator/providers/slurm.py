@@ -128,6 +128,9 @@ class SlurmProvider(Provider):
                                   "log": f"{node_dir}/agent.log",
                                   "machine": f"slurm job {job_id} (queued)"}
             self._nodes[node.id] = node
+            if node.state in (NodeState.LOST, NodeState.GONE):  # removed while submitting
+                await self.terminate(node, lost=False)
+                continue
             log.info("slurm.submitted", node=node.id, slurm_job=job_id)
             await self.events(job.id, "slurm.submitted", f"node {node.id}: slurm job {job_id} "
                               "submitted", node=node.id, slurm_job=job_id)
