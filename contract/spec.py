@@ -105,11 +105,47 @@ class AwsResources(AwsChoice):
         return tags
 
 
+SlurmName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class SlurmResources(_Strict):
+    """`[resources.slurm]`: what each node's allocation (one Slurm job) asks for. Unset keys
+    take coordd's `[slurm.defaults]`, then the cluster's own defaults."""
+
+    partition: SlurmName | None = None
+    account: SlurmName | None = None
+    qos: SlurmName | None = None
+    time: str | None = Field(None, pattern=r"^(\d+-)?\d+(:\d{1,2}){0,2}$",
+                             description="per allocation: MINUTES, H:MM:SS or D-HH:MM:SS")
+    gres: str | None = Field(None, pattern=r"^[A-Za-z0-9_:,.-]{1,256}$", description="e.g. gpu:8")
+    constraint: str | None = Field(None, pattern=r"^[A-Za-z0-9_&|!()\[\]*,:.-]{1,256}$")
+    exclusive: bool | None = Field(None, description="a whole Slurm node per coord node "
+                                                     "(default: true)")
+    sbatch_options: list[Annotated[str, Field(pattern=r"^--[a-z][a-z-]*(=.{1,512})?$")]] = Field(
+        default_factory=list, max_length=32,
+        description="more sbatch options, each `--name` or `--name=value`")
+
+    @field_validator("sbatch_options")
+    @classmethod
+    def _not_coords(cls, options: list[str]) -> list[str]:
+        for option in options:
+            if option.partition("=")[0][2:] in SBATCH_SET_BY_COORD:
+                raise ValueError(f"{option!r}: coord sets {option.partition('=')[0]} itself")
+        return options
+
+
+# One node is one Slurm job that coord names, places and signals itself.
+SBATCH_SET_BY_COORD = frozenset({
+    "job-name", "comment", "output", "error", "input", "nodes", "ntasks", "chdir", "parsable",
+    "wrap", "array", "test-only", "export", "signal", "requeue", "no-requeue", "hold"})
+
+
 class ResourcesSpec(_Strict):
-    provider: Literal["local", "ssh", "aws", "sim"] = "local"
+    provider: Literal["local", "ssh", "aws", "slurm", "sim"] = "local"
     instance_type: str | None = Field(None, max_length=64)
     spot: bool = False
     aws: AwsResources | None = None
+    slurm: SlurmResources | None = None
 
     @model_validator(mode="after")
     def _instance_type_once(self) -> ResourcesSpec:

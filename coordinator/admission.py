@@ -37,6 +37,7 @@ class Admission:
         overrides = check_recorded_flags(overrides or [])
         # an unconfigured provider, or one that cannot hold the job, is a spec error, found now
         fit_warning = self.nodes.provider(spec).check_fits(spec, source or "job spec")
+        await self.nodes.provider(spec).vet(spec, source or "job spec")
         if spec.fault_tolerance.mode == "inprocess" and not lighthouse_available():
             raise InvalidSpec(f"{source}: fault_tolerance.mode = 'inprocess' needs torchft where "
                               f"coordd runs ({INSTALL_HINT})")

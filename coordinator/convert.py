@@ -31,7 +31,7 @@ def node(record: NodeRecord) -> types_pb2.Node:
     r = record.resources
     return types_pb2.Node(
         id=record.id, host=record.host, state=record.state.to_proto(), job_id=record.job_id or "",
-        provider=record.provider,
+        provider=record.provider, machine=str(record.provider_data.get("machine", "")),
         resources=types_pb2.Resources(cpus=r.get("cpus", 0), gpus=r.get("gpus", 0),
                                       memory_bytes=r.get("memory_bytes", 0)),
         last_heartbeat=timestamp(record.last_heartbeat))

@@ -73,6 +73,8 @@ class NodeRegistry:
         self._join_by: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
         metrics.load.agents.set_function(lambda: len(self.sessions))
+        for provider in providers.values():
+            provider.report_lost = self.provider_lost
 
     async def load(self) -> None:
         """At start-up: every node that was alive must reconnect within the restart grace,
@@ -293,6 +295,11 @@ class NodeRegistry:
             elif wall > deadline:
                 await self._lose(node_id, f"did not register within "
                                           f"{self.join_timeout(node):g} s of its launch")
+
+    async def provider_lost(self, node_id: str, cause: str) -> None:
+        """The provider saw the node's machine end: lost now, not at a timeout."""
+        if node_id in self.nodes:
+            await self._lose(node_id, cause)
 
     async def _lose_if_gone(self, node: NodeRecord) -> None:
         """A node that died while coordd was down would otherwise hold its place for the

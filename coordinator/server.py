@@ -85,6 +85,10 @@ class Coordinator:
         if s.sim.spool_dir:
             from coordinator.providers.sim import SimProvider  # the scale benchmark's nodes
             providers["sim"] = SimProvider(s.sim.spool_dir)
+        if s.slurm.enabled:
+            from coordinator.providers.slurm import SlurmProvider  # only when used
+            providers["slurm"] = SlurmProvider(s.slurm, access, s.stop_grace_s,
+                                               job_events(jobs), s.state_dir)
         nodes = NodeRegistry(store, s, providers, jobs.router.on_node_change, metrics)
         jobs.attach(nodes)
         await nodes.load()

@@ -12,7 +12,7 @@ from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, Setting
                                TomlConfigSettingsSource)
 
 from contract.instance import default_state_dir
-from contract.spec import AwsResources
+from contract.spec import AwsResources, SlurmResources
 
 
 class AwsSettings(BaseModel):
@@ -90,6 +90,31 @@ class SshSettings(BaseModel):
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"ssh.hosts: names must be unique, repeated: {', '.join(dupes)}")
         return self
+
+
+class SlurmSettings(BaseModel):
+    """The `slurm` provider (`[slurm]` in the config file): one Slurm job per node, each
+    running `coord-agent` (docs/providers-slurm.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="offer the slurm provider to jobs")
+    login: SshHost | None = Field(None, description="run sbatch/squeue/scancel on this login "
+                                                    "node over SSH (default: on coordd's host)")
+    connect_timeout_s: float = Field(15.0, gt=0)
+    workdir: str = Field("~/.coord/slurm", description="on the cluster's shared file system: "
+                                                       "the agents' credentials (0600), logs "
+                                                       "and work directories")
+    agent_command: str = Field("coord-agent", min_length=1,
+                               description="coord-agent as the compute nodes run it")
+    defaults: SlurmResources = Field(default_factory=SlurmResources,
+                                     description="what a job's [resources.slurm] overrides")
+    poll_interval_s: float = Field(5.0, gt=0, description="how often squeue is asked")
+    signal_before_end_s: int = Field(120, ge=0, le=65535,
+                                     description="SIGTERM this long before an allocation's "
+                                                 "time limit (--signal=B:TERM@N)")
+    join_timeout_s: float = Field(600.0, gt=0, description="a running allocation's agent must "
+                                  "register within this (time queued does not count)")
 
 
 class LocalSettings(BaseModel):
@@ -179,6 +204,7 @@ class CoorddSettings(BaseSettings):
                                                     "a line (default: STATE_DIR/coordd.log)")
     aws: AwsSettings = Field(default_factory=AwsSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     sim: SimSettings = Field(default_factory=SimSettings)
 

@@ -5,7 +5,7 @@
 #   bash scripts/setup.sh          everything: also the trainer ('.[train]': the elastic library
 #                                  with numpy and torchft, DALI, scikit-learn, tensorboard), the
 #                                  test tools ('.[dev]') and, as root, the daemons the tests
-#                                  start (sshd, chromium, PostgreSQL 15)
+#                                  start (sshd, chromium, PostgreSQL 15, Slurm and munge)
 # torch is pinned exactly: on a CPU machine a looser pin pulls several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +31,12 @@ fi
 "${PIP[@]}" -e ".[coordd,dev,train,simulate]"
 # Real daemons the tests start themselves in temp dirs, from Debian's packages: sshd (the ssh
 # provider), chromium (the dashboard's browser tests through Playwright, no browser download),
-# PostgreSQL 15 (the PostgreSQL backend). One `apt-get update`, one install of what is missing;
-# flock: other installs on the same machine may run apt at the same time.
+# PostgreSQL 15 (the PostgreSQL backend), Slurm 22.05 and munge (the slurm provider). One
+# `apt-get update`, one install of what is missing; flock: other installs on the same machine
+# may run apt at the same time.
 NEEDED=(/usr/sbin/sshd:openssh-server /usr/bin/chromium:chromium
-        /usr/lib/postgresql/15/bin/initdb:postgresql-15)
+        /usr/lib/postgresql/15/bin/initdb:postgresql-15 /usr/sbin/slurmctld:slurm-wlm
+        /usr/bin/sbatch:slurm-client /usr/sbin/munged:munge)
 MISSING=()
 for pair in "${NEEDED[@]}"; do
   [ -x "${pair%%:*}" ] || MISSING+=("${pair#*:}")

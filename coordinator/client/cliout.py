@@ -34,8 +34,9 @@ NODE_FIELDS: dict[str, Field] = {
     "host": lambda n: n.host, "provider": lambda n: n.provider,
     "cpus": lambda n: n.resources.cpus, "gpus": lambda n: n.resources.gpus,
     "memory": lambda n: n.resources.memory_bytes, "heartbeat": lambda n: n.last_heartbeat,
+    "machine": lambda n: n.machine,
 }
-NODE_DEFAULT = ["id", "state", "job", "host", "provider", "cpus", "gpus"]
+NODE_DEFAULT = ["id", "state", "job", "host", "provider", "machine", "cpus", "gpus"]
 
 
 def pick_fields(text: str, known: dict[str, Field], default: list[str]) -> list[str]:

@@ -112,16 +112,18 @@ class Node:
     host: str
     state: NodeState
     job_id: str                 # "" when the node is not assigned
-    provider: str               # "local", "ssh", "aws" or "static" (an agent started by hand)
+    provider: str               # "local", "ssh", "aws", "slurm" or "static" (started by hand)
     resources: Resources
     last_heartbeat: dt.datetime
+    machine: str = ""           # the provider's name for it: "slurm job 12 on c2"
 
     @classmethod
     def from_proto(cls, m: types_pb2.Node) -> Node:
         r = m.resources
         return cls(m.id, m.host, _enum(NodeState, types_pb2.NodeState, "NODE_STATE_", m.state),
                    m.job_id, m.provider, Resources(r.cpus, r.gpus, r.memory_bytes,
-                                                   list(r.software)), _time(m.last_heartbeat))
+                                                   list(r.software)), _time(m.last_heartbeat),
+                   m.machine)
 
 
 @dataclasses.dataclass(frozen=True)

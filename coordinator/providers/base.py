@@ -41,6 +41,9 @@ class Provider(abc.ABC):
     real, and its agent then registers with the node's id."""
 
     name: str
+    # Set by the registry: a provider that sees a node's machine end (a Slurm allocation)
+    # calls it with the node's id and the cause, so the node is lost at once.
+    report_lost: Callable[[str, str], Awaitable[None]] | None = None
 
     @abc.abstractmethod
     async def launch(self, nodes: list[NodeRecord], job: JobRecord, spec: JobSpec) -> None:
@@ -61,6 +64,10 @@ class Provider(abc.ABC):
         """At submit: raise InvalidSpec when the job's nodes can never all run here; a
         warning for the job's events when they may not fit now ("" for none)."""
         return ""
+
+    async def vet(self, spec: JobSpec, source: str) -> None:
+        """At submit, after check_fits: raise InvalidSpec for what only the provider's own
+        service can judge (the slurm provider asks `sbatch --test-only`)."""
 
     async def gone(self, node: NodeRecord) -> bool:
         """True when the provider knows that the node's machine or agent no longer exists, so

@@ -63,3 +63,15 @@ def aws_coordd(tmp_path, cloud) -> Callable[[], LocalCoordd]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real Slurm (tests/providers/slurmcluster.py), started once for the session."""
+    from tests.providers.slurmcluster import missing_binaries, start_cluster
+    if missing := missing_binaries():
+        pytest.skip(f"needs Debian's slurm-wlm and munge (scripts/setup.sh installs them as "
+                    f"root): missing {', '.join(missing)}")
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()

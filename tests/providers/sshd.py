@@ -44,7 +44,8 @@ def keygen(path: Path) -> Path:
     return path
 
 
-def start_sshd(root: Path) -> Sshd:
+def start_sshd(root: Path, extra_config: str = "") -> Sshd:
+    """`extra_config`: more sshd_config lines (e.g. SetEnv)."""
     if not SSHD.exists() or os.geteuid() != 0:
         pytest.fail(f"these tests need {SSHD} (scripts/setup.sh installs openssh-server) and "
                     "root")
@@ -70,7 +71,7 @@ def start_sshd(root: Path) -> Sshd:
         MaxStartups 64
         MaxSessions 64
         Subsystem sftp internal-sftp
-    """))
+    """) + extra_config)
     Path("/run/sshd").mkdir(exist_ok=True)  # its privilege separation directory
     with open(root / "sshd.log", "ab") as log:
         process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stdout=log,

@@ -1,7 +1,8 @@
 """Which of coord's packages may import which, read from the source with `ast` (imports inside
 functions and under TYPE_CHECKING count too): the shared `contract` imports none of the others,
 the agent, coordd and the trainer do not import each other, the client room imports none of
-the daemon, and no modules import each other in a circle."""
+the daemon, the simulator only the reconciler and coordd's settings, and no modules import
+each other in a circle."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("agent", "contract", "coordinator", "trainer")
+PACKAGES = ("agent", "contract", "coordinator", "simulator", "trainer")
 CLIENT = "coordinator.client"
+SIMULATED = ("coordinator.reconciler", "coordinator.settings")
 
 
 def modules() -> dict[str, Path]:
@@ -50,11 +52,14 @@ def graph() -> dict[str, set[str]]:
 
 def forbidden(source: str, target: str) -> bool:
     top, other = source.split(".")[0], target.split(".")[0]
-    if source == CLIENT or source.startswith(CLIENT + "."):
-        return not (target.startswith(CLIENT) or other == "contract")
+    if source == CLIENT or source.startswith(CLIENT + "."):  # `coord simulate` runs the simulator
+        return not (target.startswith(CLIENT) or other in ("contract", "simulator"))
     return {
         "agent": other in ("coordinator", "trainer"),
-        "coordinator": other in ("agent", "trainer"),
+        "coordinator": other in ("agent", "trainer", "simulator"),
+        # the reconciler on a simulated clock: never the daemon's I/O, the agent or a worker
+        "simulator": other in ("agent", "trainer") or (other == "coordinator" and not target
+                                                       .startswith(SIMULATED)),
         "trainer": other in ("agent", "coordinator"),
         "contract": other != "contract",
     }[top]

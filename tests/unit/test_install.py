@@ -10,7 +10,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"contract", "trainer", "agent", "coordinator", "coord"}
+OURS = {"contract", "trainer", "agent", "coordinator", "coord", "simulator"}
 # Workers bring their own torch (a CPU or a CUDA build): never a declared dependency.
 BROUGHT_BY_THE_USER = {"torch"}
 
@@ -62,3 +62,17 @@ def test_the_plain_install_is_the_client_and_the_agent_and_coordd_has_an_extra()
     assert "sqlalchemy" in undeclared([ROOT / "coordinator"], [])
     # botocore: aiobotocore pins the release it wraps
     assert undeclared([ROOT / "coordinator"], ["coordd", "elastic"]) == {"botocore"}
+
+
+
+def test_coord_simulate_needs_only_its_extra():
+    """`pip install 'coord[simulate]'` on a laptop: the simulator and the reconciler it runs
+    load none of coordd's own dependencies (a None in sys.modules: not importable)."""
+    import subprocess
+    blocked = ["sqlalchemy", "aiosqlite", "asyncpg", "alembic", "asyncssh", "aiobotocore",
+               "prometheus_client", "cryptography", "starlette", "uvicorn", "torch"]
+    code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
+            "import simulator.cli, simulator.run, simulator.coord")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert undeclared([ROOT / "simulator"], ["simulate"]) == set()

@@ -110,7 +110,7 @@ class Job(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., generation: _Optional[int] = ..., reason: _Optional[str] = ..., spec_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., node_ids: _Optional[_Iterable[str]] = ..., restarts: _Optional[int] = ..., failed_workers: _Optional[_Iterable[_Union[WorkerExit, _Mapping]]] = ..., failure_log_tail: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "host", "state", "job_id", "provider", "resources", "last_heartbeat")
+    __slots__ = ("id", "host", "state", "job_id", "provider", "resources", "last_heartbeat", "machine")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class Node(_message.Message):
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
     id: str
     host: str
     state: NodeState
@@ -125,7 +126,8 @@ class Node(_message.Message):
     provider: str
     resources: Resources
     last_heartbeat: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., job_id: _Optional[str] = ..., provider: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    machine: str
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., job_id: _Optional[str] = ..., provider: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., machine: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "job_id", "time", "kind", "generation", "message", "data_json")
