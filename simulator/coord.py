@@ -1,23 +1,29 @@
-"""coord's policies on the simulated cloud, decided by the reconciler's real `decide`.
+"""coord's policies on the simulated cloud, run by the reconciler's real `decide` and `evolve`.
 
-Only the clock, the provider and the agents are simulated: the cloud's news becomes the view
-changes coordd's runner would make (through simulator.seam), `decide` answers, and each
-action is carried out here the way agents and workers would (workers start, stop at a step
-boundary, are killed, exit because a peer vanished).
+Only the clock, the provider and the agents are simulated. The cloud's news reaches the view
+as the reconciler's own events (a node registers, is noticed, drops, is lost; workers exit,
+join the quorum, finish), each applied by `evolve`; `decide` answers, and each action goes
+through `evolve` and becomes the effects coordd's runner would perform (`effects_of`), carried
+out here the way agents and workers would: workers start, stop at a step boundary, are killed,
+exit because a peer vanished; nodes are asked for and handed back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from coordinator.reconciler.policy import policy_for
-from coordinator.reconciler import plan
-from coordinator.reconciler.decide import STOP_SLACK_S, decide
-from coordinator.reconciler.view import PEER_LOST_EXIT, JobView, NodeView, WorkerExit
-from coordinator.settings import CoorddSettings
+from contract.exits import PEER_LOST_EXIT
 from contract.spec import JobSpec
 from contract.states import JobState, NodeState
-from simulator import seam
+from coordinator.reconciler import effects as fx
+from coordinator.reconciler import plan
+from coordinator.reconciler.decide import STOP_SLACK_S, decide
+from coordinator.reconciler.events import (Event, NodeChanged, NodesCreated, NodesForgotten,
+                                           WorkerExited, WorkerFinished, WorkerInProcess)
+from coordinator.reconciler.policy import policy_for
+from coordinator.reconciler.reduce import evolve
+from coordinator.reconciler.view import JobView, NodeView, WorkerExit
+from coordinator.settings import CoorddSettings
 from simulator.cloud import SimNode
 from simulator.engine import Timer
 from simulator.errors import SimulationError
@@ -31,7 +37,10 @@ EPSILON = 1e-6
 
 @dataclasses.dataclass(eq=False)
 class Worker:
+    """One node's workers (its ranks), started in one worker generation."""
     node_id: str
+    generation: int
+    ranks: range
     ready_at: float
     running: bool = False   # past its start-up, stepping
     exited: bool = False
@@ -43,16 +52,21 @@ class CoordRun(PolicyRun):
         super().__init__(model, trace, spec.nodes.count, seed)
         self.name, self.settings = name, settings or CoorddSettings()
         policy = policy_for(spec, self.settings, mode)
-        self.view = JobView(job_id="sim", state=JobState.PENDING, generation=0, restarts=0,
+        self.view = JobView(job_id="sim", state=JobState.PENDING, epoch=0, restarts=0,
                             policy=policy)
-        self.sim: dict[str, SimNode] = {}
         self.workers: dict[str, Worker] = {}
         self.broken = False     # restart mode: the running generation lost a member
         self._wake: Timer | None = None
-        # Set by anything that changes what `decide` sees (through the seam) and by wake-ups:
-        # an instant that changed only the workers' progress needs no decision.
+        self._done_with: set[str] = set()  # lost or handed back: to forget once not members
+        # Set by every event heard and by wake-ups: an instant that changed only the
+        # workers' progress needs no decision.
         self.dirty = True
         self._workers_changed = False
+
+    def hear(self, event: Event) -> None:
+        """An event reaches the reconciler, as coordd's router posts it."""
+        self.view = evolve(self.view, event, self.engine.now)
+        self.dirty = True
 
     # the reconciler's loop ------------------------------------------------------------
     def step(self) -> None:
@@ -67,7 +81,6 @@ class CoordRun(PolicyRun):
             if not actions:
                 break
             for action in actions:
-                seam.apply_action(self.view, action, now)
                 self._act(action)
         else:
             raise SimulationError(f"{self.name}: decide did not settle at t={now:.3f}")
@@ -75,16 +88,15 @@ class CoordRun(PolicyRun):
             return self.end()
         if self._workers_changed:
             self._refresh()
-        self._forget_gone()
+        self._forget()
         self._schedule_wake()
 
-    def _forget_gone(self) -> None:
-        """Nodes handed back or lost that are no longer members matter to no decision:
-        dropped, so each decision stays proportional to the job's size."""
-        members = set(self.view.members)
-        for node_id in [n.id for n in self.view.nodes.values()
-                        if n.state in (NodeState.GONE, NodeState.LOST) and n.id not in members]:
-            del self.view.nodes[node_id]
+    def _forget(self) -> None:
+        """Lost and handed-back nodes that are no longer members matter to no decision."""
+        if self._done_with:
+            self.view = evolve(self.view, NodesForgotten(tuple(self._done_with)),
+                               self.engine.now)
+            self._done_with &= set(self.view.nodes)
 
     def _schedule_wake(self) -> None:
         """Wake at the next instant a decision may change with no new event: every time
@@ -103,8 +115,8 @@ class CoordRun(PolicyRun):
             times.append(v.below_min_since + p.wait_for_min_s)
         if v.stopping_since is not None:
             times.append(v.stopping_since + p.stop_grace_s + STOP_SLACK_S)
-        if v.finished_at is not None:
-            times.append(v.finished_at + p.finish_grace_s)
+        if v.inproc.finished_at is not None:
+            times.append(v.inproc.finished_at + p.finish_grace_s)
         failed = [e.time for e in v.exits.values() if e.code != 0]
         if failed:
             times += [min(failed) + p.failure_settle_s, min(failed) + p.peer_failure_settle_s]
@@ -116,60 +128,59 @@ class CoordRun(PolicyRun):
     def _woken(self) -> None:
         self.dirty = True
 
-    def _tell(self, change, *args) -> None:  # noqa: ANN001 (a seam function and its args)
-        """News for the view, through the seam: the next decision step must run."""
-        change(self.view, *args)
-        self.dirty = True
-
-    # actions: what agents, workers and the provider do ----------------------------------
+    # actions: the view through evolve, the world through the runner's effects -----------
     def _act(self, action: plan.Action) -> None:
-        match action:
-            case plan.StartGeneration(node_ids, cause):
-                self._start_generation(node_ids, cause)
-            case plan.StopGeneration(_, grace_s):
-                self._stop_generation(grace_s)
-            case plan.Reform(_, added, _, _):
-                self._reform(added)
-            case plan.StopNodes(node_ids, _):
-                for node_id in node_ids:
-                    self._stop_worker(node_id, graceful=True)
-            case plan.Acquire(count, _):
-                self._acquire(count)
-            case plan.Release(node_ids, _):
-                for node_id in node_ids:
-                    self._release(node_id)
-
-    def _start_generation(self, node_ids: tuple[str, ...], cause: str) -> None:
-        if cause != "start":
+        old = self.view
+        self.view = new = evolve(old, action, self.engine.now)
+        if isinstance(action, plan.StartGeneration):
+            if old.state == JobState.RECONFIGURING:
+                self.reformations += 1
+            self.workers, self.broken = {}, False  # the old generation is fenced
+        elif isinstance(action, plan.Reform):
             self.reformations += 1
-        self.broken = False
-        delay = self.model.worker_cold_start_s + self.model.restore_s
-        self.workers = {n: Worker(n, self.engine.now + delay) for n in node_ids}
-        self.engine.after(delay, self._workers_up, self.view.generation)
-        self._workers_changed = True
-
-    def _workers_up(self, generation: int) -> None:
-        for worker in self.workers.values():
-            if not worker.exited and worker.ready_at <= self.engine.now:
-                worker.running = True
-        self._workers_changed = True
-
-    def _reform(self, added: tuple[str, ...]) -> None:
-        self.reformations += 1
-        members = set(self.view.members)
-        for node_id in list(self.workers):
-            if node_id not in members:
+            for node_id in set(self.workers) - set(new.members):
                 del self.workers[node_id]
-        warm = self.view.policy.spares > 0  # agents keep a warm interpreter for such jobs
-        delay = self.model.join_warm_s if warm else self.model.join_cold_s
-        for node_id in added:
-            self.workers[node_id] = Worker(node_id, self.engine.now + delay)
-        self.engine.after(delay, self._workers_up, self.view.generation)
+        for effect in fx.effects_of(old, action, new):
+            self._perform(effect, action)
+
+    def _perform(self, effect: fx.Effect, action: plan.Action) -> None:
+        match effect:
+            case fx.Launch(node_id, generation, _):
+                self._launch(node_id, generation, joining=isinstance(action, plan.Reform))
+            case fx.StopWorkers(node_id, _, _, grace_s):
+                self._stop_worker(node_id, graceful=grace_s != 0)
+            case fx.ReleaseNode(node_id, _):
+                self._release(node_id)
+            case fx.AcquireNodes(count):
+                self._acquire(count)
+            # TellReformed: the survivors' stall is modelled when the replica vanished;
+            # StopQuorum: nothing simulated runs it.
+
+    def _launch(self, node_id: str, generation: int, joining: bool) -> None:
+        """An agent starts the node's workers (a dead machine's agent starts nothing). A
+        generation's workers cold start and restore; a replica joining the running quorum
+        starts warm where the job keeps spares (agents keep a warm interpreter for them)."""
+        if node_id not in self.cloud.nodes:
+            return
+        m = self.model
+        if joining:
+            delay = m.join_warm_s if self.view.policy.spares > 0 else m.join_cold_s
+        else:
+            delay = m.worker_cold_start_s + m.restore_s
+        self.workers[node_id] = worker = Worker(node_id, generation,
+                                                self.view.ranks_of(node_id),
+                                                self.engine.now + delay)
+        self.engine.after(delay, self._worker_up, worker)
         self._workers_changed = True
 
-    def _stop_generation(self, grace_s: float | None) -> None:
-        for node_id in list(self.workers):
-            self._stop_worker(node_id, graceful=grace_s != 0)
+    def _worker_up(self, worker: Worker) -> None:
+        if worker.exited or self.workers.get(worker.node_id) is not worker:
+            return
+        worker.running = True
+        self._workers_changed = True
+        if self.view.policy.mode != "restart":  # the trainer says so after its first step
+            for rank in worker.ranks:
+                self.hear(WorkerInProcess(worker.generation, worker.node_id, rank))
 
     def _stop_worker(self, node_id: str, graceful: bool) -> None:
         """A graceful stop ends the worker at the next step boundary (it commits that step);
@@ -192,45 +203,42 @@ class CoordRun(PolicyRun):
         worker.exited, worker.running = True, False
         if not self.view.inprocess:
             self.training.lose_in_flight() if code else self.training.commit()
-        if worker.node_id in self.view.members:
-            for rank in self.view.ranks_of(worker.node_id):
-                seam.on_worker_exited(self.view, WorkerExit(worker.node_id, rank, code,
-                                                            self.engine.now))
-            self.dirty = True
+        for rank in worker.ranks:
+            self.hear(WorkerExited(worker.generation, WorkerExit(worker.node_id, rank, code,
+                                                                 self.engine.now)))
         self._workers_changed = True
 
     def _acquire(self, count: int) -> None:
+        """As the runner's acquisition: what the provider created is heard at once (the
+        reconciler asks again for the rest); a provider that created none is asked again
+        after its retry pause."""
         created = self.cloud.launch(count)
-        for node in created:
-            self.sim[node.id] = node
-        self._tell(seam.on_nodes_created, [NodeView(n.id, NodeState.JOINING) for n in created],
-                              len(created))
-        if len(created) < count:  # the provider failed for the rest: coordd retries later
-            self.engine.after(self.settings.provider_retry_s, self._tell, seam.on_nodes_created,
-                              [], count - len(created))
+        nodes = tuple(NodeView(n.id, NodeState.JOINING) for n in created)
+        delay = 0.0 if created else self.settings.provider_retry_s
+        self.engine.after(delay, self.hear, NodesCreated(nodes, count))
 
     def _release(self, node_id: str) -> None:
-        node = self.sim.pop(node_id, None)
+        node = self.cloud.nodes.get(node_id)
         if node is not None:
             self.cloud.release(node)
         self.workers.pop(node_id, None)
+        self._done_with.add(node_id)
 
     # the cloud's news --------------------------------------------------------------------
     def node_ready(self, node: SimNode) -> None:
-        self._tell(seam.on_node_changed, NodeView(node.id, NodeState.READY, joined_at=node.ready_at))
+        self.hear(NodeChanged(NodeView(node.id, NodeState.READY, joined_at=node.ready_at)))
 
     def node_noticed(self, node: SimNode) -> None:
         seen = self.view.nodes.get(node.id)
         if seen is not None and seen.state in (NodeState.READY, NodeState.ASSIGNED):
-            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.DRAINING))
+            self.hear(NodeChanged(dataclasses.replace(seen, state=NodeState.DRAINING)))
 
     def node_died(self, node: SimNode) -> None:
-        self.sim.pop(node.id, None)
         seen = self.view.nodes.get(node.id)
         if seen is None or seen.state == NodeState.GONE:
             return
         if node.ready_at is None:  # never registered: the provider reports it gone
-            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.LOST))
+            self._lost(node.id, NodeState.JOINING)
             return
         worker = self.workers.pop(node.id, None)
         if not any(m in self.cloud.nodes for m in self.view.members):
@@ -242,26 +250,27 @@ class CoordRun(PolicyRun):
     def _worker_vanished(self) -> None:
         """A replica vanished mid-training: in-process, the survivors re-form around it; in
         restart mode their collectives fail and they exit, saying a peer was lost."""
+        self.training.lose_in_flight()
         if self.view.inprocess:
-            self.training.lose_in_flight()
             self.training.stall(self.model.reform_s)
         else:
             self.broken = True
-            self.training.lose_in_flight()
             self.engine.after(self.model.peer_fail_s, self._exit_all,
                               list(self.workers.values()), PEER_LOST_EXIT)
         self._workers_changed = True
 
     def _stream_dropped(self, node_id: str) -> None:
         seen = self.view.nodes.get(node_id)
-        if seen is not None and seen.state != NodeState.GONE:
-            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.SUSPECT))
-            self.engine.after(self.settings.reconnect_grace_s, self._lost, node_id)
+        if seen is not None and seen.state not in (NodeState.GONE, NodeState.LOST):
+            self.hear(NodeChanged(dataclasses.replace(seen, state=NodeState.SUSPECT)))
+            self.engine.after(self.settings.reconnect_grace_s, self._lost, node_id,
+                              NodeState.SUSPECT)
 
-    def _lost(self, node_id: str) -> None:
+    def _lost(self, node_id: str, was: NodeState) -> None:
         seen = self.view.nodes.get(node_id)
-        if seen is not None and seen.state == NodeState.SUSPECT:
-            self._tell(seam.on_node_changed, dataclasses.replace(seen, state=NodeState.LOST))
+        if seen is not None and seen.state == was:
+            self.hear(NodeChanged(dataclasses.replace(seen, state=NodeState.LOST)))
+            self._done_with.add(node_id)
 
     # training ----------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -269,15 +278,15 @@ class CoordRun(PolicyRun):
         self._workers_changed = False
         running = sum(1 for w in self.workers.values() if w.running)
         if not self.view.inprocess:
-            everyone = running == len(self.workers) and not self.broken
+            everyone = running == len(self.view.members) and not self.broken
             running = running if everyone else 0
         self.training.set_active(running)
 
     def finished(self) -> None:
         """The last step is done: in-process a replica says so; every worker exits 0."""
         if self.view.inprocess:
-            seam.on_worker_finished(self.view, self.engine.now)
+            worker = next((w for w in self.workers.values() if w.running), None)
+            if worker is not None:
+                self.hear(WorkerFinished(worker.generation, worker.node_id, worker.ranks.start))
         self._exit_all(list(self.workers.values()), 0)
         self.dirty = True
-
-

@@ -43,6 +43,14 @@ class WorkerFinished:
 
 
 @dataclasses.dataclass(frozen=True)
+class NodesForgotten:
+    """These nodes no longer concern the job (lost or handed back, and not members): they
+    leave the view, so a long job's decisions cost in proportion to its size, not to every
+    node it ever had. Any other node named is kept."""
+    node_ids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Cancel:
     reason: str
 
@@ -53,5 +61,5 @@ class FailJob:
     reason: str
 
 
-Event = (NodeChanged | NodesCreated | WorkerExited | WorkerInProcess | WorkerFinished | Cancel
-         | FailJob | CheckpointCommitted | WorkerRestored)
+Event = (NodeChanged | NodesCreated | NodesForgotten | WorkerExited | WorkerInProcess
+         | WorkerFinished | Cancel | FailJob | CheckpointCommitted | WorkerRestored)

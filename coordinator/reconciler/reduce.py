@@ -19,7 +19,8 @@ from typing import Any
 
 from coordinator.reconciler import plan
 from coordinator.reconciler.events import (Cancel, Event, FailJob, NodeChanged, NodesCreated,
-                                           WorkerExited, WorkerFinished, WorkerInProcess)
+                                           NodesForgotten, WorkerExited, WorkerFinished,
+                                           WorkerInProcess)
 from coordinator.reconciler.inprocess import InProcessView
 from coordinator.reconciler.view import JobView
 from contract.states import JobState, NodeState
@@ -51,6 +52,18 @@ def _nodes_created(view: JobView, event: NodesCreated, now: float) -> JobView:
     new = _copy(view, requested=max(0, view.requested - event.asked))
     for node in event.nodes:
         new.nodes.setdefault(node.id, node)
+    return new
+
+
+def _nodes_forgotten(view: JobView, event: NodesForgotten, now: float) -> JobView:
+    members = set(view.members)
+    drop = [n for n in event.node_ids if n not in members and n in view.nodes
+            and view.nodes[n].state in (NodeState.LOST, NodeState.GONE)]
+    if not drop:
+        return view
+    new = _copy(view)
+    for node_id in drop:
+        del new.nodes[node_id]
     return new
 
 
@@ -158,7 +171,8 @@ def _mark_below_minimum(view: JobView, action: plan.MarkBelowMinimum, now: float
 
 
 _HANDLERS: dict[type, Callable[[JobView, Any, float], JobView]] = {
-    NodeChanged: _node_changed, NodesCreated: _nodes_created, WorkerExited: _worker_exited,
+    NodeChanged: _node_changed, NodesCreated: _nodes_created, NodesForgotten: _nodes_forgotten,
+    WorkerExited: _worker_exited,
     WorkerInProcess: _worker_in_process, WorkerFinished: _worker_finished, Cancel: _cancel,
     FailJob: _fail, plan.Transition: _transition, plan.StartGeneration: _start_generation,
     plan.Reform: _reform, plan.StopGeneration: _stop_generation, plan.StopNodes: _stop_nodes,

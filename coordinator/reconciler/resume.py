@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING
 
-from coordinator.store import EventRecord
+if TYPE_CHECKING:  # the store needs coordd's extra; the simulator loads this module without it
+    from coordinator.store import EventRecord
 
 STOPPED = "coordd.stopped"            # the stop, and what it does to the job
 RESUMING = "job.resuming"             # the next start: the job will resume

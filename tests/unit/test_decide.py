@@ -11,8 +11,8 @@ from contract.exits import PEER_LOST_EXIT
 from contract.states import JobState, NodeState
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
-from coordinator.reconciler.events import (Cancel, NodeChanged, NodesCreated, WorkerExited,
-                                           WorkerFinished, WorkerInProcess)
+from coordinator.reconciler.events import (Cancel, NodeChanged, NodesCreated, NodesForgotten,
+                                           WorkerExited, WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.policy import timings
 from coordinator.reconciler.simulate import Simulation
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
@@ -101,6 +101,20 @@ def test_node_loss_reforms_without_it_and_asks_for_a_replacement():
     start = next(a for a in actions if isinstance(a, plan.StartGeneration))
     assert start.node_ids == ("n1", "n2")  # the lost node is never the master
     assert view.restarts == 0  # a node loss never costs a restart
+
+
+def test_forgotten_nodes_leave_the_view_only_once_lost_or_gone_and_not_members():
+    view = running_job(dataclasses.replace(POLICY, mode="inprocess"))
+    view.node("n0", NodeState.LOST)
+    view.node("n1", NodeState.LOST)
+    join(view, "n3", 2)
+    view.hear(NodesForgotten(("n0", "n1", "n3")))
+    assert set(view.nodes) == {"n0", "n1", "n2", "n3"}  # members, and a live node, stay
+    step(view, 3)  # the lost members are dropped from the quorum
+    view.hear(NodesForgotten(("n0", "n1", "n3")))
+    assert set(view.nodes) == {"n2", "n3"}
+    assert kinds(step(view, 4)) == [plan.Reform]  # decisions go on without them: n3 joins
+    assert view.members == ["n2", "n3"]
 
 
 def test_survivors_that_never_report_do_not_block_recovery_forever():

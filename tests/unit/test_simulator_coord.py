@@ -75,3 +75,14 @@ def test_all_policies_run_on_the_same_trace_and_spares_cost_node_hours(spec):
     assert spares.time_to_finish_s < plain.time_to_finish_s  # the spare steps in at once
     assert spares.node_hours > plain.node_hours * 1.2        # and is paid for all along
     assert results["on-demand"].cost > 2 * results["torchrun"].cost
+
+
+def test_a_long_run_keeps_only_the_jobs_own_nodes_in_the_view(spec):
+    """Lost and handed-back nodes leave the view (NodesForgotten): each decision costs in
+    proportion to the job's size, not to every node a two-week run ever had."""
+    events = trace(*({"time": 20 + 8 * i, "kind": "hard_failure", "node": i % 3}
+                     for i in range(10)))
+    coord = run(spec, "inprocess", events)
+    assert coord.view.state == JobState.SUCCEEDED and coord.result_.steps_lost == 0
+    assert coord.result_.missed_events == 0  # 10 nodes lost, 13 launched in all
+    assert len(coord.view.nodes) <= 4
