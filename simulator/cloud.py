@@ -9,6 +9,7 @@ preempts the excess (with notice) and blocks launches until it rises again.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import random
 from collections.abc import Callable
 from typing import Literal, Protocol
@@ -49,6 +50,8 @@ class Cloud:
         self.capacity: int | None = None  # spot nodes obtainable; None: no limit
         self.nodes: dict[str, SimNode] = {}   # alive ones
         self.by_slot: dict[int, SimNode] = {}
+        self._free_slots: list[int] = []      # a heap: a new node takes the lowest free slot
+        self._noticed = 0                     # alive nodes under a spot notice
         self.billed_s = 0.0                   # node-seconds of ended nodes
         self.missed = 0                       # trace events that found no running node
         self._count = 0
@@ -66,7 +69,8 @@ class Cloud:
         return self.billed_s + sum(now - n.launched_at for n in self.nodes.values())
 
     def held(self) -> int:
-        return sum(1 for n in self.nodes.values() if n.noticed_at is None)
+        """Alive nodes not under a spot notice (those count against the capacity)."""
+        return len(self.nodes) - self._noticed
 
     def launch(self, count: int) -> list[SimNode]:
         """Launch up to `count` nodes now (fewer when capacity is short); each registers after
@@ -74,7 +78,7 @@ class Cloud:
         room = count if self.capacity is None else max(0, min(count, self.capacity - self.held()))
         created = []
         for _ in range(room):
-            slot = next(i for i in range(len(self.by_slot) + 1) if i not in self.by_slot)
+            slot = heapq.heappop(self._free_slots) if self._free_slots else len(self.by_slot)
             node = SimNode(f"n{self._count}", slot, self.engine.now)
             self._count += 1
             self.nodes[node.id], self.by_slot[slot] = node, node
@@ -91,6 +95,8 @@ class Cloud:
         self.billed_s += node.ended_at - node.launched_at
         del self.nodes[node.id]
         del self.by_slot[node.slot]
+        heapq.heappush(self._free_slots, node.slot)
+        self._noticed -= node.noticed_at is not None
 
     def _boot(self, node: SimNode) -> None:
         if node.alive:
@@ -121,6 +127,7 @@ class Cloud:
 
     def _notice(self, node: SimNode) -> None:
         node.noticed_at = self.engine.now
+        self._noticed += 1
         self.engine.after(self.model.notice_lead_s, self._die, node)
         self.listener.node_noticed(node)
 

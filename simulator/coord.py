@@ -11,6 +11,8 @@ exit because a peer vanished; nodes are asked for and handed back.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from contract.exits import PEER_LOST_EXIT
 from contract.spec import JobSpec
@@ -19,7 +21,8 @@ from coordinator.reconciler import effects as fx
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import STOP_SLACK_S, decide
 from coordinator.reconciler.events import (Event, NodeChanged, NodesCreated, NodesForgotten,
-                                           WorkerExited, WorkerFinished, WorkerInProcess)
+                                           WorkerExited, WorkerExits, WorkerFinished,
+                                           WorkerInProcess)
 from coordinator.reconciler.policy import policy_for
 from coordinator.reconciler.reduce import evolve
 from coordinator.reconciler.view import JobView, NodeView, WorkerExit
@@ -33,15 +36,15 @@ from simulator.traces import Trace
 
 MAX_ROUNDS = 64  # decide answers [] again within a few rounds; more is a bug
 EPSILON = 1e-6
+_READY = NodeState.READY  # looked up once: on Python 3.11 an enum member's lookup is slow
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, slots=True)
 class Worker:
     """One node's workers (its ranks), started in one worker generation."""
     node_id: str
     generation: int
     ranks: range
-    ready_at: float
     running: bool = False   # past its start-up, stepping
     exited: bool = False
 
@@ -51,13 +54,17 @@ class CoordRun(PolicyRun):
                  trace: Trace, seed: int, settings: CoorddSettings | None = None) -> None:
         super().__init__(model, trace, spec.nodes.count, seed)
         self.name, self.settings = name, settings or CoorddSettings()
-        policy = policy_for(spec, self.settings, mode)
+        # A node's workers start, stop and exit together here, so one rank stands for them:
+        # decide's choices depend on nodes, never on how many ranks each runs.
+        policy = dataclasses.replace(policy_for(spec, self.settings, mode), nproc_per_node=1)
         self.view = JobView(job_id="sim", state=JobState.PENDING, epoch=0, restarts=0,
                             policy=policy)
         self.workers: dict[str, Worker] = {}
         self.broken = False     # restart mode: the running generation lost a member
         self._wake: Timer | None = None
         self._done_with: set[str] = set()  # lost or handed back: to forget once not members
+        self._exited: list[tuple[Worker, int]] = []  # this instant's exits, not yet reported
+        self._batches: dict[tuple[float, Callable], list] = {}
         # Set by every event heard and by wake-ups: an instant that changed only the
         # workers' progress needs no decision.
         self.dirty = True
@@ -71,12 +78,14 @@ class CoordRun(PolicyRun):
     # the reconciler's loop ------------------------------------------------------------
     def step(self) -> None:
         now = self.engine.now
+        self._report_exits()
         if self._workers_changed:
             self._refresh()
         if not self.dirty:
             return
         self.dirty = False
         for _ in range(MAX_ROUNDS):
+            self._report_exits()
             actions = decide(self.view, now)
             if not actions:
                 break
@@ -107,7 +116,7 @@ class CoordRun(PolicyRun):
             times.append(v.state_since + p.initial_full_wait_s)
         if v.state == JobState.RUNNING and not v.inprocess:  # a scale-up restart
             times.append(v.state_since + p.scale_up_min_runtime_s)
-            joins = [n.joined_at for n in v.nodes.values() if n.state == NodeState.READY
+            joins = [n.joined_at for n in v.nodes.values() if n.state == _READY
                      and n.id not in v.slots]
             if joins:
                 times.append(max(joins) + p.scale_up_settle_s)
@@ -128,6 +137,19 @@ class CoordRun(PolicyRun):
     def _woken(self) -> None:
         self.dirty = True
 
+    def _later(self, delay: float, fn: Callable[[Any], None], item: Any) -> None:
+        """fn(item) after `delay`, with one timer for all the items due at that instant
+        (a thousand workers starting or stopping together)."""
+        key = (self.engine.now + delay, fn)
+        if key not in self._batches:
+            self._batches[key] = []
+            self.engine.at(key[0], self._run_batch, key)
+        self._batches[key].append(item)
+
+    def _run_batch(self, key: tuple[float, Callable]) -> None:
+        for item in self._batches.pop(key):
+            key[1](item)
+
     # actions: the view through evolve, the world through the runner's effects -----------
     def _act(self, action: plan.Action) -> None:
         old = self.view
@@ -140,21 +162,24 @@ class CoordRun(PolicyRun):
             self.reformations += 1
             for node_id in set(self.workers) - set(new.members):
                 del self.workers[node_id]
+        joining = isinstance(action, plan.Reform)
         for effect in fx.effects_of(old, action, new):
-            self._perform(effect, action)
+            self._perform(effect, joining)
 
-    def _perform(self, effect: fx.Effect, action: plan.Action) -> None:
-        match effect:
-            case fx.Launch(node_id, generation, _):
-                self._launch(node_id, generation, joining=isinstance(action, plan.Reform))
-            case fx.StopWorkers(node_id, _, _, grace_s):
-                self._stop_worker(node_id, graceful=grace_s != 0)
-            case fx.ReleaseNode(node_id, _):
-                self._release(node_id)
-            case fx.AcquireNodes(count):
-                self._acquire(count)
-            # TellReformed: the survivors' stall is modelled when the replica vanished;
-            # StopQuorum: nothing simulated runs it.
+    def _perform(self, effect: fx.Effect, joining: bool) -> None:
+        """As the runner's `_perform`, by the agents and the provider (by type, not `match`:
+        a thousand-node generation performs thousands of these)."""
+        kind = type(effect)
+        if kind is fx.Launch:
+            self._launch(effect.node_id, effect.worker_generation, joining)
+        elif kind is fx.StopWorkers:
+            self._stop_worker(effect.node_id, graceful=effect.grace_s != 0)
+        elif kind is fx.ReleaseNode:
+            self._release(effect.node_id)
+        elif kind is fx.AcquireNodes:
+            self._acquire(effect.count)
+        # TellReformed: the survivors' stall is modelled when the replica vanished;
+        # StopQuorum: nothing simulated runs it.
 
     def _launch(self, node_id: str, generation: int, joining: bool) -> None:
         """An agent starts the node's workers (a dead machine's agent starts nothing). A
@@ -167,10 +192,8 @@ class CoordRun(PolicyRun):
             delay = m.join_warm_s if self.view.policy.spares > 0 else m.join_cold_s
         else:
             delay = m.worker_cold_start_s + m.restore_s
-        self.workers[node_id] = worker = Worker(node_id, generation,
-                                                self.view.ranks_of(node_id),
-                                                self.engine.now + delay)
-        self.engine.after(delay, self._worker_up, worker)
+        self.workers[node_id] = worker = Worker(node_id, generation, self.view.ranks_of(node_id))
+        self._later(delay, self._worker_up, worker)
         self._workers_changed = True
 
     def _worker_up(self, worker: Worker) -> None:
@@ -189,9 +212,12 @@ class CoordRun(PolicyRun):
         if worker is None or worker.exited or node_id not in self.cloud.nodes:
             return
         if graceful and worker.running:
-            self.engine.after(self.model.step_time_s, self._exit, worker, 0)
+            self._later(self.model.step_time_s, self._exit_cleanly, worker)
         else:
             self._exit(worker, 0 if graceful else -9)
+
+    def _exit_cleanly(self, worker: Worker) -> None:
+        self._exit(worker, 0)
 
     def _exit_all(self, workers: list[Worker], code: int) -> None:
         for worker in workers:
@@ -201,12 +227,25 @@ class CoordRun(PolicyRun):
         if worker.exited or self.workers.get(worker.node_id) is not worker:
             return
         worker.exited, worker.running = True, False
-        if not self.view.inprocess:
-            self.training.lose_in_flight() if code else self.training.commit()
-        for rank in worker.ranks:
-            self.hear(WorkerExited(worker.generation, WorkerExit(worker.node_id, rank, code,
-                                                                 self.engine.now)))
+        self._exited.append((worker, code))
         self._workers_changed = True
+
+    def _report_exits(self) -> None:
+        """The instant's exits, heard together: a group's thousand exits change the view
+        once. In restart mode a clean exit commits the step it stopped at, a failure loses
+        the step in flight."""
+        if not self._exited:
+            return
+        exited, self._exited = self._exited, []
+        codes, now = {code for _, code in exited}, self.engine.now
+        if not self.view.inprocess:
+            if 0 in codes:
+                self.training.commit()
+            if codes - {0}:
+                self.training.lose_in_flight()
+        self.hear(WorkerExits(tuple(
+            WorkerExited(w.generation, WorkerExit(w.node_id, rank, code, now))
+            for w, code in exited for rank in w.ranks)))
 
     def _acquire(self, count: int) -> None:
         """As the runner's acquisition: what the provider created is heard at once (the

@@ -15,6 +15,10 @@ from coordinator.reconciler.plan import (
 from coordinator.reconciler.view import JobView, WorkerExit, failure_cause
 
 GONE_STATES = (NodeState.LOST, NodeState.GONE)
+# Looked up once: a decision walks every node, and on Python 3.11 an enum member's lookup
+# through its class costs more than the walk's own work.
+CONNECTED_STATES = (NodeState.READY, NodeState.ASSIGNED)
+_GONE, _DRAINING, _SUSPECT = NodeState.GONE, NodeState.DRAINING, NodeState.SUSPECT
 # After asking workers to stop, wait this much beyond their grace before starting anyway.
 STOP_SLACK_S = 5.0
 # A generation that lost a member is stopped without a grace: its workers cannot agree on a
@@ -30,25 +34,27 @@ def decide(view: JobView, now: float) -> list[Action]:
         return finish(view, JobState.CANCELLED, view.cancel_reason)
     if view.fail_reason is not None:
         return finish(view, JobState.FAILED, view.fail_reason)
-    clock = _minimum_clock(view, now)
+    # Connected nodes, worked out once per decision: each walks every node the job has.
+    healthy = view.healthy()
+    clock = _minimum_clock(view, now, healthy)
     if view.below_min_since is not None and now - view.below_min_since > view.policy.wait_for_min_s:
         return finish(view, JobState.FAILED, _below_minimum_reason(view))
     handler = _HANDLERS[view.state]
-    return clock + handler(view, now)
+    return clock + handler(view, now, healthy)
 
 
 def finish(view: JobView, state: JobState, reason: str) -> list[Action]:
     actions: list[Action] = [Transition(state, reason=reason)]
     if view.members and view.state != JobState.RECONFIGURING and state != JobState.SUCCEEDED:
         actions.append(StopGeneration(reason))
-    owned = tuple(n.id for n in view.nodes.values() if n.state != NodeState.GONE)
+    owned = tuple(n.id for n in view.nodes.values() if n.state != _GONE)
     if owned:
         actions.append(Release(owned, reason=f"job {state.value.lower()}"))
     return actions
 
 
-def _minimum_clock(view: JobView, now: float) -> list[Action]:
-    below = len(view.healthy()) + len(_reconnecting(view)) < view.policy.minimum
+def _minimum_clock(view: JobView, now: float, healthy: list[str]) -> list[Action]:
+    below = len(healthy) + len(_reconnecting(view)) < view.policy.minimum
     if below and view.below_min_since is None:
         return [MarkBelowMinimum(now)]
     if not below and view.below_min_since is not None:
@@ -62,24 +68,25 @@ def _below_minimum_reason(view: JobView) -> str:
             f"for {p.wait_for_min_s:g} s (nodes.wait_for_min_s)")
 
 
-def _pending(view: JobView, now: float) -> list[Action]:
-    return [Transition(JobState.PROVISIONING, cause="submitted")] + _replenish(view)
+def _pending(view: JobView, now: float, healthy: list[str]) -> list[Action]:
+    return [Transition(JobState.PROVISIONING, cause="submitted")] + _replenish(view, healthy)
 
 
-def _replenish(view: JobView) -> list[Action]:
+def _replenish(view: JobView, healthy: list[str]) -> list[Action]:
     """Ask for what is missing toward the target and spares; hand back drained and surplus
     nodes."""
+    members = set(view.members)
     drained = tuple(n.id for n in view.nodes.values()
-                    if n.state == NodeState.DRAINING and n.id not in view.members)
+                    if n.state == _DRAINING and n.id not in members)
     if drained:
         return [Release(drained, reason="drained: the group re-formed without it")]
-    healthy, p = view.healthy(), view.policy
+    p = view.policy
     wanted = p.target + p.spares
     missing = wanted - len(healthy) - view.coming()
     if missing > 0:
         spares = f" + {p.spares} spare(s)" if p.spares else ""
         return [Acquire(missing, reason=f"{len(healthy)} of {p.target}{spares} nodes healthy")]
-    extra = [n for n in healthy[wanted:] if n not in view.members]
+    extra = [n for n in healthy[wanted:] if n not in members]
     if extra and view.state != JobState.PROVISIONING:
         return [Release(tuple(extra), reason="more nodes than the job's target and spares")]
     return []
@@ -87,45 +94,45 @@ def _replenish(view: JobView) -> list[Action]:
 
 def _reconnecting(view: JobView) -> list[str]:
     """Nodes that hold their place while their agents reconnect to a restarted coordd."""
-    return [n.id for n in view.nodes.values() if n.state == NodeState.SUSPECT and n.reconnecting]
+    return [n.id for n in view.nodes.values() if n.state == _SUSPECT and n.reconnecting]
 
 
-def _provisioning(view: JobView, now: float) -> list[Action]:
-    healthy, p = view.healthy(), view.policy
+def _provisioning(view: JobView, now: float, healthy: list[str]) -> list[Action]:
+    p = view.policy
     waited = now - view.state_since >= p.initial_full_wait_s
     if len(healthy) >= p.target or (len(healthy) >= p.minimum and waited):
         return [StartGeneration(tuple(healthy[:p.target]), cause="start")]
-    return _replenish(view)
+    return _replenish(view, healthy)
 
 
-def _running(view: JobView, now: float) -> list[Action]:
+def _running(view: JobView, now: float, healthy: list[str]) -> list[Action]:
     if view.policy.mode == "auto" and not view.inproc.confirmed and view.all_joined_quorum():
         return [ConfirmInProcess()]
     if view.inprocess:
-        return _running_inprocess(view, now)
+        return _running_inprocess(view, now, healthy)
     failures = sorted((e for e in view.exits.values() if e.code != 0), key=lambda e: e.time)
     lost = [m for m in view.members if view.nodes[m].state in GONE_STATES]
     if failures:
         # A member whose stream dropped while its peers' collectives failed took this
         # generation down with it: waiting out its reconnect grace would only add to the outage.
-        lost += [m for m in view.members if view.nodes[m].state == NodeState.SUSPECT]
+        lost += [m for m in view.members if view.nodes[m].state == _SUSPECT]
     if lost:
         reason = f"lost node{'s' if len(lost) > 1 else ''} {', '.join(lost)}"
         return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_lost"),
-                StopGeneration(reason, LOST_MEMBER_GRACE_S)] + _replenish(view)
-    leaving = [m for m in view.members if view.nodes[m].state == NodeState.DRAINING]
+                StopGeneration(reason, LOST_MEMBER_GRACE_S)] + _replenish(view, healthy)
+    leaving = [m for m in view.members if view.nodes[m].state == _DRAINING]
     if leaving:  # graceful: every rank stops at one step boundary and commits it
         reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
         return [Transition(JobState.RECONFIGURING, reason=reason, cause="node_leaving"),
-                StopGeneration(reason)] + _replenish(view)
+                StopGeneration(reason)] + _replenish(view, healthy)
     if failures:
         return _on_failure(view, now, failures[0])
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
-    return _scale_up(view, now) or _replenish(view)
+    return _scale_up(view, now, healthy) or _replenish(view, healthy)
 
 
-def _running_inprocess(view: JobView, now: float) -> list[Action]:
+def _running_inprocess(view: JobView, now: float, healthy: list[str]) -> list[Action]:
     """Survivors are never stopped: lost and departed members are dropped from the membership,
     leaving members are stopped alone (each leaves its quorum at a step boundary), and new
     nodes are started straight into the running quorum. Only when no replica is left, or the
@@ -133,48 +140,52 @@ def _running_inprocess(view: JobView, now: float) -> list[Action]:
     if view.inproc.finished_at is not None:
         return _finishing(view, now)
     gone = [m for m in view.members if view.nodes[m].state in GONE_STATES]
-    departed = [m for m in view.members if view.all_exited(m) and (
-        view.nodes[m].state == NodeState.DRAINING or m in view.inproc.stopping_nodes)]
+    departed = [m for m in view.members if (view.nodes[m].state == _DRAINING
+                                            or m in view.inproc.stopping_nodes)
+                and view.all_exited(m)]
     if gone or departed:
-        return _drop_members(view, gone, departed) + _replenish(view)
-    leaving = tuple(m for m in view.members if view.nodes[m].state == NodeState.DRAINING
+        return _drop_members(view, gone, departed) + _replenish(view, healthy)
+    leaving = tuple(m for m in view.members if view.nodes[m].state == _DRAINING
                     and m not in view.inproc.stopping_nodes)
     if leaving:
         reason = f"node{'s' if len(leaving) > 1 else ''} {', '.join(leaving)} leaving"
-        return [StopNodes(leaving, reason)] + _replenish(view)
+        return [StopNodes(leaving, reason)] + _replenish(view, healthy)
     if failures := _unasked_failures(view):
-        return _restart_in_place(view, failures) or _on_failure(view, now, failures[0])
+        return (_restart_in_place(view, failures, healthy)
+                or _on_failure(view, now, failures[0]))
     if view.exits and len(view.exits) == view.world_size:
         return finish(view, JobState.SUCCEEDED, "every worker exited 0")
-    newcomers = [n for n in view.healthy() if n not in view.members]
+    members = set(view.members)
+    newcomers = [n for n in healthy if n not in members]
     # A suspect member does not hold a place (if it comes back after its replacement joined,
     # `_stop_surplus` trims the job back to its target), unless it is only reconnecting to a
     # restarted coordd.
-    room = view.policy.target - sum(view.nodes[m].state != NodeState.SUSPECT
+    room = view.policy.target - sum(view.nodes[m].state != _SUSPECT
                                     or view.nodes[m].reconnecting for m in view.members)
     if newcomers and room > 0 and not view.exits:
         added = tuple(newcomers[:room])
         return [Reform(tuple(view.members) + added, added, cause="node_joined",
                        reason=f"{', '.join(added)} joined the running replicas")]
-    return _stop_surplus(view) or _replenish(view)
+    return _stop_surplus(view) or _replenish(view, healthy)
 
 
 def _unasked_failures(view: JobView) -> list[WorkerExit]:
     """Non-zero exits of workers coordd did not ask to stop, oldest first."""
     told_to_stop = view.inproc.stopping_nodes | {m for m in view.members
-                                          if view.nodes[m].state == NodeState.DRAINING}
+                                          if view.nodes[m].state == _DRAINING}
     return sorted((e for e in view.exits.values()
                    if e.code != 0 and e.node_id not in told_to_stop), key=lambda e: e.time)
 
 
-def _restart_in_place(view: JobView, failures: list[WorkerExit]) -> list[Action]:
+def _restart_in_place(view: JobView, failures: list[WorkerExit],
+                      healthy_nodes: list[str]) -> list[Action]:
     """In-process mode: the workers that failed on nodes that stay healthy start again there
     (under fresh slots), join the running quorum and heal from a live peer, the way torchft
     restarts a replica in place; charged to max_restarts. [] (the restart path decides) when
     no other replica runs to heal from, a failed node's other ranks still run, a failed
     node is not healthy (its loss is handled as such), or the budget is spent."""
     failed = sorted({e.node_id for e in failures})
-    healthy = set(view.healthy())
+    healthy = set(healthy_nodes)
     if view.restarts >= view.policy.max_restarts or not all(
             n in healthy and view.all_exited(n) for n in failed):
         return []
@@ -213,7 +224,7 @@ def _finishing(view: JobView, now: float) -> list[Action]:
 def _stop_surplus(view: JobView) -> list[Action]:
     """A member that came back after its replacement joined leaves the job above its target:
     the newest replicas beyond the target leave at a step boundary (then are handed back)."""
-    live = [m for m in view.members if view.nodes[m].state in (NodeState.READY, NodeState.ASSIGNED)
+    live = [m for m in view.members if view.nodes[m].state in CONNECTED_STATES
             and m not in view.inproc.stopping_nodes]
     surplus = len(live) - view.policy.target
     if surplus <= 0 or view.exits:
@@ -228,7 +239,8 @@ def _drop_members(view: JobView, gone: list[str], departed: list[str]) -> list[A
         f"lost {', '.join(gone)}" if gone else "", f"{', '.join(departed)} left" if departed
         else "") if part)
     cause = "node_lost" if gone else "node_leaving"
-    survivors = tuple(m for m in view.members if m not in gone and m not in departed)
+    leavers = set(gone) | set(departed)
+    survivors = tuple(m for m in view.members if m not in leavers)
     if survivors:
         return [Reform(survivors, (), cause=cause, reason=reason)]
     # No replica holds the state in memory: resume from the durable checkpoint.
@@ -251,8 +263,9 @@ def _on_failure(view: JobView, now: float, first: WorkerExit) -> list[Action]:
     return finish(view, JobState.FAILED, f"{reason} ({budget})")
 
 
-def _scale_up(view: JobView, now: float) -> list[Action]:
-    newcomers = [n for n in view.healthy() if n not in view.members]
+def _scale_up(view: JobView, now: float, healthy: list[str]) -> list[Action]:
+    members = set(view.members)
+    newcomers = [n for n in healthy if n not in members]
     if not newcomers or len(view.members) >= view.policy.target or view.exits:
         return []
     if now - view.state_since < view.policy.scale_up_min_runtime_s:
@@ -265,14 +278,13 @@ def _scale_up(view: JobView, now: float) -> list[Action]:
             StopGeneration(reason)]
 
 
-def _reconfiguring(view: JobView, now: float) -> list[Action]:
+def _reconfiguring(view: JobView, now: float, healthy: list[str]) -> list[Action]:
     if _still_stopping(view, now):
         return []
-    healthy = view.healthy()
     if len(healthy) >= view.policy.minimum:
         return [StartGeneration(tuple(healthy[:view.policy.target]),
                                 cause=view.reconfigure_cause or "reconfigure")]
-    return _replenish(view)
+    return _replenish(view, healthy)
 
 
 def _still_stopping(view: JobView, now: float) -> bool:
@@ -281,7 +293,7 @@ def _still_stopping(view: JobView, now: float) -> bool:
             now - view.stopping_since > view.policy.stop_grace_s + STOP_SLACK_S:
         return False
     for node_id in view.members:
-        if view.nodes[node_id].state in GONE_STATES + (NodeState.SUSPECT,):
+        if view.nodes[node_id].state in GONE_STATES + (_SUSPECT,):
             continue  # unreachable: whatever it still runs is fenced by the generation
         if not view.all_exited(node_id):
             return True

@@ -27,6 +27,13 @@ class WorkerExited:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerExits:
+    """Exits heard together: the same as hearing each in turn, in one change of the view
+    (a thousand-node group's exits at one instant cost one copy, not a thousand)."""
+    exits: tuple[WorkerExited, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerInProcess:
     """A worker took part in its first step as an in-process replica."""
     generation: int
@@ -61,5 +68,6 @@ class FailJob:
     reason: str
 
 
-Event = (NodeChanged | NodesCreated | NodesForgotten | WorkerExited | WorkerInProcess
-         | WorkerFinished | Cancel | FailJob | CheckpointCommitted | WorkerRestored)
+Event = (NodeChanged | NodesCreated | NodesForgotten | WorkerExited | WorkerExits
+         | WorkerInProcess | WorkerFinished | Cancel | FailJob | CheckpointCommitted
+         | WorkerRestored)

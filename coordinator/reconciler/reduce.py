@@ -19,8 +19,8 @@ from typing import Any
 
 from coordinator.reconciler import plan
 from coordinator.reconciler.events import (Cancel, Event, FailJob, NodeChanged, NodesCreated,
-                                           NodesForgotten, WorkerExited, WorkerFinished,
-                                           WorkerInProcess)
+                                           NodesForgotten, WorkerExited, WorkerExits,
+                                           WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.inprocess import InProcessView
 from coordinator.reconciler.view import JobView
 from contract.states import JobState, NodeState
@@ -34,22 +34,27 @@ def evolve(view: JobView, message: Message, now: float) -> JobView:
     return handler(view, message, now) if handler else view
 
 
-def _copy(view: JobView, **changes: Any) -> JobView:
-    """A new view sharing nothing mutable with `view`."""
-    fresh = dict(members=list(view.members), nodes=dict(view.nodes), exits=dict(view.exits),
-                 slots=dict(view.slots))
+_CONTAINERS = {"members": list, "nodes": dict, "exits": dict, "slots": dict}
+
+
+def _copy(view: JobView, *mutated: str, **changes: Any) -> JobView:
+    """A new view with `changes`, and fresh copies of the containers named in `mutated`
+    (the handler changes those in place). The others are shared with `view`: nothing
+    changes a view's containers in place but this module, and only on fresh copies, so a
+    message costs what it changes, not the job's size."""
+    fresh = {name: _CONTAINERS[name](getattr(view, name)) for name in mutated}
     return dataclasses.replace(view, **(fresh | changes))
 
 
 # events ------------------------------------------------------------------------------
 def _node_changed(view: JobView, event: NodeChanged, now: float) -> JobView:
-    new = _copy(view, changed_at=now)
+    new = _copy(view, "nodes", changed_at=now)
     new.nodes[event.node.id] = event.node
     return new
 
 
 def _nodes_created(view: JobView, event: NodesCreated, now: float) -> JobView:
-    new = _copy(view, requested=max(0, view.requested - event.asked))
+    new = _copy(view, "nodes", requested=max(0, view.requested - event.asked))
     for node in event.nodes:
         new.nodes.setdefault(node.id, node)
     return new
@@ -61,22 +66,28 @@ def _nodes_forgotten(view: JobView, event: NodesForgotten, now: float) -> JobVie
             and view.nodes[n].state in (NodeState.LOST, NodeState.GONE)]
     if not drop:
         return view
-    new = _copy(view)
+    new = _copy(view, "nodes")
     for node_id in drop:
         del new.nodes[node_id]
     return new
 
 
 def _worker_exited(view: JobView, event: WorkerExited, now: float) -> JobView:
-    exit_ = event.exit
-    # Only a current rank of a member counts (not one a restarted replica left); the first
-    # report of a rank wins.
-    if (not view.counts(event.generation, exit_.node_id) or exit_.rank in view.exits
-            or exit_.rank not in view.ranks_of(exit_.node_id)):
+    return _worker_exits(view, WorkerExits((event,)), now)
+
+
+def _worker_exits(view: JobView, event: WorkerExits, now: float) -> JobView:
+    exits = dict(view.exits)
+    for report in event.exits:
+        exit_ = report.exit
+        # Only a current rank of a member counts (not one a restarted replica left); the
+        # first report of a rank wins.
+        if (view.counts(report.generation, exit_.node_id) and exit_.rank not in exits
+                and exit_.rank in view.ranks_of(exit_.node_id)):
+            exits[exit_.rank] = exit_
+    if len(exits) == len(view.exits):
         return view
-    new = _copy(view, changed_at=now)
-    new.exits[exit_.rank] = exit_
-    return new
+    return _copy(view, changed_at=now, exits=exits)
 
 
 def _worker_in_process(view: JobView, event: WorkerInProcess, now: float) -> JobView:
@@ -127,7 +138,7 @@ def _reform(view: JobView, action: plan.Reform, now: float) -> JobView:
     members whose workers restart lose their old ranks' exits and slots (a restarted replica
     never reuses a rank); added nodes take fresh slots."""
     replaced = replaced_by(view, action)
-    new = _copy(view, members=list(action.members), epoch=view.epoch + 1,
+    new = _copy(view, "exits", "slots", members=list(action.members), epoch=view.epoch + 1,
                 next_slot=view.next_slot + len(action.added),
                 inproc=view.inproc.dropped(replaced))
     for node_id in replaced:
@@ -156,7 +167,7 @@ def _acquire(view: JobView, action: plan.Acquire, now: float) -> JobView:
 
 
 def _release(view: JobView, action: plan.Release, now: float) -> JobView:
-    new = _copy(view)
+    new = _copy(view, "nodes")
     for node_id in action.node_ids:
         new.nodes[node_id] = dataclasses.replace(new.nodes[node_id], state=NodeState.GONE)
     return new
@@ -172,7 +183,7 @@ def _mark_below_minimum(view: JobView, action: plan.MarkBelowMinimum, now: float
 
 _HANDLERS: dict[type, Callable[[JobView, Any, float], JobView]] = {
     NodeChanged: _node_changed, NodesCreated: _nodes_created, NodesForgotten: _nodes_forgotten,
-    WorkerExited: _worker_exited,
+    WorkerExited: _worker_exited, WorkerExits: _worker_exits,
     WorkerInProcess: _worker_in_process, WorkerFinished: _worker_finished, Cancel: _cancel,
     FailJob: _fail, plan.Transition: _transition, plan.StartGeneration: _start_generation,
     plan.Reform: _reform, plan.StopGeneration: _stop_generation, plan.StopNodes: _stop_nodes,

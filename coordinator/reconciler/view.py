@@ -9,6 +9,12 @@ from contract.exits import PEER_LOST_EXIT
 from contract.states import JobState, NodeState
 from coordinator.reconciler.inprocess import InProcessView
 
+# Looked up once: the view's queries walk every node, and on Python 3.11 an enum member's
+# lookup through its class costs more than the walk's own work.
+_CONNECTED = (NodeState.READY, NodeState.ASSIGNED)
+_GONE_STATES = (NodeState.LOST, NodeState.GONE)
+_JOINING, _SUSPECT = NodeState.JOINING, NodeState.SUSPECT
+
 
 @dataclasses.dataclass
 class NodeView:
@@ -115,7 +121,8 @@ class JobView:
 
     def counts(self, generation: int, node_id: str) -> bool:
         """A worker's report counts only from the running worker generation on a member."""
-        return generation == self.worker_generation and node_id in self.members
+        return generation == self.worker_generation and (
+            node_id in self.slots or node_id in self.members)  # slots: members' only
 
     @property
     def world_size(self) -> int:
@@ -132,7 +139,7 @@ class JobView:
     def live_members(self) -> list[str]:
         """Members that may still run workers (not lost, not released)."""
         return [m for m in self.members
-                if self.nodes[m].state not in (NodeState.LOST, NodeState.GONE)]
+                if self.nodes[m].state not in _GONE_STATES]
 
     def all_exited(self, node_id: str) -> bool:
         return all(rank in self.exits for rank in self.ranks_of(node_id))
@@ -140,7 +147,7 @@ class JobView:
     def healthy(self) -> list[str]:
         """Connected nodes, members first in rank order, then newcomers by join time."""
         ready = {n.id for n in self.nodes.values()
-                 if n.state in (NodeState.READY, NodeState.ASSIGNED)}
+                 if n.state in _CONNECTED}
         members = [m for m in self.members if m in ready]
         others = sorted((self.nodes[n] for n in ready - set(members)),
                         key=lambda n: (n.joined_at, n.id))
@@ -154,5 +161,5 @@ class JobView:
         and a replacement joins without disturbing anyone."""
         return self.requested + sum(
             1 for n in self.nodes.values()
-            if n.state == NodeState.JOINING or (n.state == NodeState.SUSPECT and (
+            if n.state == _JOINING or (n.state == _SUSPECT and (
                 n.reconnecting or (n.id in self.members and not self.inprocess))))

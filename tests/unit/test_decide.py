@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from hypothesis import given, settings
@@ -12,7 +13,8 @@ from contract.states import JobState, NodeState
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.events import (Cancel, NodeChanged, NodesCreated, NodesForgotten,
-                                           WorkerExited, WorkerFinished, WorkerInProcess)
+                                           WorkerExited, WorkerExits, WorkerFinished,
+                                           WorkerInProcess)
 from coordinator.reconciler.policy import timings
 from coordinator.reconciler.simulate import Simulation
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
@@ -255,6 +257,52 @@ def test_invariants_hold_under_random_events(sequence):
         if view.state.terminal:
             assert decide(view, now + 100) == []
             break
+
+
+class Unchanged(Job):
+    """Checks that `evolve` never changes a view it was given: views share the containers a
+    message did not change, so a change in place would reach every earlier view."""
+
+    def hear(self, event, now=None) -> None:
+        old, before = self.view, copy.deepcopy(self.view)
+        super().hear(event, now)
+        assert old == before
+
+    def step(self, now: float) -> list:
+        old, before = self.view, copy.deepcopy(self.view)
+        actions = super().step(now)
+        assert old == before
+        return actions
+
+
+@settings(max_examples=100, deadline=None)
+@given(events, st.sampled_from(["restart", "inprocess"]))
+def test_evolve_never_changes_the_view_it_is_given(sequence, mode):
+    policy = dataclasses.replace(POLICY, mode=mode)
+    view = Unchanged(JobView("j", JobState.PENDING, 0, 0, policy))
+    step(view, 0)
+    for i in range(POLICY.target):
+        join(view, f"n{i}", 1)
+    now, joined = 1.0, 3
+    for kind, index, dt in sequence:
+        now += dt
+        joined = happen(view, kind, index, now, joined)
+        step(view, now)
+    view.hear(WorkerExits(tuple(WorkerExited(view.worker_generation, WorkerExit(m, r, 0, now))
+                                for m in view.members for r in view.ranks_of(m))), now)
+
+
+def test_exits_heard_together_count_as_each_in_turn():
+    one, many = running_job(), running_job()
+    reports = [WorkerExited(1, WorkerExit("n1", 1, 0, 5)),
+               WorkerExited(1, WorkerExit("n1", 1, 9, 6)),   # a second report of rank 1
+               WorkerExited(0, WorkerExit("n2", 2, 0, 5)),   # a stale generation's
+               WorkerExited(1, WorkerExit("n0", 0, 0, 5))]
+    for report in reports:
+        one.hear(report, 7)
+    many.hear(WorkerExits(tuple(reports)), 7)
+    assert one.view == many.view
+    assert {r: e.code for r, e in many.exits.items()} == {1: 0, 0: 0}  # first wins, stale ignored
 
 
 def test_a_leaving_node_drains_the_generation_and_its_clean_exits_are_not_success():
