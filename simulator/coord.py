@@ -206,15 +206,23 @@ class CoordRun(PolicyRun):
                 self.hear(WorkerInProcess(worker.generation, worker.node_id, rank))
 
     def _stop_worker(self, node_id: str, graceful: bool) -> None:
-        """A graceful stop ends the worker at the next step boundary (it commits that step);
-        a kill ends it now, and the step in flight is lost."""
+        """A graceful stop ends the worker's training at the next step boundary; it commits
+        that step and exits `save_s + stop_s` later. A kill ends it now, and the step in
+        flight is lost."""
         worker = self.workers.get(node_id)
         if worker is None or worker.exited or node_id not in self.cloud.nodes:
             return
         if graceful and worker.running:
-            self._later(self.model.step_time_s, self._exit_cleanly, worker)
+            self._later(self.model.step_time_s, self._at_step_boundary, worker)
         else:
             self._exit(worker, 0 if graceful else -9)
+
+    def _at_step_boundary(self, worker: Worker) -> None:
+        if worker.exited or self.workers.get(worker.node_id) is not worker:
+            return
+        worker.running = False
+        self._workers_changed = True
+        self._later(self.model.save_s + self.model.stop_s, self._exit_cleanly, worker)
 
     def _exit_cleanly(self, worker: Worker) -> None:
         self._exit(worker, 0)

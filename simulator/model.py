@@ -3,7 +3,8 @@
 Defaults, and where they come from:
 - Recovery timings (worker cold start, in-process re-formation, joins) are the measured rows
   of `bench/recovery.py` in docs/benchmarks.md (2026-12-01 run: examples/elastic, 3 nodes,
-  2 CPU cores). They are small because that model is small: measure your own job's.
+  2 CPU cores). They are small because that model is small: measure your own job's. The
+  graceful stop's teardown is bench/simulate_validate.py's calibration (the same job).
 - Failure detection is coordd's default heartbeat timeout (a machine that dies silently is
   noticed when its heartbeats stop); the notice lead is AWS's two-minute spot warning.
 - Step time, job length, checkpoint cost, boot time and prices are placeholders for a large
@@ -47,6 +48,9 @@ class WorkloadModel(BaseModel):
                                                        "its agent registering to training")
     join_warm_s: float = Field(0.34, ge=0, description="in-process: a spare's warm replica "
                                                        "taking a lost node's place")
+    stop_s: float = Field(1.5, ge=0, description="a graceful stop: from the step boundary's "
+                                               "commit written to every worker exited "
+                                               "(bench/simulate_validate.py)")
     peer_fail_s: float = Field(0.1, ge=0, description="restart mode: peers' collectives fail "
                                                       "this long after a node dies")
     detect_s: float = Field(5.0, ge=0, description="a dead machine's stream is seen to drop "

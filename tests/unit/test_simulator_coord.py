@@ -56,6 +56,18 @@ def test_restart_mode_drains_a_noticed_node_without_losing_a_step(spec):
     assert coord.view.restarts == 0
 
 
+def test_a_replacement_that_boots_while_the_group_stops_joins_the_same_restart(spec):
+    """A graceful stop takes a step, then its commit and teardown (stop_s): a replacement
+    asked for at the notice that registers meanwhile is in the next generation at once, with
+    no scale-up restart later (as bench/simulate_validate.py saw on real nodes)."""
+    model = MODEL.model_copy(update={"boot_median_s": 2, "stop_s": 1.5})
+    events = trace({"time": 30, "kind": "spot_notice", "node": 0})
+    coord = CoordRun("coord-restart", spec, "restart", model, events, 0)
+    result = coord.run(10_000)
+    assert result.finished and result.steps_lost == 0
+    assert result.reformations == 1 and len(coord.view.members) == 3
+
+
 def test_losing_every_node_at_once_falls_back_to_the_durable_checkpoint(spec):
     events = trace({"time": 36, "kind": "hard_failure", "zone": "z0"})
     for mode in ("inprocess", "restart"):
