@@ -7,8 +7,9 @@ import json
 import time
 from collections.abc import Mapping
 
+from contract import events as ev
 from contract.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
-                           WORKER_RESTORED)
+                              WORKER_RESTORED)
 from coord.v1 import agent_pb2
 from coordinator.bus import Bus
 from coordinator.logbudget import LogBudget
@@ -63,7 +64,8 @@ class Router:
             if isinstance(rank, int) and isinstance(step, int) and step >= 0:
                 runner.post(_STEP_REPORTS[msg.kind](msg.generation, node_id, rank, step))
             return
-        await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
+        # node.leaving, spot.rebalance, or what else an agent reports: recorded as it names it
+        await runner.event(msg.kind, f"{node_id}: {msg.message}", ev.FORWARDED(node=node_id))
 
 
 def _json_object(text: str) -> dict:
