@@ -32,7 +32,8 @@ def entries(old: JobView, action: plan.Action, new: JobView, now: float,
                           ev.NodesNamed(nodes=list(new.live_members())))]
         case plan.StopNodes(node_ids, reason):
             return [Entry(ev.NODES_STOPPING, f"stopping the workers of {', '.join(node_ids)}: "
-                          f"{reason}; the others keep running", ev.NodesNamed(nodes=list(node_ids)))]
+                          f"{reason}; the others keep running",
+                          ev.NodesNamed(nodes=list(node_ids)))]
         case plan.ConfirmInProcess():
             return [Entry(ev.INPROCESS_CONFIRMED, "every worker took part in a step as an "
                           "in-process replica: a node loss now re-forms them in place",
