@@ -189,8 +189,12 @@ class SlurmQueued(Payload):
     reason: str = ""                # Slurm's pending reason
 
 
+class SlurmNodeLost(Payload):
+    node: str = ""
+
+
 class NodeReport(Payload):
-    """slurm.node_lost, node.leaving, spot.rebalance and what else an agent reports."""
+    """node.leaving, spot.rebalance and what else an agent reports: the node it came from."""
     node: str = ""
 
 
@@ -206,11 +210,16 @@ PAYLOADS: dict[str, type[Payload]] = {
     PROVIDER_CAPACITY: LaunchMissed, PROVIDER_CHOICE_REFUSED: LaunchMissed,
     PROVIDER_LAUNCHED: NodeLaunched, SSH_BOOTSTRAP: SshBootstrapped,
     SLURM_SUBMITTED: SlurmJob, SLURM_QUEUED: SlurmQueued, SLURM_RUNNING: SlurmJob,
-    SLURM_NODE_LOST: NodeReport, NODE_LEAVING: NodeReport, SPOT_REBALANCE: NodeReport,
+    SLURM_NODE_LOST: SlurmNodeLost, NODE_LEAVING: NodeReport, SPOT_REBALANCE: NodeReport,
 }
 # A kind outside the table may be written only with this payload: an agent's report that
 # coordd records as the agent named it.
 FORWARDED = NodeReport
+
+
+def forwardable(kind: str) -> bool:
+    """Whether coordd records an agent's report of `kind` (never one of its own kinds)."""
+    return PAYLOADS.get(kind, FORWARDED) is FORWARDED
 
 
 @dataclasses.dataclass(frozen=True)

@@ -212,7 +212,7 @@ class SlurmProvider(Provider):
                 self._forget(node_id)
                 log.warning(ev.SLURM_NODE_LOST, node=node_id, cause=cause)
                 await self.events(node.job_id, ev.SLURM_NODE_LOST, f"node {node_id}: {cause}",
-                                  ev.NodeReport(node=node_id))
+                                  ev.SlurmNodeLost(node=node_id))
                 if self.report_lost is not None:
                     await self.report_lost(node_id, cause)
 

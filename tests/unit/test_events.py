@@ -62,7 +62,7 @@ SAMPLES: dict[str, ev.Payload] = {
     ev.SLURM_SUBMITTED: ev.SlurmJob(node=NODE, slurm_job="12"),
     ev.SLURM_QUEUED: ev.SlurmQueued(node=NODE, slurm_job="12", reason="Priority"),
     ev.SLURM_RUNNING: ev.SlurmJob(node=NODE, slurm_job="12"),
-    ev.SLURM_NODE_LOST: ev.NodeReport(node=NODE),
+    ev.SLURM_NODE_LOST: ev.SlurmNodeLost(node=NODE),
     ev.NODE_LEAVING: ev.NodeReport(node=NODE),
     ev.SPOT_REBALANCE: ev.NodeReport(node=NODE),
 }
@@ -139,8 +139,11 @@ def test_a_writer_cannot_store_another_kinds_payload_or_a_wrong_type():
         ev.encode(ev.GENERATION_STARTED, ev.GenerationReformed())
     with pytest.raises(ValueError, match="new_members"):
         ev.GenerationStarted(new_members=("a",))  # a tuple is not the list readers expect
-    # what an agent reports under a kind of its own is kept, with the node it came from
+    # what an agent reports under a kind of its own is kept, with the node it came from; an
+    # agent never writes one of coordd's kinds
     assert json.loads(ev.encode("worker.custom", ev.FORWARDED(node=NODE))) == {"node": NODE}
+    assert [k for k in ev.PAYLOADS if ev.forwardable(k)] == [ev.NODE_LEAVING, ev.SPOT_REBALANCE]
+    assert ev.forwardable("worker.custom") and not ev.forwardable(ev.GENERATION_STARTED)
 
 
 # rows of other coordd versions, malformed rows -----------------------------------------
