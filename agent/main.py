@@ -19,6 +19,7 @@ from agent.notices import NoticeWatcher
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
 from contract import logs
+from contract import events as ev
 from contract.transport import ca_bytes
 from coord.leader import split_addresses
 from coord.v1 import agent_pb2, types_pb2
@@ -95,7 +96,7 @@ def on_notice(outbox: Outbox, supervisor: Supervisor, kind: str, body: str) -> N
     if kind == "rebalance":
         for job_id in {w.job_id for w in supervisor.running()}:
             outbox.put(agent_pb2.AgentMessage(event=agent_pb2.AgentEvent(
-                job_id=job_id, kind="spot.rebalance", message="rebalance recommendation",
+                job_id=job_id, kind=ev.SPOT_REBALANCE, message="rebalance recommendation",
                 data_json=body)))
         return
     outbox.put(agent_pb2.AgentMessage(leaving=agent_pb2.Leaving(

@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract import events as ev
 from contract.states import JobState
 from coordinator.localcluster import start_coordd, wait_for
 from coordinator.providers.procs import session_pids, signal_tree
@@ -361,8 +362,8 @@ def _inprocess_extras(a: argparse.Namespace, client, job_id: str, ckpt: Path,
     rejoined = wait_for(full_again, 60, interval=0.2, what="the replacement to join")
     rejoined += wait_for(lambda: steps_after(ckpt, rejoined), 30, what="a step at full size")
     events = list(client.watch(job_id, follow=False))
-    address = next(e.data["address"] for e in events
-                   if e.kind == "quorum.started")
+    address = next(e.payload.address for e in events
+                   if isinstance(e.payload, ev.QuorumStarted))
     # The replacement node's agent registered: where torchft's row starts (its replica is
     # restarted on the spot, with no node to boot).
     node_up = min((t for e in events if "node_joined" in e.message

@@ -36,6 +36,8 @@ RUNNING, EXITED = agent_pb2.WORKER_PHASE_RUNNING, agent_pb2.WORKER_PHASE_EXITED
 RESOURCES = types_pb2.Resources(cpus=96, gpus=8, memory_bytes=1 << 40, software=["torchft"])
 CTL_POLL_S = 0.05
 RTT_SAMPLES = 50_000
+# An agent event for no job: coordd records it nowhere, it only acknowledges it.
+PROBE = "sim.probe"
 
 
 class Stats:
@@ -155,7 +157,7 @@ class SimAgent:
                 beats += 1
                 if beats % self.gen.probe_every == 0:  # a tracked message: its ack is the RTT
                     self.put(agent_pb2.AgentMessage(event=agent_pb2.AgentEvent(
-                        kind="sim.probe")), probe=True)
+                        kind=PROBE)), probe=True)
                 self._logs(interval)
             await asyncio.sleep(interval)
 

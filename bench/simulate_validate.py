@@ -38,6 +38,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from contract import events as ev
 from contract.spec import load_job_file
 from contract.states import JobState
 from coordinator.localcluster import LocalCoordd, start_coordd, wait_for
@@ -111,9 +112,9 @@ def calibrate(work: Path, steps: int) -> WorkloadModel:
         cluster.stop()
     lineage = committed_history(cluster.state_dir / "checkpoints" / job_id).lineage
     step_s = (lineage[-1].t - lineage[10].t) / (lineage[-1].step - lineage[10].step)
-    started = next(e.time.timestamp() for e in events if e.kind == "generation.started")
+    started = next(e.time.timestamp() for e in events if e.kind == ev.GENERATION_STARTED)
     ended = next(e.time.timestamp() for e in events
-                 if e.kind == "state" and e.data.get("new") == "SUCCEEDED")
+                 if e.kind == ev.STATE and e.data.get("new") == "SUCCEEDED")
     boots = boot_times(cluster, nodes)
     model = WorkloadModel(
         step_time_s=step_s, scaling="steps", save_s=0, restore_s=0,
@@ -185,7 +186,7 @@ def measure(work: Path, steps: int) -> tuple[float, int, int, list[TraceEvent]]:
     finally:
         cluster.stop()
     history = committed_history(cluster.state_dir / "checkpoints" / job_id)
-    generations = sum(e.kind == "generation.started" for e in events)
+    generations = sum(e.kind == ev.GENERATION_STARTED for e in events)
     return history.lineage[-1].t - submitted, len(history.lost), generations, injected
 
 

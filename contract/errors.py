@@ -82,6 +82,10 @@ class ProviderError(CoordError):
     retryable = True
 
 
+class BadEvent(CoordError):
+    """A stored job event whose payload does not fit its kind's model (contract/events.py)."""
+
+
 class PartialLaunch(ProviderError):
     """`Provider.launch` brought up some of the nodes: those named in `failed` could not be
     launched (lose them now), every other record was launched and is kept."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from contract import bundle as bundles
+from contract import events as ev
 from contract.errors import Conflict, InvalidSpec
 from coordinator.launching import INSTALL_HINT
 from coordinator.metrics import Metrics
@@ -20,8 +21,6 @@ from contract.spec import JobSpec, check_recorded_flags, parse_spec_json
 from coordinator.store import JobRecord, Store
 
 log = structlog.get_logger("coordinator.jobs")
-# Recorded at submit when the job's nodes fit the machine but not the memory available now.
-FIT_WARNING = "resources.tight"
 
 
 class Admission:
@@ -53,12 +52,13 @@ class Admission:
         await self.store.insert_job(record)
         self.metrics.job_added(record.state)
         await self.store.append_event(
-            record.id, "state", 0, f"submitted from {source or '?'}" +
+            record.id, ev.STATE, 0, f"submitted from {source or '?'}" +
             (f" with {' '.join(overrides)}" if overrides else ""),
-            {"new": "PENDING", "overrides": overrides})
-        if fit_warning:
-            await self.store.append_event(record.id, FIT_WARNING, 0, fit_warning, {})
-            log.warning(FIT_WARNING, job=record.id, message=fit_warning)
+            ev.StateChanged(new="PENDING", overrides=list(overrides)))
+        if fit_warning:  # the nodes fit the machine but not the memory available now
+            await self.store.append_event(record.id, ev.RESOURCES_TIGHT, 0, fit_warning,
+                                          ev.Notice())
+            log.warning(ev.RESOURCES_TIGHT, job=record.id, message=fit_warning)
         self.start_runner(record, spec)
         return record
 

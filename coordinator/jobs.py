@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 
+from contract.events import Payload
 from coordinator.admission import Admission, check_cancellable
 from coordinator.bus import Bus
 from coordinator.faults import fault_point
@@ -70,10 +71,10 @@ class JobManager:
         self.runners[record.id].post(Cancel(reason or "cancelled by user"))
         return record
 
-    async def job_event(self, job_id: str, kind: str, message: str, **data) -> None:
+    async def job_event(self, job_id: str, kind: str, message: str, payload: Payload) -> None:
         """An event in the job's log, from outside its reconciler (providers, quorum)."""
         if runner := self.runners.get(job_id):
-            await runner.event(kind, message, **data)
+            await runner.event(kind, message, payload)
 
     # runners -------------------------------------------------------------------------
     def _runner(self, record: JobRecord, spec: JobSpec) -> JobRunner:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from contract import events as ev
 from coord.v1 import agent_pb2
 from coordinator.nodes import NodeRegistry
 from coordinator.quorum import lighthouse_available
@@ -14,11 +15,9 @@ from contract.states import NodeState
 from coordinator.store import JobRecord
 from contract.workerenv import rank_env, replica_env
 
-# Recorded when a job in mode "auto" cannot run a generation in-process (`coord status` shows it).
-AUTO_RESTART = "mode.restart"
 INSTALL_HINT = "pip install 'coord[elastic]'"
 
-JobEvent = Callable[..., Awaitable[None]]  # (job_id, kind, message, **data)
+JobEvent = Callable[[str, str, str, ev.Payload], Awaitable[None]]  # job, kind, message, data
 QuorumAddress = Callable[[JobRecord, JobSpec], Awaitable[str]]
 
 
@@ -51,9 +50,10 @@ class Launcher:
             return mode
         if (record.id, generation) not in self._auto_said:
             self._auto_said.add((record.id, generation))
-            await self.event(record.id, AUTO_RESTART, "fault_tolerance.mode = 'auto' runs "
+            # `coord status` shows it
+            await self.event(record.id, ev.AUTO_RESTART, "fault_tolerance.mode = 'auto' runs "
                              f"generation {generation} in restart mode: {why}; a node loss "
-                             "restarts every worker", reason=why)
+                             "restarts every worker", ev.AutoRestarted(reason=why))
         return "restart"
 
     async def launch(self, record: JobRecord, spec: JobSpec, view: JobView, generation: int,

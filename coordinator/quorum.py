@@ -29,6 +29,8 @@ from pathlib import Path
 
 import structlog
 
+from contract import events as ev
+
 log = structlog.get_logger("coordinator.quorum")
 # torchft's Python `LighthouseServer` defaults (join timeout 100 ms) keep a re-formation short; the
 # heartbeat timeout bounds how long a silent (frozen) replica keeps a quorum waiting, and how
@@ -55,7 +57,7 @@ class QuorumService:
 
     def __init__(self, job_id: str, host: str, min_replicas: int, on_event, lease: Path) -> None:
         self.job_id, self.host, self.min_replicas = job_id, host, min_replicas
-        self.on_event = on_event  # async (kind, message, **data): recorded in the job's events
+        self.on_event = on_event  # async (kind, message, payload): recorded in the job's events
         self.lease = lease  # "PORT PID" of the running Lighthouse, for a restarted coordd
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
@@ -88,7 +90,7 @@ class QuorumService:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
         await asyncio.to_thread(_write_lease, self.lease, self.port, self.process.pid)
-        log.info("quorum.started", job=self.job_id, address=self.address, pid=self.process.pid)
+        log.info(ev.QUORUM_STARTED, job=self.job_id, address=self.address, pid=self.process.pid)
 
     async def _watch(self) -> None:
         """Restart the Lighthouse on the same port whenever it dies, until the job ends."""
@@ -99,9 +101,10 @@ class QuorumService:
             if self._stopping:
                 return
             self.restarts += 1
-            await self.on_event("quorum.died", f"quorum service (Lighthouse) exited with code "
+            await self.on_event(ev.QUORUM_DIED, f"quorum service (Lighthouse) exited with code "
                                 f"{code}; restarting it on port {self.port}",
-                                code=code, address=self.address, restarts=self.restarts)
+                                ev.QuorumDied(code=code, address=self.address,
+                                              restarts=self.restarts))
             await asyncio.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
             await self._spawn()
             attempt = attempt + 1 if await self._died_at_once() else 0

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from contract import events as ev
 from coordinator.quorum import QuorumService, public_host
 from coordinator.settings import CoorddSettings
 from contract.spec import JobSpec
 from coordinator.store import JobRecord
 
-JobEvent = Callable[..., Awaitable[None]]  # (job_id, kind, message, **data)
+JobEvent = Callable[[str, str, str, ev.Payload], Awaitable[None]]  # job, kind, message, data
 
 
 class Quorums:
@@ -23,15 +24,16 @@ class Quorums:
         if service := self.services.get(record.id):
             return service.address
 
-        async def on_event(kind: str, message: str, **data) -> None:
-            await self.event(record.id, kind, message, **data)
+        async def on_event(kind: str, message: str, payload: ev.Payload) -> None:
+            await self.event(record.id, kind, message, payload)
 
         service = QuorumService(record.id, public_host(self.settings), spec.min_world_size,
                                 on_event, self.settings.state_dir / "quorum" / record.id)
         self.services[record.id] = service
         address = await service.start()
-        await self.event(record.id, "quorum.started", f"quorum service (Lighthouse) at {address}",
-                         address=address)
+        await self.event(record.id, ev.QUORUM_STARTED,
+                         f"quorum service (Lighthouse) at {address}",
+                         ev.QuorumStarted(address=address))
         return address
 
     async def stop(self, job_id: str) -> None:

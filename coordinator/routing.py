@@ -7,8 +7,11 @@ import json
 import time
 from collections.abc import Mapping
 
+import structlog
+
+from contract import events as ev
 from contract.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
-                           WORKER_RESTORED)
+                              WORKER_RESTORED)
 from coord.v1 import agent_pb2
 from coordinator.bus import Bus
 from coordinator.logbudget import LogBudget
@@ -22,6 +25,7 @@ from coordinator.store import LogRecord, NodeRecord, Store
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
 _STEP_REPORTS = {WORKER_CHECKPOINT: CheckpointCommitted, WORKER_RESTORED: WorkerRestored}
+log = structlog.get_logger("coordinator.routing")
 
 
 class Router:
@@ -63,7 +67,11 @@ class Router:
             if isinstance(rank, int) and isinstance(step, int) and step >= 0:
                 runner.post(_STEP_REPORTS[msg.kind](msg.generation, node_id, rank, step))
             return
-        await runner.event(msg.kind, f"{node_id}: {msg.message}", node=node_id)
+        if not ev.forwardable(msg.kind):  # an agent may not write what coordd decides
+            log.warning("agent.event_refused", node=node_id, kind=msg.kind[:80])
+            return
+        # node.leaving, spot.rebalance, or what else an agent reports: recorded as it names it
+        await runner.event(msg.kind, f"{node_id}: {msg.message}", ev.FORWARDED(node=node_id))
 
 
 def _json_object(text: str) -> dict:

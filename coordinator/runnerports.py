@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from coordinator.bus import Bus
 from coordinator.launching import Launcher
@@ -17,6 +16,7 @@ from coordinator.reconciler.journal import Entry
 from coordinator.reconciler.ports import Ports
 from coordinator.reconciler.view import JobView, NodeView
 from coordinator.settings import CoorddSettings
+from contract.events import Payload
 from contract.spec import JobSpec
 from coordinator.store import EventRecord, JobRecord, LogRecord, Store
 
@@ -27,7 +27,7 @@ class StoreAdapter:
 
     async def commit(self, job: JobRecord, entries: Sequence[Entry],
                      intents: Sequence[fx.Effect]) -> tuple[list[EventRecord], list[int]]:
-        return await self.store.commit(job, [(e.kind, e.message, e.data) for e in entries],
+        return await self.store.commit(job, [(e.kind, e.message, e.payload) for e in entries],
                                        [fx.dump(i) for i in intents])
 
     async def intent_done(self, intent_id: int) -> None:
@@ -38,8 +38,8 @@ class StoreAdapter:
                 for i, kind, data in await self.store.pending_intents(job_id)]
 
     async def append_event(self, job_id: str, kind: str, generation: int, message: str,
-                           data: dict[str, Any] | None = None) -> EventRecord:
-        return await self.store.append_event(job_id, kind, generation, message, data)
+                           payload: Payload) -> EventRecord:
+        return await self.store.append_event(job_id, kind, generation, message, payload)
 
     async def events_after(self, job_id: str, seq: int = 0) -> list[EventRecord]:
         return await self.store.events_after(job_id, seq)

@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from contract.errors import Conflict, CoordError, InvalidSpec, NotFound
+from contract import events as ev
 from contract.spec import MAX_COMMAND
 from contract.states import NodeState
 from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc
@@ -284,7 +285,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 node = self.nodes.nodes[session.node_id]
                 if node.job_id and node.state.alive:  # not one coordd released (job ended)
                     await self.jobs.router.on_agent_event(session.node_id, agent_pb2.AgentEvent(
-                        job_id=node.job_id, kind="node.leaving", message=message.leaving.reason))
+                        job_id=node.job_id, kind=ev.NODE_LEAVING, message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)
 
     async def FetchBundle(self, request, context):

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from coordinator import migrations
 from contract.errors import Conflict, NotFound
+from contract.events import Payload, encode as encode_event
 from contract.states import JobState, NodeState
 
 metadata = sa.MetaData()
@@ -312,15 +313,15 @@ class Store:
         async with self.engine.connect() as conn:
             return {row.id: JobState(row.state) for row in await conn.execute(query)}
 
-    async def commit(self, job: JobRecord, entries: list[tuple[str, str, dict[str, Any]]],
+    async def commit(self, job: JobRecord, entries: list[tuple[str, str, Payload]],
                      intents: list[tuple[str, str]]) -> tuple[list[EventRecord], list[int]]:
         """A decision: save the job row (compare-and-set, as save_job), append its events
-        (kind, message, data) and record its intents (kind, data_json), in one transaction."""
+        (kind, message, payload) and record its intents (kind, data_json), in one transaction."""
         expected, now = job.version, time.time()
         job.version, job.updated_at = expected + 1, now
         rows = [dict(job_id=job.id, time=now, kind=kind, generation=job.generation,
-                     message=message, data_json=json.dumps(data, default=str))
-                for kind, message, data in entries]
+                     message=message, data_json=encode_event(kind, payload))
+                for kind, message, payload in entries]
         async with self._write() as conn:
             result = await conn.execute(
                 jobs.update().where(jobs.c.id == job.id, jobs.c.version == expected)
@@ -381,9 +382,9 @@ class Store:
 
     # events ---------------------------------------------------------------------------
     async def append_event(self, job_id: str, kind: str, generation: int, message: str,
-                           data: dict[str, Any] | None = None) -> EventRecord:
+                           payload: Payload) -> EventRecord:
         values = dict(job_id=job_id, time=time.time(), kind=kind, generation=generation,
-                      message=message, data_json=json.dumps(data or {}, default=str),
+                      message=message, data_json=encode_event(kind, payload),
                       epoch=self.epoch)
         async with self._write() as conn:
             result = await conn.execute(events.insert().values(**values))

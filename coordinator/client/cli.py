@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from contract import events as ev
 from contract.errors import CoordError, exit_code
 from contract.spec import Overrides, parse_env_flags
 from contract.states import JobState
@@ -181,7 +182,8 @@ def status(job: Annotated[str | None, typer.Argument(help="job id or name; none:
 
 def _overrides(events: list[JobEvent]) -> list[str]:
     """The flags `coord submit` was given, from the job's first event."""
-    return events[0].data.get("overrides", []) if events else []
+    first = events[0].payload if events else None
+    return list(first.overrides) if isinstance(first, ev.StateChanged) else []
 
 
 def _job_detail(job: Job, events: list[JobEvent]) -> None:
@@ -194,8 +196,8 @@ def _job_detail(job: Job, events: list[JobEvent]) -> None:
     if job.reason:
         console.print(f"  reason:   {escape(job.reason)}")
     for event in events:  # mode "auto" that could not go in-process in this generation
-        if event.kind == "mode.restart" and event.generation == job.generation:
-            why = event.data.get("reason", event.message)
+        if isinstance(event.payload, ev.AutoRestarted) and event.generation == job.generation:
+            why = event.payload.reason or event.message
             console.print(f"  mode:     restart, not in-process: {escape(why)}")
     for worker in job.failed_workers:
         console.print(f"  [red]rank {worker.rank}[/] on {worker.node_id} exited with code "
@@ -211,6 +213,16 @@ def _job_detail(job: Job, events: list[JobEvent]) -> None:
         console.print(f"    {r.epoch:>3} {r.worker_generation:>3}  {when(r.time)}  "
                       f"{r.kind:<8} {r.cause or '-':<14} {r.duration_s:6.2f} s  "
                       f"{', '.join(r.new_members) or '-'}")
+    _unreadable(events)
+
+
+def _unreadable(events: list[JobEvent]) -> None:
+    """Events whose data does not fit their kind (another coordd version wrote them, or a
+    person edited the store): said, and otherwise left out of the detail above."""
+    for event in events:
+        if isinstance(event.payload, ev.Unknown) and event.payload.error:
+            console.print(f"  [yellow]event {event.seq} unreadable:[/] "
+                          f"{escape(event.payload.error)}")
 
 
 @app.command("jobs")

@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from contract import events as ev
 from contract.states import JobState, NodeState
 from coord.v1 import types_pb2
 
@@ -40,8 +41,10 @@ def _time(ts: Timestamp) -> dt.datetime:
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as JSON-ready values: enums by name, times in ISO 8601 (UTC)."""
-    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """A dataclass as JSON-ready values: enums by name, times in ISO 8601 (UTC). Fields marked
+    `derived` (a typed view of another field) are left out."""
+    return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+            if not f.metadata.get("derived")}
 
 
 def plain(value: Any) -> Any:
@@ -128,8 +131,11 @@ class Node:
 
 @dataclasses.dataclass(frozen=True)
 class JobEvent:
-    """Something that happened to a job. `kind` is one of the names listed in docs/sdk.md
-    ("state", "generation.started", ...); `data` holds its details, e.g. `data["cause"]`."""
+    """Something that happened to a job. `kind` is one of the names listed in docs/events.md
+    ("state", "generation.started", ...); `data` holds its details as stored, e.g.
+    `data["cause"]`, and `payload` the same typed (`contract.events`): its kind's model, or
+    `contract.events.Unknown` for a kind this client does not know (a newer coordd) or a row
+    that does not fit its kind's model (`payload.error` says why)."""
 
     seq: int
     job_id: str
@@ -138,11 +144,13 @@ class JobEvent:
     generation: int
     message: str                # one line for a person
     data: dict[str, Any]
+    payload: ev.Payload | ev.Unknown = dataclasses.field(compare=False, repr=False,
+                                                         metadata={"derived": True})
 
     @classmethod
     def from_proto(cls, m: types_pb2.JobEvent) -> JobEvent:
         return cls(m.seq, m.job_id, _time(m.time), m.kind, m.generation, m.message,
-                   json.loads(m.data_json or "{}"))
+                   ev.loads(m.data_json), ev.parse(m.kind, m.data_json))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,18 +193,19 @@ class Reformation:
 
 
 def reformations(events: list[JobEvent]) -> list[Reformation]:
-    """A job's re-formations of either kind, oldest first, from its events."""
-    resumed = {e.data.get("worker_generation"): e.data.get("step") for e in events
-               if e.kind == "training.resumed"}
+    """A job's re-formations of either kind, oldest first, from its events (one whose row
+    cannot be read is left out)."""
+    resumed = {e.payload.worker_generation: e.payload.step for e in events
+               if e.kind == ev.TRAINING_RESUMED and isinstance(e.payload, ev.StepReport)}
     found = []
     for e in events:
-        if e.kind not in ("generation.started", "generation.reformed"):
+        p = e.payload
+        if not isinstance(p, (ev.GenerationStarted, ev.GenerationReformed)):
             continue
-        restart = e.kind == "generation.started"
-        worker_generation = e.data.get("worker_generation", e.generation)
+        restart = isinstance(p, ev.GenerationStarted)
+        worker_generation = e.generation if p.worker_generation is None else p.worker_generation
         found.append(Reformation(
-            e.generation, worker_generation, "restart" if restart else "in_place",
-            e.data.get("cause", ""), e.time, e.data.get("old_members", []),
-            e.data.get("new_members", []), float(e.data.get("took_s", 0.0)),
+            e.generation, worker_generation, "restart" if restart else "in_place", p.cause,
+            e.time, list(p.old_members), list(p.new_members), p.took_s,
             None if restart else 0, resumed.get(worker_generation) if restart else None))
     return found

@@ -8,15 +8,13 @@ all see the same history.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import statistics
 from typing import Any
 
+from contract import events as ev
 from coordinator.store import EventRecord
 
-STARTED, REFORMED = "generation.started", "generation.reformed"
-RESUMED = "training.resumed"  # the step a restart-path generation's workers resumed from
 # `step=120 loss=0.53 lr=0.02`: a progress line starts with its step; every other numeric
 # key=value on it is a curve. (Log lines that mention a step elsewhere are not progress.)
 STEP_RE = re.compile(r"^step=(\d+)(?=\s|$)")
@@ -57,21 +55,25 @@ def reformations(events: list[EventRecord], points: list[Point]) -> list[dict[st
     after, when recovery began, how long until the job made progress again, and the steps
     lost. The one place that reads the generation events: a rename of them changes this only.
     """
-    resumed = {e.data["worker_generation"]: e.data.get("step", 0) for e in _decoded(events)
-               if e.kind == RESUMED and "worker_generation" in e.data}
+    decoded = _decoded(events)
+    # the step a restart-path generation's workers resumed from
+    resumed = {e.data.worker_generation: e.data.step for e in decoded
+               if e.kind == ev.TRAINING_RESUMED and isinstance(e.data, ev.StepReport)}
     result = []
-    for event in _decoded(events):
-        if event.kind not in (STARTED, REFORMED) or event.data.get("cause") == "start":
+    for event in decoded:
+        data = event.data
+        if not isinstance(data, (ev.GenerationStarted, ev.GenerationReformed)) or \
+                data.cause == "start":
             continue
-        data, in_place = event.data, event.kind == REFORMED
-        began = event.time - (0.0 if in_place else float(data.get("took_s", 0.0)))
+        in_place = isinstance(data, ev.GenerationReformed)
+        began = event.time - (0.0 if in_place else data.took_s)
         before = [p for p in points if p.time <= began]
         after = next((p for p in points if p.time > event.time), None)
-        old, new = list(data.get("old_members", [])), list(data.get("new_members", []))
+        old, new = list(data.old_members), list(data.new_members)
         lost = 0 if in_place else _steps_lost(before, resumed.get(event.generation), after)
         result.append({
             "generation": event.generation, "kind": "in_place" if in_place else "restart",
-            "cause": data.get("cause", ""), "time": event.time, "began": began,
+            "cause": data.cause, "time": event.time, "began": began,
             "old_members": old, "new_members": new,
             "removed": [n for n in old if n not in new], "added": [n for n in new if n not in old],
             "recover_s": round(after.time - began, 3) if after else None,
@@ -91,8 +93,8 @@ def members_over_time(events: list[EventRecord], end: float) -> list[list[float]
     """[time, nodes in the job] at every membership change, and at `end`."""
     series: list[list[float]] = []
     for event in _decoded(events):
-        if event.kind in (STARTED, REFORMED):
-            series.append([event.time, len(event.data.get("new_members", []))])
+        if isinstance(event.data, (ev.GenerationStarted, ev.GenerationReformed)):
+            series.append([event.time, len(event.data.new_members)])
     if series:
         series.append([end, series[-1][1]])
     return series
@@ -135,9 +137,9 @@ class _Event:
     time: float
     generation: int
     message: str
-    data: dict[str, Any]
+    data: ev.Payload | ev.Unknown  # a row that cannot be read counts as no re-formation
 
 
 def _decoded(events: list[EventRecord]) -> list[_Event]:
-    return [_Event(e.kind, e.time, e.generation, e.message, json.loads(e.data_json or "{}"))
+    return [_Event(e.kind, e.time, e.generation, e.message, ev.parse(e.kind, e.data_json))
             for e in events]

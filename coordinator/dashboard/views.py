@@ -8,6 +8,7 @@ import json
 import time
 from typing import Any
 
+from contract import events as ev
 from coordinator import convert
 from coordinator.client.cliout import job_dict
 from coordinator.dashboard import history
@@ -22,7 +23,7 @@ def job_summary(record: JobRecord, events: list[EventRecord],
                 points: list[history.Point]) -> dict[str, Any]:
     """A jobs-list row: state, nodes held / target / min, generation, goodput, steps/s, times."""
     nodes = _spec(record).get("nodes", {})
-    started = next((e.time for e in events if e.kind == history.STARTED), None)
+    started = next((e.time for e in events if e.kind == ev.GENERATION_STARTED), None)
     finished = record.updated_at if record.state.terminal else None
     members = history.members_over_time(events, finished or time.time())
     reforms = history.reformations(events, points)
@@ -55,8 +56,12 @@ def job_detail(record: JobRecord, events: list[EventRecord], points: list[histor
 
 
 def event_row(event: EventRecord) -> dict[str, Any]:
+    """`unreadable`: why its data does not fit its kind ("" when it does, or the kind is one
+    this coordd does not know)."""
+    payload = ev.parse(event.kind, event.data_json)
     return {"seq": event.seq, "time": event.time, "kind": event.kind,
-            "generation": event.generation, "message": event.message}
+            "generation": event.generation, "message": event.message,
+            "unreadable": payload.error if isinstance(payload, ev.Unknown) else ""}
 
 
 def node_row(record: NodeRecord, heartbeat_age_s: float | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 from tenacity import (AsyncRetrying, retry_if_exception, stop_after_attempt,
                       wait_exponential_jitter)
 
+from contract import events as ev
 from contract.errors import CoordError, PartialLaunch, ProviderError
 from contract.spec import AwsResources, JobSpec
 from contract.states import NodeState
@@ -149,7 +150,7 @@ class AwsProvider(Provider):
                    f"agents will never join. Set `advertise` in coordd's config to an address "
                    f"they can reach (e.g. this machine's private IP and port)")
         log.warning("aws.unreachable_address", job=job.id, address=address)
-        await self.events(job.id, "provider.warning", message)
+        await self.events(job.id, ev.PROVIDER_WARNING, message, ev.Notice())
 
     async def _launch_node(self, node: NodeRecord, job: JobRecord, template: AwsResources,
                            choices: list[ec2.Choice]) -> None:
@@ -232,11 +233,12 @@ class AwsProvider(Provider):
                 if i % len(choices) not in refused]
         upcoming = choices[live[0] % len(choices)].describe() if live else "none left"
         if ec2.is_capacity(exc):
-            kind, what = "provider.capacity", f"not available ({code})"
+            kind, what = ev.PROVIDER_CAPACITY, f"not available ({code})"
         else:
-            kind, what = "provider.choice_refused", f"refused ({code}: {ec2.message_of(exc)})"
+            kind, what = ev.PROVIDER_CHOICE_REFUSED, f"refused ({code}: {ec2.message_of(exc)})"
         await self.events(job.id, kind, f"node {node.id}: {choices[index].describe()} {what}; "
-                          f"next: {upcoming}", node=node.id, choice=index, code=code)
+                          f"next: {upcoming}", ev.LaunchMissed(node=node.id, choice=index,
+                                                               code=code))
 
     async def _launched(self, job: JobRecord, node: NodeRecord, instance: dict[str, Any],
                         choices: list[ec2.Choice], index: int, missed: list[str]) -> None:
@@ -249,10 +251,10 @@ class AwsProvider(Provider):
         node.host = instance.get("PrivateIpAddress", "") or node.host
         which = "first choice" if index == 0 else f"fallback {index} of {len(choices) - 1}"
         after = f" after {'; '.join(missed)}" if missed else ""
-        await self.events(job.id, "provider.launched",
+        await self.events(job.id, ev.PROVIDER_LAUNCHED,
                           f"node {node.id}: {data['instance_id']} {data['instance_type']} "
                           f"{data['market']} in {data['availability_zone'] or '?'} "
-                          f"({which}{after})", node=node.id, **data)
+                          f"({which}{after})", ev.NodeLaunched(node=node.id, **data))
         log.info("node.launched", node=node.id, job=job.id, **data)
 
     # removing ------------------------------------------------------------------------

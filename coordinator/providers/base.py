@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from contract.errors import Conflict
+from contract.events import Payload
 from contract.spec import JobSpec
 from coordinator.providers.nodeio import ExecOutput
 from coordinator.store import JobRecord, NodeRecord
@@ -31,9 +32,10 @@ class AgentAccess:
         return env
 
 
-# Writes one event to a job's log (job id, kind, message, data), where `coord status` and
-# `coord submit` show it: how a provider tells a user what it did (e.g. which fallback).
-JobEvents = Callable[..., Awaitable[None]]
+# Writes one event to a job's log (job id, kind, message, payload: contract/events.py), where
+# `coord status` and `coord submit` show it: how a provider tells a user what it did (e.g.
+# which fallback).
+JobEvents = Callable[[str, str, str, Payload], Awaitable[None]]
 
 
 class Provider(abc.ABC):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from contract import events as ev
 from contract.errors import InvalidSpec, PartialLaunch, ProviderError
 from coordinator.providers.base import AgentAccess, JobEvents, Provider
 from coordinator.providers.slurmcli import LocalShell, Result, SshShell
@@ -131,9 +132,9 @@ class SlurmProvider(Provider):
             if node.state in (NodeState.LOST, NodeState.GONE):  # removed while submitting
                 await self.terminate(node, lost=False)
                 continue
-            log.info("slurm.submitted", node=node.id, slurm_job=job_id)
-            await self.events(job.id, "slurm.submitted", f"node {node.id}: slurm job {job_id} "
-                              "submitted", node=node.id, slurm_job=job_id)
+            log.info(ev.SLURM_SUBMITTED, node=node.id, slurm_job=job_id)
+            await self.events(job.id, ev.SLURM_SUBMITTED, f"node {node.id}: slurm job {job_id} "
+                              "submitted", ev.SlurmJob(node=node.id, slurm_job=job_id))
 
     # remove ------------------------------------------------------------------------------
     async def terminate(self, node: NodeRecord, *, lost: bool) -> None:
@@ -209,9 +210,9 @@ class SlurmProvider(Provider):
                 self._forget(node_id)
             elif cause := await self._loss(node, seen.get(node_id), dead):
                 self._forget(node_id)
-                log.warning("slurm.node_lost", node=node_id, cause=cause)
-                await self.events(node.job_id, "slurm.node_lost", f"node {node_id}: {cause}",
-                                  node=node_id)
+                log.warning(ev.SLURM_NODE_LOST, node=node_id, cause=cause)
+                await self.events(node.job_id, ev.SLURM_NODE_LOST, f"node {node_id}: {cause}",
+                                  ev.SlurmNodeLost(node=node_id))
                 if self.report_lost is not None:
                     await self.report_lost(node_id, cause)
 
@@ -230,17 +231,18 @@ class SlurmProvider(Provider):
             return f"slurm job {job_id} {why}" + await self._log_if_joining(node)
         if job.state == "PENDING" and job.reason not in ("None", node.provider_data.get("queued")):
             node.provider_data["queued"] = job.reason
-            await self.events(node.job_id, "slurm.queued", f"node {node.id}: slurm job {job_id} "
-                              f"waits in the queue ({job.reason})", node=node.id,
-                              slurm_job=job_id, reason=job.reason)
+            await self.events(node.job_id, ev.SLURM_QUEUED, f"node {node.id}: slurm job "
+                              f"{job_id} waits in the queue ({job.reason})",
+                              ev.SlurmQueued(node=node.id, slurm_job=job_id, reason=job.reason))
         if job.state != "RUNNING":
             return ""
         if node.provider_data.get("slurm_node") != job.node:
             node.provider_data.update(slurm_node=job.node,
                                       machine=f"slurm job {job_id} on {job.node}")
             self._running_since[node.id] = time.monotonic()
-            await self.events(node.job_id, "slurm.running", f"node {node.id}: slurm job "
-                              f"{job_id} runs on {job.node}", node=node.id, slurm_job=job_id)
+            await self.events(node.job_id, ev.SLURM_RUNNING, f"node {node.id}: slurm job "
+                              f"{job_id} runs on {job.node}",
+                              ev.SlurmJob(node=node.id, slurm_job=job_id))
         if job.node in dead:
             return f"slurm node {job.node} of job {job_id} is {dead[job.node]}"
         waited = time.monotonic() - self._running_since.get(node.id, time.monotonic())

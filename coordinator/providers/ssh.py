@@ -16,6 +16,7 @@ from typing import TypeVar
 import asyncssh
 import structlog
 
+from contract import events as ev
 from contract.errors import Conflict, CoordError, ProviderError
 from contract.spec import JobSpec
 from contract.states import NodeState
@@ -86,9 +87,10 @@ class SshProvider(Provider):
         host = self._claim(node)
         node.host = host.address
         node.provider_data = {"host": host.name}
-        log.info("ssh.bootstrap", node=node.id, host=host.name, address=host.address)
-        await self.events(job.id, "ssh.bootstrap", f"node {node.id}: bootstrapping on ssh host "
-                          f"{host.name} ({describe(host)})", node=node.id, host=host.name)
+        log.info(ev.SSH_BOOTSTRAP, node=node.id, host=host.name, address=host.address)
+        await self.events(job.id, ev.SSH_BOOTSTRAP, f"node {node.id}: bootstrapping on ssh host "
+                          f"{host.name} ({describe(host)})",
+                          ev.SshBootstrapped(node=node.id, host=host.name))
         self._booting.add(node.id)
         try:
             await Bootstrap(host, node, self.settings, self.access, wheel).run()

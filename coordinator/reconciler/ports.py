@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from coordinator.reconciler.effects import Effect
 from coordinator.reconciler.journal import Entry
 from coordinator.reconciler.view import JobView, NodeView
+from contract.events import Payload
 from contract.spec import JobSpec
 from contract.states import JobState
 from coordinator.store import EventRecord, JobRecord, LogRecord
@@ -28,7 +29,7 @@ class StorePort(Protocol):
     async def pending_intents(self, job_id: str) -> list[tuple[int, Effect]]: ...
 
     async def append_event(self, job_id: str, kind: str, generation: int, message: str,
-                           data: dict[str, Any] | None = None) -> EventRecord: ...
+                           payload: Payload) -> EventRecord: ...
 
     async def events_after(self, job_id: str, seq: int = 0) -> list[EventRecord]: ...
 

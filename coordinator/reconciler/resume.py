@@ -12,16 +12,12 @@ silently starts over from step 0.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import TYPE_CHECKING
+
+from contract import events as ev
 
 if TYPE_CHECKING:  # the store needs coordd's extra; the simulator loads this module without it
     from coordinator.store import EventRecord
-
-STOPPED = "coordd.stopped"            # the stop, and what it does to the job
-RESUMING = "job.resuming"             # the next start: the job will resume
-RESUMED = "training.resumed"          # a generation's workers resumed from a checkpoint
-CHECKPOINTED = "checkpoint.committed"  # a generation's first durable checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,16 +51,18 @@ class ResumeState:
     restored_in: set[int] = dataclasses.field(default_factory=set)
 
     def replay(self, events: list[EventRecord]) -> None:
-        """After a coordd restart, from the job's event log."""
+        """After a coordd restart, from the job's event log (a row that cannot be read is
+        skipped: the runner's restore says so)."""
         for event in events:
-            data = json.loads(event.data_json)
-            generation, step = data.get("worker_generation"), data.get("step", 0)
-            if event.kind == CHECKPOINTED:
-                self.first_checkpoint(CheckpointCommitted(generation, "", 0, step))
-            elif event.kind == RESUMED:
-                self.restored(WorkerRestored(generation, "", 0, step))
-            elif event.kind == STOPPED:
-                self.expected_from = data.get("checkpoint_step") if data.get("resume") else None
+            payload = ev.parse(event.kind, event.data_json)
+            if isinstance(payload, ev.StepReport):
+                generation, step = payload.worker_generation, payload.step
+                if event.kind == ev.CHECKPOINT_COMMITTED:
+                    self.first_checkpoint(CheckpointCommitted(generation, "", 0, step))
+                else:
+                    self.restored(WorkerRestored(generation, "", 0, step))
+            elif isinstance(payload, ev.CoorddStopped):
+                self.expected_from = payload.checkpoint_step if payload.resume else None
 
     def note_checkpoint(self, step: int) -> None:
         self.checkpoint_step = max(step, self.checkpoint_step or 0)

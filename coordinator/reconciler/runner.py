@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from contract import events as ev
 from contract.errors import PartialLaunch
 from coordinator.faults import fault_point
 from coordinator.reconciler import effects as fx
@@ -26,8 +27,7 @@ from coordinator.reconciler.events import (Event, FailJob, NodesCreated, WorkerF
                                            WorkerInProcess)
 from coordinator.reconciler.ports import Ports
 from coordinator.reconciler.reduce import evolve
-from coordinator.reconciler.resume import (CHECKPOINTED, NO_CHECKPOINT, RESUMED, RESUMING,
-                                           STOPPED, CheckpointCommitted, ResumeState,
+from coordinator.reconciler.resume import (NO_CHECKPOINT, CheckpointCommitted, ResumeState,
                                            WorkerRestored)
 from coordinator.reconciler.view import JobView, failure_cause
 from contract.spec import JobSpec
@@ -37,8 +37,6 @@ from coordinator.store import JobRecord
 log = structlog.get_logger("coordinator.reconciler")
 TICK_S = 0.25
 SETUP_RANK = -1  # the rank a node's `setup` output is logged under
-INPROCESS_JOINED = "inprocess.joined"
-TRAINING_FINISHED = "training.finished"
 # Actions that change only the view: nothing to persist (a restart is charged with the
 # transition or re-formation that follows it).
 _VIEW_ONLY = (plan.MarkBelowMinimum, plan.ChargeRestart)
@@ -61,8 +59,8 @@ class JobRunner:
         await self._restore_reports()
         self._pending = await self.ports.store.pending_intents(self.record.id)
         if self.resume.expected_from is not None:
-            await self.event(RESUMING, self.resume.resuming_message(),
-                             checkpoint_step=self.resume.expected_from)
+            await self.event(ev.JOB_RESUMING, self.resume.resuming_message(),
+                             ev.JobResuming(checkpoint_step=self.resume.expected_from))
         while not self.view.state.terminal:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
             # lands as an event arrives, and coordd's stop would wait on this loop for ever.
@@ -93,17 +91,12 @@ class JobRunner:
         The epoch, the worker generation and the slots come from the job row."""
         now, gen = self.ports.clock.now(), self.view.worker_generation
         for event in await self.ports.store.events_after(self.record.id):
-            data = json.loads(event.data_json)
-            if data.get("worker_generation") != gen:
-                continue
-            if event.kind == "inprocess.confirmed":
-                self.view = evolve(self.view, plan.ConfirmInProcess(), now)
-            elif event.kind == INPROCESS_JOINED:
-                self.view = evolve(self.view, WorkerInProcess(gen, data["node"], data["rank"]),
-                                   now)
-            elif event.kind == TRAINING_FINISHED:
-                self.view = evolve(self.view, WorkerFinished(gen, data["node"], data["rank"]),
-                                   event.time)
+            payload = ev.parse(event.kind, event.data_json)
+            if isinstance(payload, ev.Unknown) and payload.error:
+                self.log.warning("event.unreadable", seq=event.seq, error=payload.error)
+            elif (report := _report(event.kind, payload, gen)) is not None:
+                self.view = evolve(self.view, report,
+                                   event.time if event.kind == ev.TRAINING_FINISHED else now)
 
     # inputs recorded before they count -----------------------------------------------------
     async def _record(self, event: Event) -> None:
@@ -114,25 +107,27 @@ class JobRunner:
         if not isinstance(event, (WorkerInProcess, WorkerFinished)) or not self.view.counts(
                 event.generation, event.node_id):
             return
-        where = dict(worker_generation=event.generation, node=event.node_id, rank=event.rank)
+        where = ev.ReplicaReport(worker_generation=event.generation, node=event.node_id,
+                                 rank=event.rank)
         if isinstance(event, WorkerInProcess) and event.rank not in self.view.inproc.joined_ranks:
-            await self.event(INPROCESS_JOINED, f"{event.node_id}: worker {event.rank} took "
-                             "part in a step as an in-process replica", **where)
+            await self.event(ev.INPROCESS_JOINED, f"{event.node_id}: worker {event.rank} took "
+                             "part in a step as an in-process replica", where)
         elif isinstance(event, WorkerFinished) and self.view.inproc.finished_at is None:
-            await self.event(TRAINING_FINISHED, f"{event.node_id}: worker {event.rank} "
-                             "trained to the last step", **where)
+            await self.event(ev.TRAINING_FINISHED, f"{event.node_id}: worker {event.rank} "
+                             "trained to the last step", where)
 
     async def _record_checkpoint(self, event: CheckpointCommitted | WorkerRestored) -> None:
         """A generation's first checkpoint, and the step its workers resumed from, as events
         (what a restarted coordd needs to know that the job can resume)."""
-        where = dict(worker_generation=event.generation, step=event.step)
+        where = ev.StepReport(worker_generation=event.generation, step=event.step)
         if isinstance(event, CheckpointCommitted):
             if self.resume.first_checkpoint(event):
-                await self.event(CHECKPOINTED, f"{event.node_id}: worker {event.rank} committed "
-                                 f"a checkpoint of step {event.step}", **where)
+                await self.event(ev.CHECKPOINT_COMMITTED, f"{event.node_id}: worker "
+                                 f"{event.rank} committed a checkpoint of step {event.step}",
+                                 where)
         elif self.view.counts(event.generation, event.node_id) and self.resume.restored(event):
-            await self.event(RESUMED, f"{event.node_id}: worker {event.rank} resumed from "
-                             f"the checkpoint of step {event.step}", **where)
+            await self.event(ev.TRAINING_RESUMED, f"{event.node_id}: worker {event.rank} resumed "
+                             f"from the checkpoint of step {event.step}", where)
         if self.resume.started_over:
             self._evolve(FailJob(self.resume.started_over))
 
@@ -242,12 +237,12 @@ class JobRunner:
         try:
             created = await self.ports.provider.acquire(self.record, self.spec, count)
         except PartialLaunch as exc:  # some came up: keep them, ask again for the rest
-            await self.event("provider.error", f"provider added {len(exc.launched)} of {count} "
-                             f"node(s): {exc}", error=str(exc))
+            await self.event(ev.PROVIDER_ERROR, f"provider added {len(exc.launched)} of "
+                             f"{count} node(s): {exc}", ev.ProviderFailed(error=str(exc)))
             created = exc.launched
         except Exception as exc:  # any provider failure: record it, retry after a pause
-            await self.event("provider.error", f"provider could not add nodes: {exc}",
-                             error=str(exc))
+            await self.event(ev.PROVIDER_ERROR, f"provider could not add nodes: {exc}",
+                             ev.ProviderFailed(error=str(exc)))
             await asyncio.sleep(self.ports.provider.retry_s)
             created = []
         self.post(NodesCreated(tuple(created), count))
@@ -273,12 +268,12 @@ class JobRunner:
             self.log.info("job.waits", message=f"job {self.record.id} ({state}) had not "
                           "started: it goes on at coordd's next start")
         elif r.checkpoint_step is not None:
-            await self.event(STOPPED, r.stop_message(), resume=True,
-                             checkpoint_step=r.checkpoint_step)
+            await self.event(ev.COORDD_STOPPED, r.stop_message(),
+                             ev.CoorddStopped(resume=True, checkpoint_step=r.checkpoint_step))
             self.log.warning("job.interrupted", message=f"job {self.record.id}: "
                              f"{r.stop_message()}")
         else:
-            await self.event(STOPPED, NO_CHECKPOINT, resume=False)
+            await self.event(ev.COORDD_STOPPED, NO_CHECKPOINT, ev.CoorddStopped(resume=False))
             await self.fail(NO_CHECKPOINT, cause="coordd_stopped")
 
     async def fail(self, reason: str, cause: str) -> None:
@@ -305,14 +300,27 @@ class JobRunner:
         return {"workers": [dataclasses.asdict(f) | {"generation": generation}
                             for f in failures], "log_tail": tail}
 
-    async def event(self, kind: str, message: str, **data: Any) -> None:
+    async def event(self, kind: str, message: str, payload: ev.Payload) -> None:
         record = await self.ports.store.append_event(self.record.id, kind, self.record.generation,
-                                                     message, data)
+                                                     message, payload)
         self.ports.feed.publish("events", self.record.id, record)
-        self.log.info(kind, message=message, generation=self.record.generation, **data)
+        self.log.info(kind, message=message, generation=self.record.generation,
+                      **json.loads(record.data_json))
 
 
 def _point(action: plan.Action) -> str:
     """An action's name in fault points: startgeneration, reform.node_lost, ..."""
     name = type(action).__name__.lower()
     return f"{name}.{action.cause}" if isinstance(action, plan.Reform) else name
+
+
+def _report(kind: str, payload: ev.Payload | ev.Unknown,
+            generation: int) -> Event | plan.Action | None:
+    """What a stored event reported once, where it concerns the running worker generation."""
+    match payload:
+        case ev.InProcessConfirmed(worker_generation=g) if g == generation:
+            return plan.ConfirmInProcess()
+        case ev.ReplicaReport(worker_generation=g, node=node, rank=rank) if g == generation:
+            report = WorkerInProcess if kind == ev.INPROCESS_JOINED else WorkerFinished
+            return report(g, node, rank)
+    return None

@@ -83,6 +83,37 @@ def test_jobs_all_shows_an_active_job_older_than_the_newest_hundred(server, tmp_
         coord(server, "cancel", old)
 
 
+def test_status_and_the_sdk_read_past_events_of_another_coordd_version(server):
+    """Rows a newer coordd (or a hand) wrote: an extra key, a kind this one does not know, a
+    wrong type, no JSON. `coord status` names the unreadable ones and shows the rest."""
+    job = JobRecord(id="other-00000001", name="other", spec_json="{}",
+                    state=JobState.SUCCEEDED, generation=2)
+    rows = [("generation.started", '{"cause": "start", "new_members": ["n-1"], "later": 1}'),
+            ("quota.exceeded", '{"limit": 3}'),
+            ("generation.reformed", '{"cause": "node_lost", "new_members": "n-1"}'),
+            ("quorum.died", "not json")]
+    with sqlite3.connect(server.state_dir / "coord.db") as db:
+        row = job.to_row()
+        db.execute(f"insert into jobs ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+                   tuple(row.values()))
+        db.executemany("insert into events (job_id, time, kind, generation, message, data_json)"
+                       " values (?, 1.0, ?, 1, 'said', ?)", [(job.id, *r) for r in rows])
+    detail = coord(server, "status", job.id)
+    assert detail.exit_code == 0, detail.output
+    assert "restart  start" in detail.output
+    unreadable = [line.split(":", 1)[1] for line in detail.output.splitlines()
+                  if "unreadable" in line]
+    assert unreadable == [" event 'generation.reformed': field 'new_members': Input should be "
+                          "a valid list (got 'n-1')", " event 'quorum.died': its data is not "
+                          "JSON (Expecting value: line 1 column 1 (char 0))"]
+    printed = json.loads(coord(server, "status", job.id, "-o", "json").output)["events"]
+    assert [e["data"] for e in printed] == [
+        {"cause": "start", "new_members": ["n-1"], "later": 1}, {"limit": 3},
+        {"cause": "node_lost", "new_members": "n-1"}, {}]
+    with server.client() as client:
+        assert [r.cause for r in client.reformations(job.id)] == ["start"]
+
+
 async def test_coordd_records_only_the_shape_of_override_flags(server, tmp_path):
     """A client (not ours) sending a value with --env, or anything else, is refused."""
     from coord.v1 import jobs_pb2

@@ -17,6 +17,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+from contract import events as ev
 from contract.errors import InvalidSpec, PartialLaunch, PermissionDenied, ProviderError
 from contract.spec import AwsResources, parse_spec
 from contract.states import JobState, NodeState
@@ -264,7 +265,8 @@ class Recorder:
     def __init__(self):
         self.events: list[tuple[str, str]] = []
 
-    async def __call__(self, job_id: str, kind: str, message: str, **data) -> None:
+    async def __call__(self, job_id: str, kind: str, message: str, payload: ev.Payload) -> None:
+        ev.encode(kind, payload)  # what the store would refuse, this refuses too
         self.events.append((kind, message))
 
     def kinds(self, kind: str) -> list[str]:

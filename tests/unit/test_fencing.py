@@ -10,6 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from contract import events as ev
 from contract.errors import Fenced
 from coordinator.leadership import Leadership
 from contract.states import JobState
@@ -41,10 +42,10 @@ async def test_a_stale_leaders_writes_are_refused_after_a_takeover(pg_url):
         with pytest.raises(Fenced):
             await old.save_job(stale)
         with pytest.raises(Fenced):
-            await old.append_event("j-1", "state", 0, "from the past")
+            await old.append_event("j-1", ev.STATE, 0, "from the past", ev.StateChanged())
         assert (await new.get_job("j-1")).state == JobState.RUNNING
         assert [e.epoch for e in await new.events_after("j-1")] == []
-        await new.append_event("j-1", "state", 0, "now")
+        await new.append_event("j-1", ev.STATE, 0, "now", ev.StateChanged())
         assert [e.epoch for e in await new.events_after("j-1")] == [2]
     finally:
         for store in (old, new):

@@ -15,8 +15,11 @@ from coordinator.nodes import NodeRegistry
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.events import FailJob
-from coordinator.reconciler.resume import (CHECKPOINTED, RESUMED, STOPPED, CheckpointCommitted,
-                                           ResumeState, WorkerRestored)
+from contract import events as ev
+from contract.events import CHECKPOINT_COMMITTED as CHECKPOINTED
+from contract.events import COORDD_STOPPED as STOPPED
+from contract.events import TRAINING_RESUMED as RESUMED
+from coordinator.reconciler.resume import CheckpointCommitted, ResumeState, WorkerRestored
 from coordinator.settings import CoorddSettings
 from coordinator.store import EventRecord, JobRecord, Store
 from tests.unit.test_decide import running_job
@@ -98,8 +101,10 @@ async def test_a_stop_before_the_runners_first_turn_keeps_a_resumable_job(tmp_pa
     job = JobRecord(id="j-1", name="j", spec_json=spec.to_json(), state=JobState.RUNNING,
                     generation=1, node_ids=["n-1"])
     await store.insert_job(job)
-    await store.append_event(job.id, CHECKPOINTED, 1, "", {"worker_generation": 1, "step": 40})
-    await store.append_event(job.id, STOPPED, 1, "", {"resume": True, "checkpoint_step": 40})
+    await store.append_event(job.id, CHECKPOINTED, 1, "",
+                             ev.StepReport(worker_generation=1, step=40))
+    await store.append_event(job.id, STOPPED, 1, "",
+                             ev.CoorddStopped(resume=True, checkpoint_step=40))
     jobs = JobManager(store, Bus(), settings, Metrics())
     jobs.attach(NodeRegistry(store, settings, {}, jobs.router.on_node_change, Metrics()))
     try:

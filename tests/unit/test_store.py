@@ -4,8 +4,11 @@ bytes, not characters."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from contract import events as ev
 from contract.errors import Conflict, NotFound
 from contract.states import JobState, NodeState
 from coordinator.store import JobRecord, LogRecord, NodeRecord, Store
@@ -56,11 +59,13 @@ async def test_listing_hides_finished_jobs_and_gone_nodes_when_asked(store):
 
 
 async def test_events_come_back_in_order_after_a_sequence_number(store):
-    first = await store.append_event("j-1", "a", 0, "one", {"x": 1})
-    await store.append_event("j-2", "b", 0, "other job")
-    await store.append_event("j-1", "c", 1, "two")
+    first = await store.append_event("j-1", ev.NODES_REQUESTED, 0, "one",
+                                     ev.NodesRequested(count=1))
+    await store.append_event("j-2", ev.RESOURCES_TIGHT, 0, "other job", ev.Notice())
+    await store.append_event("j-1", ev.PROVIDER_WARNING, 1, "two", ev.Notice())
     assert [e.message for e in await store.events_after("j-1")] == ["one", "two"]
-    assert [e.kind for e in await store.events_after("j-1", first.seq)] == ["c"]
+    assert [e.kind for e in await store.events_after("j-1", first.seq)] == [ev.PROVIDER_WARNING]
+    assert json.loads(first.data_json) == {"count": 1}
 
 
 async def test_logs_keep_order_mark_the_message_applied_and_count_utf8_bytes(store):

@@ -56,7 +56,8 @@ function render(data) {
     el("td", {}, `${n.provider}${n.market ? ` (${n.market})` : ""}`),
     el("td", {}, n.heartbeat_age_s === null ? "-" : `${n.heartbeat_age_s} s`))));
   replace($("events"), data.events.slice().reverse().map((e) => el("div", { class: "event" },
-    el("span", { class: "sub" }, `${clock(e.time)}  g${e.generation}  ${e.kind}  `), e.message)));
+    el("span", { class: "sub" }, `${clock(e.time)}  g${e.generation}  ${e.kind}  `), e.message,
+    e.unreadable ? el("span", { class: "sub" }, `  (data unreadable: ${e.unreadable})`) : null)));
   $("spec").textContent = JSON.stringify(JSON.parse(job.spec_json || "{}"), null, 2);
 }
 
