@@ -10,8 +10,7 @@ import socket
 
 import grpc
 import structlog
-from tenacity import (AsyncRetrying, retry_if_exception, stop_after_delay,
-                      wait_exponential_jitter)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor

@@ -18,8 +18,8 @@ from agent.connection import Connection
 from agent.notices import NoticeWatcher
 from agent.outbox import Outbox
 from agent.supervisor import Supervisor
-from contract import logs
 from contract import events as ev
+from contract import logs
 from contract.transport import ca_bytes
 from coord.leader import split_addresses
 from coord.v1 import agent_pb2, types_pb2

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 

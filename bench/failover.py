@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the test harness's PostgreSQL and coordd set
 
-from coordinator.localcluster import wait_for  # noqa: E402
 from contract.states import JobState, NodeState  # noqa: E402
+from coordinator.localcluster import wait_for  # noqa: E402
 from tests import pg  # noqa: E402
 from tests.coordd_set import set_client, start_set, stop_set, wait_for_leader  # noqa: E402
 from tests.integration.harness import job_pids  # noqa: E402

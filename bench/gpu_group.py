@@ -123,6 +123,7 @@ def reform(backend: str, world: int, limit_s: float = 100.0) -> dict:
     abort + init + first all-reduce) and that survivor's abort_s, init_s, allreduce_s.
     """
     import multiprocessing
+
     import torch.distributed as dist
 
     if backend == "nccl":  # its watchdog must not tear a survivor down for the dead peer

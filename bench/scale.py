@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.scalerig import Rig, cpu_seconds, rss_kib  # noqa: E402
-from coordinator.localcluster import wait_for  # noqa: E402
-from coordinator.client.sdk import AsyncClient  # noqa: E402
-from coordinator.settings import CoorddSettings  # noqa: E402
 from contract.spec import JobSpec  # noqa: E402
+from coordinator.client.sdk import AsyncClient  # noqa: E402
+from coordinator.localcluster import wait_for  # noqa: E402
+from coordinator.settings import CoorddSettings  # noqa: E402
 
 AGENTS_PER_GENERATOR = 2500
 DEFAULTS = CoorddSettings.model_fields

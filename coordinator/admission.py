@@ -13,11 +13,11 @@ import structlog
 from contract import bundle as bundles
 from contract import events as ev
 from contract.errors import Conflict, InvalidSpec
+from contract.spec import JobSpec, check_recorded_flags, parse_spec_json
 from coordinator.launching import INSTALL_HINT
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.quorum import lighthouse_available
-from contract.spec import JobSpec, check_recorded_flags, parse_spec_json
 from coordinator.store import JobRecord, Store
 
 log = structlog.get_logger("coordinator.jobs")

@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from contract.events import Payload
+from contract.spec import JobSpec, parse_spec_json
 from coordinator.admission import Admission, check_cancellable
 from coordinator.bus import Bus
 from coordinator.faults import fault_point
@@ -27,7 +28,6 @@ from coordinator.reconciler.view import JobView
 from coordinator.routing import Router
 from coordinator.runnerports import coordd_ports
 from coordinator.settings import CoorddSettings
-from contract.spec import JobSpec, parse_spec_json
 from coordinator.store import JobRecord, Store
 from coordinator.supervise import Supervisor
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from contract import events as ev
+from contract.spec import JobSpec
+from contract.states import NodeState
+from contract.workerenv import rank_env, replica_env
 from coord.v1 import agent_pb2
 from coordinator.nodes import NodeRegistry
 from coordinator.quorum import lighthouse_available
 from coordinator.reconciler.view import JobView
-from contract.spec import JobSpec
-from contract.states import NodeState
 from coordinator.store import JobRecord
-from contract.workerenv import rank_env, replica_env
 
 INSTALL_HINT = "pip install 'coord[elastic]'"
 

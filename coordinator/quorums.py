@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from contract import events as ev
+from contract.spec import JobSpec
 from coordinator.quorum import QuorumService, public_host
 from coordinator.settings import CoorddSettings
-from contract.spec import JobSpec
 from coordinator.store import JobRecord
 
 JobEvent = Callable[[str, str, str, ev.Payload], Awaitable[None]]  # job, kind, message, data

@@ -10,13 +10,11 @@ from collections.abc import Mapping
 import structlog
 
 from contract import events as ev
-from contract.control import (WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS,
-                              WORKER_RESTORED)
+from contract.control import WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCESS, WORKER_RESTORED
 from coord.v1 import agent_pb2
 from coordinator.bus import Bus
 from coordinator.logbudget import LogBudget
-from coordinator.reconciler.events import (NodeChanged, WorkerExited, WorkerFinished,
-                                           WorkerInProcess)
+from coordinator.reconciler.events import NodeChanged, WorkerExited, WorkerFinished, WorkerInProcess
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.runner import JobRunner
 from coordinator.reconciler.view import NodeView, WorkerExit

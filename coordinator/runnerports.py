@@ -6,6 +6,8 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+from contract.events import Payload
+from contract.spec import JobSpec
 from coordinator.bus import Bus
 from coordinator.launching import Launcher
 from coordinator.metrics import Metrics
@@ -16,8 +18,6 @@ from coordinator.reconciler.journal import Entry
 from coordinator.reconciler.ports import Ports
 from coordinator.reconciler.view import JobView, NodeView
 from coordinator.settings import CoorddSettings
-from contract.events import Payload
-from contract.spec import JobSpec
 from coordinator.store import EventRecord, JobRecord, LogRecord, Store
 
 

@@ -9,8 +9,8 @@ import re
 import grpc
 import structlog
 
-from contract.errors import Conflict, CoordError, InvalidSpec, NotFound
 from contract import events as ev
+from contract.errors import Conflict, CoordError, InvalidSpec, NotFound
 from contract.spec import MAX_COMMAND
 from contract.states import NodeState
 from coord.v1 import agent_pb2, agent_pb2_grpc, jobs_pb2, jobs_pb2_grpc

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import grpc
 
-from coord.leader import LEADER_KEY, NOT_LEADER
 from contract.errors import ERROR_KEY
+from coord.leader import LEADER_KEY, NOT_LEADER
 
 
 class StandbyHandler(grpc.GenericRpcHandler):

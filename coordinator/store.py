@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from coordinator import migrations
 from contract.errors import Conflict, NotFound
-from contract.events import Payload, encode as encode_event
+from contract.events import Payload
+from contract.events import encode as encode_event
 from contract.states import JobState, NodeState
+from coordinator import migrations
 
 metadata = sa.MetaData()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from coordinator.settings import CoorddSettings
 from contract.spec import JobSpec
+from coordinator.settings import CoorddSettings
 from simulator.baselines import OnDemandOnly, StaticTorchrun, WholeClusterRelaunch
 from simulator.coord import CoordRun
 from simulator.errors import SimulationInputError

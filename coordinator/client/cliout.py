@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from contract.errors import InvalidSpec
-from coordinator.client.sdktypes import Job, Node, plain, as_dict
+from coordinator.client.sdktypes import Job, Node, as_dict, plain
 
 STATE_COLOUR = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "RUNNING": "cyan",
                 "RECONFIGURING": "magenta", "LOST": "red", "GONE": "bright_black"}

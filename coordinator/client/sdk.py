@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.message import Message
 
 from contract import bundle
-from contract.errors import ERROR_KEY, CoordError, CoorddUnreachable, from_status
+from contract.errors import ERROR_KEY, CoorddUnreachable, CoordError, from_status
 from contract.instance import default_state_dir, live_address
 from contract.spec import JobSpec, Overrides, load_job_file, parse_spec
 from contract.states import JobState, NodeState
@@ -34,8 +34,8 @@ from contract.transport import ca_bytes, call_metadata, open_channel, truthy
 from coord.leader import leader_hint, next_address, split_addresses
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator.client import transfer
-from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node,
-                                           Reformation, reformations)
+from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node, Reformation,
+                                         reformations)
 
 FOLLOW_ATTEMPTS = 8  # with their pauses, longer than a failover takes
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \

@@ -7,9 +7,9 @@ import time
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from coordinator.dashboard import history, queries, views
 from contract.errors import CoordError, NotFound
 from contract.states import JobState, NodeState
+from coordinator.dashboard import history, queries, views
 
 PER_PAGE, MAX_PER_PAGE = 50, 500
 DETAIL_POINTS = 5000  # progress lines a job page charts (the newest)

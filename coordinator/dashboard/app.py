@@ -19,8 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from coordinator.dashboard import api, live
-from coordinator.dashboard.session import (COOKIE, CSRF_HEADER, LoginRefused, Sessions,
-                                           csrf_ok)
+from coordinator.dashboard.session import COOKIE, CSRF_HEADER, LoginRefused, Sessions, csrf_ok
 
 if TYPE_CHECKING:
     from coordinator.bus import Bus

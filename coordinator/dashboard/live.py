@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from contract.errors import NotFound
 from coordinator.bus import CLOSED, Bus
 from coordinator.dashboard import views
-from contract.errors import NotFound
 
 KEEPALIVE_S = 15.0  # a comment line now and then: proxies keep the stream open
 TOPICS = {"events": "job", "logs": "log"}

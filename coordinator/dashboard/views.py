@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 from contract import events as ev
+from contract.states import NodeState
 from coordinator import convert
 from coordinator.client.cliout import job_dict
-from coordinator.dashboard import history
 from coordinator.client.sdktypes import Job, Node, as_dict
-from contract.states import NodeState
+from coordinator.dashboard import history
 from coordinator.store import EventRecord, JobRecord, LogRecord, NodeRecord
 
 NOTICE_STATES = (NodeState.DRAINING,)  # a spot notice or drain announced, not yet left

@@ -25,8 +25,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
-from tenacity import (AsyncRetrying, retry_if_exception, stop_after_attempt,
-                      wait_exponential_jitter)
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from contract import events as ev
 from contract.errors import CoordError, PartialLaunch, ProviderError

@@ -13,8 +13,9 @@ import ipaddress
 import shlex
 from typing import Any
 
-from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError, NoCredentialsError
 
 from contract.errors import CoordError, InvalidSpec, PermissionDenied, ProviderError
 from contract.spec import AwsChoice, AwsResources, JobSpec

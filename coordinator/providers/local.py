@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import dataclasses
+import hashlib
 import os
 import re
 import shutil

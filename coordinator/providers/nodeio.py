@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from contract.errors import (Conflict, CoordError, InvalidSpec, NotFound, PathDenied,
-                               ResourceExhausted)
+                             ResourceExhausted)
 
 CHUNK = 1 << 20  # one gRPC message of file data, both ways
 PIECE = CHUNK // 16  # the most of a command's output one ExecOutput carries

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import structlog
 
-from coordinator.providers.base import Provider
 from contract.spec import JobSpec
+from coordinator.providers.base import Provider
 from coordinator.store import JobRecord, NodeRecord
 
 log = structlog.get_logger("coordinator.providers.sim")

@@ -23,15 +23,14 @@ import structlog
 
 from contract import events as ev
 from contract.errors import InvalidSpec, PartialLaunch, ProviderError
-from coordinator.providers.base import AgentAccess, JobEvents, Provider
-from coordinator.providers.slurmcli import LocalShell, Result, SshShell
-from coordinator.providers.slurmjobs import (SQUEUE_FORMAT, SlurmJob, batch_script,
-                                             dead_nodes, explain_refusal, merged,
-                                             parse_squeue, sbatch_argv)
-from coordinator.providers.sshhost import shell_path, tail
-from coordinator.settings import SlurmSettings
 from contract.spec import JobSpec, SlurmResources
 from contract.states import NodeState
+from coordinator.providers.base import AgentAccess, JobEvents, Provider
+from coordinator.providers.slurmcli import LocalShell, Result, SshShell
+from coordinator.providers.slurmjobs import (SQUEUE_FORMAT, SlurmJob, batch_script, dead_nodes,
+                                             explain_refusal, merged, parse_squeue, sbatch_argv)
+from coordinator.providers.sshhost import shell_path, tail
+from coordinator.settings import SlurmSettings
 from coordinator.store import JobRecord, NodeRecord
 
 log = structlog.get_logger("coordinator.providers.slurm")

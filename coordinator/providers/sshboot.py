@@ -14,8 +14,8 @@ import structlog
 
 from contract.states import NodeState
 from coordinator.providers.base import AgentAccess
-from coordinator.providers.sshhost import (HostError, complete, connect, run, shell_path,
-                                           tail, upload_bytes)
+from coordinator.providers.sshhost import (HostError, complete, connect, run, shell_path, tail,
+                                           upload_bytes)
 from coordinator.providers.wheel import Wheel
 from coordinator.settings import SshHost, SshSettings
 from coordinator.store import NodeRecord

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from contract.exits import PEER_LOST_EXIT
 from contract.states import JobState, NodeState
-from coordinator.reconciler.plan import (
-    Acquire, Action, ChargeRestart, ConfirmInProcess, MarkBelowMinimum, Reform, Release,
-    StartGeneration, StopGeneration, StopNodes, Transition)
+from coordinator.reconciler.plan import (Acquire, Action, ChargeRestart, ConfirmInProcess,
+                                         MarkBelowMinimum, Reform, Release, StartGeneration,
+                                         StopGeneration, StopNodes, Transition)
 from coordinator.reconciler.view import JobView, WorkerExit, failure_cause
 
 GONE_STATES = (NodeState.LOST, NodeState.GONE)

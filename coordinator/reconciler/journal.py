@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from contract import events as ev
+from contract.states import JobState
 from coordinator.reconciler import plan
 from coordinator.reconciler.view import JobView
-from contract.states import JobState
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.spec import JobSpec
 from coordinator.reconciler.view import Policy
 from coordinator.settings import CoorddSettings
-from contract.spec import JobSpec
 
 # A worker failure settles this long beyond the reconnect grace (a lost node's stream drops
 # a moment after its peers' collectives fail), a peer-loss exit beyond the heartbeat timeout.

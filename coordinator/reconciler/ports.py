@@ -10,12 +10,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from coordinator.reconciler.effects import Effect
-from coordinator.reconciler.journal import Entry
-from coordinator.reconciler.view import JobView, NodeView
 from contract.events import Payload
 from contract.spec import JobSpec
 from contract.states import JobState
+from coordinator.reconciler.effects import Effect
+from coordinator.reconciler.journal import Entry
+from coordinator.reconciler.view import JobView, NodeView
 from coordinator.store import EventRecord, JobRecord, LogRecord
 
 

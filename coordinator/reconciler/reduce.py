@@ -17,13 +17,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from contract.states import JobState, NodeState
 from coordinator.reconciler import plan
 from coordinator.reconciler.events import (Cancel, Event, FailJob, NodeChanged, NodesCreated,
                                            NodesForgotten, WorkerExited, WorkerExits,
                                            WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.inprocess import InProcessView
 from coordinator.reconciler.view import JobView
-from contract.states import JobState, NodeState
 
 Message = Event | plan.Action
 

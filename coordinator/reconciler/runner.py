@@ -19,6 +19,8 @@ import structlog
 
 from contract import events as ev
 from contract.errors import PartialLaunch
+from contract.spec import JobSpec
+from contract.states import JobState, NodeState, check_job_transition
 from coordinator.faults import fault_point
 from coordinator.reconciler import effects as fx
 from coordinator.reconciler import journal, plan
@@ -30,8 +32,6 @@ from coordinator.reconciler.reduce import evolve
 from coordinator.reconciler.resume import (NO_CHECKPOINT, CheckpointCommitted, ResumeState,
                                            WorkerRestored)
 from coordinator.reconciler.view import JobView, failure_cause
-from contract.spec import JobSpec
-from contract.states import JobState, NodeState, check_job_transition
 from coordinator.store import JobRecord
 
 log = structlog.get_logger("coordinator.reconciler")

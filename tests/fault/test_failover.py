@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from contract.states import JobState, NodeState
 from coordinator.localcluster import BIN
 from coordinator.server import LOST_LEASE
-from contract.states import JobState, NodeState
 from tests import netns, pg
 from tests.coordd_set import (leader, set_client, share_credentials, start_set, stop_set,
                               wait_for_leader, wait_formed)

@@ -116,8 +116,8 @@ def test_status_and_the_sdk_read_past_events_of_another_coordd_version(server):
 
 async def test_coordd_records_only_the_shape_of_override_flags(server, tmp_path):
     """A client (not ours) sending a value with --env, or anything else, is refused."""
-    from coord.v1 import jobs_pb2
     from contract.errors import InvalidSpec
+    from coord.v1 import jobs_pb2
     from coordinator.client.sdk import AsyncClient
     spec = '{"name": "raw", "run": "true"}'
     async with AsyncClient(server.address, server.token, ca=server.ca_path) as client:

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from coordinator.localcluster import BIN
 from contract.spec import JobSpec
 from contract.states import JobState
+from coordinator.localcluster import BIN
 from tests.integration.harness import start_coordd
 
 

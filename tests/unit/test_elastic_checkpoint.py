@@ -12,17 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.elastic import (
-    CheckpointStore,
-    ElasticConfig,
-    FenceFileError,
-    GlobalSampler,
-    StaleGenerationError,
-    TrainState,
-    committed_history,
-    init,
-    plan_micro_batches,
-)
+from trainer.elastic import (CheckpointStore, ElasticConfig, FenceFileError, GlobalSampler,
+                             StaleGenerationError, TrainState, committed_history, init,
+                             plan_micro_batches)
 from trainer.elastic.checkpoint import MAGIC
 from trainer.elastic.policy import plan_batch, rescale_lr
 from trainer.elastic.state import apply_payload, build_payload

@@ -24,7 +24,9 @@ from coordinator.reconciler.reduce import evolve
 from coordinator.reconciler.resume import ResumeState
 from coordinator.reconciler.view import JobView, WorkerExit
 from coordinator.store import EventRecord
-from tests.unit.test_decide import AUTO, POLICY, Job as SimJob, join
+from tests.unit.test_decide import AUTO, POLICY
+from tests.unit.test_decide import Job as SimJob
+from tests.unit.test_decide import join
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 NODE = "node-a"

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from contract import events as ev
 from contract.errors import Fenced
-from coordinator.leadership import Leadership
 from contract.states import JobState
+from coordinator.leadership import Leadership
 from coordinator.store import JobRecord, Store
 
 LEASE_S = 0.6

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from contract.spec import JobSpec
+from contract.states import JobState
 from coordinator.bus import Bus
 from coordinator.jobs import JobManager
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.settings import CoorddSettings
-from contract.spec import JobSpec
-from contract.states import JobState
 from coordinator.store import JobRecord, Store
 
 

@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from trainer import elastic
-from trainer.recipe.config import (
-    ConfigError,
-    OptimizerConfig,
-    ScheduleConfig,
-    apply_overrides,
-    load_config,
-    parse_config,
-)
+from trainer.recipe.config import (ConfigError, OptimizerConfig, ScheduleConfig, apply_overrides,
+                                   load_config, parse_config)
 from trainer.recipe.folder import rank_indices, share_size, val_shard
 from trainer.recipe.metrics import topk_correct
 from trainer.recipe.models import BasicBlock, Bottleneck, ResNet, build_model

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import time
 
+from contract import events as ev
+from contract.events import CHECKPOINT_COMMITTED as CHECKPOINTED
+from contract.events import COORDD_STOPPED as STOPPED
+from contract.events import TRAINING_RESUMED as RESUMED
 from contract.spec import JobSpec
 from contract.states import JobState
 from coordinator.bus import Bus
@@ -15,10 +19,6 @@ from coordinator.nodes import NodeRegistry
 from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.events import FailJob
-from contract import events as ev
-from contract.events import CHECKPOINT_COMMITTED as CHECKPOINTED
-from contract.events import COORDD_STOPPED as STOPPED
-from contract.events import TRAINING_RESUMED as RESUMED
 from coordinator.reconciler.resume import CheckpointCommitted, ResumeState, WorkerRestored
 from coordinator.settings import CoorddSettings
 from coordinator.store import EventRecord, JobRecord, Store

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from contract.errors import InvalidSpec
+from contract.spec import SlurmResources, parse_spec
 from coordinator.providers.slurmjobs import (batch_script, dead_nodes, explain_refusal, merged,
                                              parse_squeue, sbatch_argv)
-from contract.spec import SlurmResources, parse_spec
 
 TAG = "coordd=abc"
 
