@@ -28,9 +28,8 @@ from pathlib import Path
 
 import grpc
 
-from contract.transport import ca_bytes, open_channel
+from contract.transport import ca_bytes, call_metadata, open_channel
 from coord.v1 import agent_pb2, agent_pb2_grpc, types_pb2
-from coordinator.auth import call_metadata
 
 RUNNING, EXITED = agent_pb2.WORKER_PHASE_RUNNING, agent_pb2.WORKER_PHASE_EXITED
 RESOURCES = types_pb2.Resources(cpus=96, gpus=8, memory_bytes=1 << 40, software=["torchft"])

@@ -30,8 +30,8 @@ class StoreAdapter:
         return await self.store.commit(job, [(e.kind, e.message, e.payload) for e in entries],
                                        [fx.dump(i) for i in intents])
 
-    async def intent_done(self, intent_id: int) -> None:
-        await self.store.intent_done(intent_id)
+    async def intents_done(self, intent_ids: list[int]) -> None:
+        await self.store.intents_done(intent_ids)
 
     async def pending_intents(self, job_id: str) -> list[tuple[int, fx.Effect]]:
         return [(i, fx.load(kind, data))

@@ -337,9 +337,12 @@ class Store:
                 for kind, data in intents]
         return [EventRecord(seq=seq, **row) for seq, row in zip(seqs, rows, strict=True)], ids
 
-    async def intent_done(self, intent_id: int) -> None:
+    async def intents_done(self, intent_ids: list[int]) -> None:
+        if not intent_ids:
+            return
         async with self._write() as conn:
-            await conn.execute(outbox.update().where(outbox.c.id == intent_id).values(done=True))
+            await conn.execute(outbox.update().where(outbox.c.id.in_(intent_ids))
+                               .values(done=True))
 
     async def pending_intents(self, job_id: str) -> list[tuple[int, str, str]]:
         """The job's intents not done, oldest first: (id, kind, data_json)."""

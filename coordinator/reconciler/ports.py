@@ -24,7 +24,8 @@ class StorePort(Protocol):
                      intents: Sequence[Effect]) -> tuple[list[EventRecord], list[int]]:
         """Save the job row, append the events and record the intents, in one transaction."""
 
-    async def intent_done(self, intent_id: int) -> None: ...
+    async def intents_done(self, intent_ids: list[int]) -> None:
+        """Mark performed intents done, in one transaction."""
 
     async def pending_intents(self, job_id: str) -> list[tuple[int, Effect]]: ...
 

@@ -147,8 +147,11 @@ class JobRunner:
         for effect in effects:
             if not fx.durable(effect):
                 await self._perform(effect)
-        for intent_id, effect in intents:
-            await self._finish(intent_id, effect, point=_point(action))
+        for _, effect in intents:
+            await self._send(effect, point=_point(action))
+        # One write for all: an intent performed but not yet marked is only performed again
+        # (idempotently) after a crash, and per-intent writes would grow with the job's nodes.
+        await self.ports.store.intents_done([intent_id for intent_id, _ in intents])
 
     def _master(self, view: JobView, action: plan.Action) -> tuple[str, int]:
         """The rendezvous address, chosen once per generation (a joiner uses the first
@@ -197,7 +200,7 @@ class JobRunner:
     # effects -----------------------------------------------------------------------------
     async def _redrive(self) -> None:
         """Intents a crash left undone, each once its node is back (or gone)."""
-        waiting = []
+        waiting, done = [], []
         for intent_id, effect in self._pending:
             node = self.view.nodes.get(getattr(effect, "node_id", ""))
             if isinstance(effect, fx.NODE_EFFECTS) and node is not None and (
@@ -205,14 +208,14 @@ class JobRunner:
                                                                         NodeState.GONE)):
                 waiting.append((intent_id, effect))
             else:
-                await self._finish(intent_id, effect, point="redrive")
+                await self._send(effect, point="redrive")
+                done.append(intent_id)
+        await self.ports.store.intents_done(done)
         self._pending = waiting
 
-    async def _finish(self, intent_id: int, effect: fx.Effect, point: str) -> None:
-        name = type(effect).__name__.lower()
+    async def _send(self, effect: fx.Effect, point: str) -> None:
         await self._perform(effect)
-        fault_point(f"{point}.{name}.sent")
-        await self.ports.store.intent_done(intent_id)
+        fault_point(f"{point}.{type(effect).__name__.lower()}.sent")
 
     async def _perform(self, effect: fx.Effect) -> None:
         agents, job = self.ports.agents, self.record.id
