@@ -276,11 +276,19 @@ class Supervisor:
             await asyncio.sleep(PING_S)
 
     def reconfigure(self, msg: agent_pb2.Reconfigure) -> None:
-        """coordd re-formed the job's replicas in place: tell its running workers."""
-        dropped = [r for r in msg.env.get("COORD_DROPPED_REPLICAS", "").split(",") if r]
-        log.info("agent.reformed", job=msg.job_id, generation=msg.generation, dropped=dropped)
-        for worker in self.workers.values():
-            if worker.job_id == msg.job_id and not worker.done.is_set():
+        """coordd re-formed the job's replicas in place, or names where the job's quorum
+        service runs now (after a failover): tell its running workers."""
+        workers = [w for w in self.workers.values()
+                   if w.job_id == msg.job_id and not w.done.is_set()]
+        if address := msg.env.get("TORCHFT_LIGHTHOUSE"):
+            log.info("agent.quorum_moved", job=msg.job_id, address=address)
+            for worker in workers:
+                worker.lifeline.send("quorum", address=address)
+        if "COORD_DROPPED_REPLICAS" in msg.env:
+            dropped = [r for r in msg.env["COORD_DROPPED_REPLICAS"].split(",") if r]
+            log.info("agent.reformed", job=msg.job_id, generation=msg.generation,
+                     dropped=dropped)
+            for worker in workers:
                 worker.lifeline.send("reformed", generation=msg.generation, dropped=dropped)
 
     # stop ----------------------------------------------------------------------------

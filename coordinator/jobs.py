@@ -123,10 +123,21 @@ class JobManager:
             spec = parse_spec_json(record.spec_json, record.id)
             self._start_runner(record, spec)
             if record.generation and fault_mode(spec) != "restart":
-                try:  # supervised again, on its old port
-                    await self.quorums.address(record, spec)
+                try:  # supervised again: on its old port, or here after a failover
+                    address = await self.quorums.address(record, spec)
                 except QuorumUnavailable as exc:
                     log.error("quorum.unavailable", job=record.id, error=str(exc))
+                    continue
+                for node in list(self.nodes.nodes.values()):  # agents back already
+                    if node.job_id == record.id:
+                        self.nodes.tell_quorum(node.id, record.id, address)
+
+    def tell_quorums(self, node_id: str, job_ids: Iterable[str]) -> None:
+        """An agent (re)connected with workers of `job_ids`: where their quorum services
+        run (agents that connect before `resume` started them are told by it)."""
+        for job_id in set(job_ids):
+            if address := self.quorums.running(job_id):
+                self.nodes.tell_quorum(node_id, job_id, address)
 
     async def ended(self, job_ids: Iterable[str]) -> list[str]:
         """Those of `job_ids` that ended, or that this coordd does not know (what an agent

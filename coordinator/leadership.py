@@ -82,6 +82,8 @@ class Leadership:
         self.leader_address = ""  # the current leader's, for a standby's answers
         self.valid_until = 0.0    # monotonic: act only before this
         self.seen = Seen()        # the lease as last read, for the metrics
+        # Told `valid_until` after each renewal (the Lighthouses serve no longer than that).
+        self.renewed: Callable[[float], None] = lambda until: None
 
     def addresses(self) -> str:
         """What agents get to reach the set: this coordd first, then the other members."""
@@ -135,6 +137,7 @@ class Leadership:
                     if epoch != self.epoch:
                         return on_lost(f"another coordd took over (epoch {epoch})")
                     self.valid_until = started + self.lease_s * STEP_DOWN_AT
+                    self.renewed(self.valid_until)
                     continue
             if time.monotonic() >= self.valid_until:
                 return on_lost("no renewal within the lease (cut off, frozen or too slow)")

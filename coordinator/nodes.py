@@ -268,6 +268,12 @@ class NodeRegistry:
             job_id=job_id, generation=generation,
             env={"COORD_DROPPED_REPLICAS": ",".join(dropped)})))
 
+    def tell_quorum(self, node_id: str, job_id: str, address: str) -> None:
+        """In-process mode: where the job's quorum service runs now (the leader's, after a
+        failover); the node's running replicas move their relay there."""
+        self.send(node_id, agent_pb2.CoordinatorMessage(reconfigure=agent_pb2.Reconfigure(
+            job_id=job_id, env={"TORCHFT_LIGHTHOUSE": address})))
+
     # watchdog ------------------------------------------------------------------------
     async def watch(self) -> None:
         while True:

@@ -7,6 +7,14 @@ stopped when the job ends. Its port and pid are kept in a lease file in coordd's
 directory, so a coordd that restarts (after a crash, whose Lighthouse may still run) takes the
 same port back and supervises it again instead of sending joiners to a second Lighthouse.
 
+A Lighthouse serves only while its coordd may act. coordd writes on the Lighthouse's stdin,
+after each renewal of its lease on PostgreSQL, the time (this host's monotonic clock) until
+which it leads; the Lighthouse shuts down when that time passes without a newer one. A leader
+that is killed, frozen or cut off thus loses its Lighthouses before any standby can take over
+and start its own: the replicas never meet in two quorums at once, and a deposed leader leaves
+nothing running. Without a lease (SQLite) a Lighthouse whose coordd ended (its stdin closed)
+serves on for ORPHAN_S, long enough for a restarted coordd to take it back, then ends too.
+
 `python -m coordinator.quorum --bind HOST:PORT --min-replicas N` runs one Lighthouse. It loads
 torchft's native extension by path, not through `import torchft` (which imports torch): a
 restart then takes milliseconds instead of the seconds torch needs, and training waits on it.
@@ -19,13 +27,17 @@ import asyncio
 import contextlib
 import importlib.machinery
 import importlib.util
+import io
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 
@@ -42,6 +54,7 @@ HEARTBEAT_TIMEOUT_MS = 2000
 # every 100 ms (up to one more interval per re-formation), every 10 ms costs the Lighthouse little.
 QUORUM_TICK_MS = 10
 RESTART_BACKOFF_S = (0.0, 0.1, 0.5, 1.0, 2.0)  # then 2 s between tries
+ORPHAN_S = 300.0
 
 
 class QuorumUnavailable(RuntimeError):
@@ -55,10 +68,12 @@ def lighthouse_available() -> bool:
 class QuorumService:
     """Runs and watches one job's Lighthouse; `address` is what workers connect to."""
 
-    def __init__(self, job_id: str, host: str, min_replicas: int, on_event, lease: Path) -> None:
+    def __init__(self, job_id: str, host: str, min_replicas: int, on_event, lease: Path,
+                 until: Callable[[], float] = lambda: math.inf) -> None:
         self.job_id, self.host, self.min_replicas = job_id, host, min_replicas
         self.on_event = on_event  # async (kind, message, payload): recorded in the job's events
         self.lease = lease  # "PORT PID" of the running Lighthouse, for a restarted coordd
+        self.until = until  # until when coordd leads (monotonic; inf without a lease)
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
@@ -86,11 +101,20 @@ class QuorumService:
     async def _spawn(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "coordinator.quorum", "--bind", f"{self.host}:{self.port}",
-            "--min-replicas", str(self.min_replicas), stdin=asyncio.subprocess.DEVNULL,
+            "--min-replicas", str(self.min_replicas), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
+        self.renew(self.until())
         await asyncio.to_thread(_write_lease, self.lease, self.port, self.process.pid)
         log.info(ev.QUORUM_STARTED, job=self.job_id, address=self.address, pid=self.process.pid)
+
+    def renew(self, until: float) -> None:
+        """Let the Lighthouse serve until `until` (monotonic), as long as coordd leads."""
+        process = self.process
+        if math.isinf(until) or process is None or process.stdin is None:
+            return
+        if process.returncode is None and not process.stdin.is_closing():
+            process.stdin.write(f"{until!r}\n".encode())
 
     async def _watch(self) -> None:
         """Restart the Lighthouse on the same port whenever it dies, until the job ends."""
@@ -196,6 +220,37 @@ def _load_native():
     return module
 
 
+class Lease:
+    """Until when this Lighthouse serves (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._until = math.inf
+        self._changed = threading.Condition()
+
+    def follow(self, stream: BinaryIO) -> None:
+        """coordd's lines, one deadline each; the end of the stream is coordd's end."""
+        with contextlib.suppress(OSError, ValueError):
+            for line in stream:
+                with contextlib.suppress(ValueError):
+                    self._set(float(line))
+        self._set(min(self._until, time.monotonic() + ORPHAN_S))
+
+    def end(self) -> None:
+        self._set(-math.inf)
+
+    def _set(self, until: float) -> None:
+        with self._changed:
+            self._until = until
+            self._changed.notify()
+
+    def wait(self) -> None:
+        """Return once the lease has run out. The wait is cut into short ones: a signal's
+        handler (`end`) runs in this thread and may come between the check and the wait."""
+        with self._changed:
+            while (left := self._until - time.monotonic()) > 0:
+                self._changed.wait(min(left, 1.0))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="one torchft Lighthouse for a coord job")
     parser.add_argument("--bind", required=True)
@@ -204,10 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     server = _load_native().LighthouseServer(
         bind=args.bind, min_replicas=args.min_replicas, join_timeout_ms=JOIN_TIMEOUT_MS,
         quorum_tick_ms=QUORUM_TICK_MS, heartbeat_timeout_ms=HEARTBEAT_TIMEOUT_MS)
-    done = threading.Event()
+    lease = Lease()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
+        signal.signal(sig, lambda *_: lease.end())
+    stdin = sys.stdin.buffer if sys.stdin is not None else io.BytesIO()
+    threading.Thread(target=lease.follow, args=(stdin,), daemon=True).start()
+    lease.wait()
     server.shutdown()
 
 

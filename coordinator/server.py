@@ -72,6 +72,8 @@ class Coordinator:
         metrics.load.watch_commits(store.engine)
         jobs = JobManager(store, bus, s, metrics)
         jobs.coordd_id = coordd_id
+        if leadership is not None:  # its Lighthouses serve only while it leads
+            jobs.quorums.until, leadership.renewed = leadership.valid_until, jobs.quorums.renew
         access = AgentAccess(leadership.addresses if leadership else self.advertised, agent_token,
                              files.ca_pem.decode() if files else None, insecure=files is None)
         providers = {"local": LocalProvider(s.state_dir / "nodes", access, s.stop_grace_s,

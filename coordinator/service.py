@@ -214,6 +214,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if not session.closed:
             for change in first.register.exited:  # exits coordd may have missed while down
                 self.jobs.router.on_worker_exit(session.node_id, change)
+            self.jobs.tell_quorums(session.node_id, (w.job_id for w in first.register.running))
         yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
             node_id=session.node_id,
             heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s,

@@ -1,14 +1,18 @@
 """Two coordd on one PostgreSQL, as two hosts would run them (docs/postgresql.md): each its own
-state directory, the CA and the tokens shared (copied from the first)."""
+state directory, the CA and the tokens shared (copied from the first), each on a fixed port so
+that a member started again (as systemd would) keeps the address agents know it by."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
 from coordinator import quorum
 from coordinator.localcluster import LocalCoordd
+from tests import netns, pg
 from tests.integration.harness import start_coordd, wait_for
+from tests.net import free_port
 from tests.pg import Postgres
 
 SHARED = ["tokens.json", "token", "agent-token", "tls/ca.key", "tls/ca.pem"]
@@ -18,11 +22,42 @@ def start_set(tmp_path: Path, postgres: Postgres, pg_url: str,
               lease_s: float = 2.0) -> list[LocalCoordd]:
     """The first started leads; the second is its standby."""
     env = {"COORDD_DATABASE_URL": pg_url, "COORDD_LEASE_S": str(lease_s)}
-    first = start_coordd(tmp_path / "host-a", env=env)
+    first = start_coordd(tmp_path / "host-a", env=env, listen=f"127.0.0.1:{free_port()}")
     share_credentials(first.state_dir, tmp_path / "host-b")
-    second = start_coordd(tmp_path / "host-b", env=env)
+    second = start_coordd(tmp_path / "host-b", env=env, listen=f"127.0.0.1:{free_port()}")
     wait_formed(postgres, pg_url)
     return [first, second]
+
+
+def start_across(tmp_path: Path, host: netns.Host, lease_s: float = 2.0
+                 ) -> tuple[Postgres, str, list[LocalCoordd]]:
+    """A PostgreSQL here and two coordd on it: the leader on `host` (a network namespace,
+    which reaches the database over a link of its own), the standby here. The caller stops
+    the members and then the PostgreSQL."""
+    postgres = pg.start(listen=f"127.0.0.1,{host.db_outside}",
+                        trusted_net=f"{host.db_inside}/32")
+    members: list[LocalCoordd] = []
+    try:
+        url = postgres.new_database()
+        env = {"COORDD_LEASE_S": str(lease_s)}
+        remote = postgres.url(url.rpartition("/")[2], host=host.db_outside)
+        members.append(start_coordd(tmp_path / "host-a", env={**env, "COORDD_DATABASE_URL": remote},
+                                    listen=f"{host.inside}:0", prefix=host.command([])))
+        share_credentials(members[0].state_dir, tmp_path / "host-b")
+        members.append(start_coordd(tmp_path / "host-b", env={**env, "COORDD_DATABASE_URL": url},
+                                    listen=f"{host.outside}:0"))
+        wait_formed(postgres, url)
+    except BaseException:
+        stop_set(members)
+        postgres.stop()
+        raise
+    return postgres, url, members
+
+
+def restart(member: LocalCoordd, pg_url: str, lease_s: float = 2.0) -> LocalCoordd:
+    """`member` started again after it died, on its state directory and address."""
+    return start_coordd(member.state_dir, listen=member.address,
+                        env={"COORDD_DATABASE_URL": pg_url, "COORDD_LEASE_S": str(lease_s)})
 
 
 def share_credentials(first: Path, other: Path) -> None:
@@ -64,12 +99,25 @@ def set_client(members: list[LocalCoordd], first: LocalCoordd):
     return Client(",".join(addresses), first.token, ca=first.ca_path)
 
 
+def lighthouses(member: LocalCoordd) -> dict[str, int]:
+    """job id -> pid of each quorum service (Lighthouse) `member` started that still runs."""
+    running = {}
+    for lease in (member.state_dir / "quorum").glob("*"):
+        if (found := quorum._read_lease(lease)) and _is_lighthouse(found[1], found[0]):
+            running[lease.name] = found[1]
+    return running
+
+
+def _is_lighthouse(pid: int, port: int) -> bool:
+    with contextlib.suppress(OSError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return b"coordinator.quorum" in argv and any(a.endswith(f":{port}".encode())
+                                                    for a in argv)
+    return False
+
+
 def stop_set(members: list[LocalCoordd]) -> None:
-    """Stop every member, and the Lighthouses a killed or stepped-down leader left running
-    (on separate hosts they would go with their host)."""
+    """Stop every member. A member's Lighthouses end with it, at the latest when its lease
+    runs out (coordinator/quorum.py)."""
     for member in members:
         member.stop()
-        for lease in (member.state_dir / "quorum").glob("*"):
-            if found := quorum._read_lease(lease):
-                port, pid = found
-                quorum._stop_orphan(pid, port)

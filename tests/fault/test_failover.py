@@ -5,6 +5,7 @@ when it wakes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -16,10 +17,10 @@ import pytest
 from contract.states import JobState, NodeState
 from coordinator.localcluster import BIN
 from coordinator.server import LOST_LEASE
-from tests import netns, pg
-from tests.coordd_set import (leader, set_client, share_credentials, start_set, stop_set,
-                              wait_for_leader, wait_formed)
-from tests.integration.harness import ROOT, job_pids, start_coordd, wait_for
+from tests import netns
+from tests.coordd_set import (leader, lighthouses, set_client, start_across, start_set,
+                              stop_set, wait_for_leader)
+from tests.integration.harness import ROOT, job_pids, wait_for
 from trainer.elastic import committed_history
 
 
@@ -143,22 +144,10 @@ def test_a_leader_cut_from_the_database_stops_within_its_lease(tmp_path, other_h
     within its lease, no write of its epoch lands afterwards, the standby leads, and the
     workers it started go on under the standby."""
     lease_s = 2.0
-    postgres = pg.start(listen=f"127.0.0.1,{other_host.db_outside}",
-                        trusted_net=f"{other_host.db_inside}/32")
-    members = []
+    postgres, url, members = start_across(tmp_path, other_host, lease_s)
+    active, standby = members
+    database = url.rpartition("/")[2]
     try:
-        url = postgres.new_database()
-        database = url.rpartition("/")[2]
-        env = {"COORDD_LEASE_S": str(lease_s)}
-        remote_url = postgres.url(database, host=other_host.db_outside)
-        active = start_coordd(tmp_path / "host-a", env={**env, "COORDD_DATABASE_URL": remote_url},
-                              listen=f"{other_host.inside}:0", prefix=other_host.command([]))
-        members.append(active)
-        share_credentials(active.state_dir, tmp_path / "host-b")
-        standby = start_coordd(tmp_path / "host-b", env={**env, "COORDD_DATABASE_URL": url},
-                               listen=f"{other_host.outside}:0")
-        members.append(standby)
-        wait_formed(postgres, url)
         (tmp_path / "job.toml").write_text('name = "sleeper"\nrun = "sleep 600"\n'
                                            '[nodes]\ncount = 2\n')
         with active.client() as client:
@@ -183,41 +172,85 @@ def test_a_leader_cut_from_the_database_stops_within_its_lease(tmp_path, other_h
         postgres.stop()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_inprocess_training_survives_a_leader_kill(tmp_path, pg_url, postgres):
-    """On one machine: the old leader's Lighthouse outlives it (as after a coordd crash) and
-    the replicas keep using it; across hosts it would go with the host (docs/postgresql.md)."""
-    pytest.importorskip("torchft")
-    active, standby = members = start_set(tmp_path, postgres, pg_url)
+INPROCESS_JOB = """
+    name = "inproc"
+    run = "python train.py --steps 300 --ckpt-every 20 --step-sleep 0.03"
+    [nodes]
+    count = 2
+    [fault_tolerance]
+    mode = "inprocess"
+"""
+
+
+def submit_inprocess(tmp_path, member):
     work = tmp_path / "job"
     shutil.copytree(ROOT / "examples" / "elastic", work)
-    (work / "job.toml").write_text(textwrap.dedent("""
-        name = "inproc"
-        run = "python train.py --steps 300 --ckpt-every 20 --step-sleep 0.03"
-        [nodes]
-        count = 2
-        [fault_tolerance]
-        mode = "inprocess"
-    """))
+    (work / "job.toml").write_text(textwrap.dedent(INPROCESS_JOB))
+    with member.client() as client:
+        job = client.submit(work / "job.toml")
+    ckpt = member.state_dir / "checkpoints" / job.id
+    wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= 40, 90,
+             what="step 40")
+    return job, ckpt
+
+
+def finishes_untouched(members, standby, job, ckpt, workers) -> None:
+    """The agents follow the new leader and the job ends well with the workers it began with,
+    every step committed once."""
+    with set_client(members, standby) as client:
+        wait_for(lambda: all(n.state == NodeState.ASSIGNED for n in client.nodes(job.id)),
+                 30, what="the agents to follow the new leader")
+        assert sorted(job_pids(job.id)) == workers
+        final = client.wait(job.id, timeout=150)
+    assert final.state == JobState.SUCCEEDED, final.reason
+    assert final.generation == 1
+    history = committed_history(ckpt)
+    assert history.ok and history.steps == list(range(1, 301)) and not history.lost
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_inprocess_training_survives_a_leader_kill_and_its_lighthouse_goes(tmp_path, pg_url,
+                                                                          postgres):
+    """The killed leader's Lighthouse ends within its lease (nothing of it is left running);
+    the replicas move to the new leader's and train on."""
+    pytest.importorskip("torchft")
+    lease_s = 2.0
+    active, standby = members = start_set(tmp_path, postgres, pg_url, lease_s)
     try:
-        with active.client() as client:
-            job = client.submit(work / "job.toml")
-        ckpt = active.state_dir / "checkpoints" / job.id
-        wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= 40, 90,
-                 what="step 40")
+        job, ckpt = submit_inprocess(tmp_path, active)
         workers = sorted(job_pids(job.id))
+        assert set(lighthouses(active)) == {job.id}
+        killed_at = time.monotonic()
         active.process.kill()
         active.process.wait()
+        wait_for(lambda: not lighthouses(active), lease_s + 2, what="the old Lighthouse to end")
+        assert time.monotonic() - killed_at <= lease_s
         wait_for_leader(postgres, pg_url, 2)
-        with set_client(members, standby) as client:
-            wait_for(lambda: all(n.state == NodeState.ASSIGNED for n in client.nodes(job.id)),
-                     30, what="the agents to follow the new leader")
-            assert sorted(job_pids(job.id)) == workers
-            final = client.wait(job.id, timeout=150)
-        assert final.state == JobState.SUCCEEDED, final.reason
-        assert final.generation == 1
-        history = committed_history(ckpt)
-        assert history.ok and history.steps == list(range(1, 301)) and not history.lost
+        finishes_untouched(members, standby, job, ckpt, workers)
     finally:
         stop_set(members)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_inprocess_training_follows_the_leader_to_another_host(tmp_path, other_host):
+    """The leader's side of its host is lost (coordd and its Lighthouse SIGKILLed; the nodes
+    live elsewhere): the standby here starts the job's Lighthouse on this host and the
+    replicas, told by their agents, train on through it."""
+    pytest.importorskip("torchft")
+    postgres, url, members = start_across(tmp_path, other_host)
+    active, standby = members
+    try:
+        job, ckpt = submit_inprocess(tmp_path, active)
+        workers = sorted(job_pids(job.id))
+        old = lighthouses(active)
+        active.process.kill()
+        for pid in old.values():
+            os.kill(pid, signal.SIGKILL)
+        wait_for_leader(postgres, url, 2)
+        finishes_untouched(members, standby, job, ckpt, workers)
+        assert not lighthouses(active)
+    finally:
+        stop_set(members)
+        postgres.stop()

@@ -24,9 +24,12 @@ STEPS = 300
 
 
 @pytest.fixture
-def coordd(tmp_path):
-    server = start_coordd(tmp_path / "state", "--heartbeat-timeout", "3",
-                          env={"COORDD_STOP_GRACE_S": "3"})
+def coordd(request, tmp_path):
+    """On SQLite, or on PostgreSQL (a leader alone) where a test asks with indirect=True."""
+    env = {"COORDD_STOP_GRACE_S": "3"}
+    if getattr(request, "param", "sqlite") == "postgresql":
+        env["COORDD_DATABASE_URL"] = request.getfixturevalue("pg_url")
+    server = start_coordd(tmp_path / "state", "--heartbeat-timeout", "3", env=env)
     yield server
     server.stop()
 
@@ -206,7 +209,9 @@ def test_a_killed_worker_restarts_in_place_warm_and_heals_while_the_others_train
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("coordd", ["sqlite", "postgresql"], indirect=True)
 def test_killing_the_quorum_service_loses_no_committed_step(coordd, client, tmp_path):
+    """On PostgreSQL the Lighthouse lives by the leader's lease, which keeps it alive."""
     record = submit(client, tmp_path)
     started = wait_for(lambda: events(client, record.id, "quorum.started"), 60,
                        what="the quorum service")
@@ -223,6 +228,7 @@ def test_killing_the_quorum_service_loses_no_committed_step(coordd, client, tmp_
     final = client.wait(record.id, timeout=120)
     assert final.state == JobState.SUCCEEDED, final.reason
     assert_no_committed_step_lost(coordd, record.id)
+    assert len(events(client, record.id, "quorum.died")) == 1  # the kill's: no other ended it
 
 
 @pytest.mark.timeout(180)

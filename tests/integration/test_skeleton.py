@@ -66,6 +66,7 @@ def test_logs_arrive_in_order_per_worker(coordd, client, tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("coordd", ["sqlite", "postgresql"], indirect=True)
 def test_failing_worker_fails_the_job_and_status_shows_why(coordd, client, tmp_path):
     job = write_job(tmp_path, """
         name = "fails"

@@ -1,4 +1,5 @@
-"""A restarted coordd resumes a job from its row: epoch, worker generation, replica slots."""
+"""A restarted coordd resumes a job from its row: epoch, worker generation, replica slots
+(on SQLite and on PostgreSQL: the store_url fixture)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ from coordinator.settings import CoorddSettings
 from coordinator.store import JobRecord, Store
 
 
-async def test_a_restart_takes_generation_and_slots_from_the_job_row_not_the_events(tmp_path):
+async def test_a_restart_takes_generation_and_slots_from_the_job_row_not_the_events(
+        tmp_path, store_url):
     """Two in-place re-formations after the workers started (epoch 3, workers of 1); the
     event log holds none of it (a crash before the events, say): the row alone says it."""
     settings = CoorddSettings(state_dir=tmp_path)
-    store = await Store.open(tmp_path / "coord.db")
+    store = await Store.open(store_url)
     spec = JobSpec(name="j", run="true", nodes={"count": 3})
     job = JobRecord(id="j-1", name="j", spec_json=spec.to_json(), state=JobState.RUNNING,
                     generation=3, node_ids=["n0", "n2", "n3"], worker_generation=1,
                     slots={"n0": 0, "n2": 2, "n3": 3}, next_slot=4)
     await store.insert_job(job)
-    store = await _reopen(store, tmp_path)
+    await store.close()
+    store = await Store.open(store_url)
     jobs = JobManager(store, Bus(), settings, Metrics())
     jobs.attach(NodeRegistry(store, settings, {}, jobs.router.on_node_change, Metrics()))
     try:
@@ -32,7 +35,3 @@ async def test_a_restart_takes_generation_and_slots_from_the_job_row_not_the_eve
     finally:
         await store.close()
 
-
-async def _reopen(store: Store, tmp_path) -> Store:
-    await store.close()
-    return await Store.open(tmp_path / "coord.db")

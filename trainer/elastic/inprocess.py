@@ -55,6 +55,7 @@ from .logs import get_logger
 from .peerloss import PEER_LOST, discard_reason, reform_cause
 from .loop import Step
 from .pause import PauseDetector
+from .relay import Relay
 from .sampler import GlobalSampler, plan_micro_batches
 from .snapshot import SnapshotStore
 from .state import TrainState, apply_payload, build_payload
@@ -156,6 +157,7 @@ class InProcessContext(BoundObjects):
         self._manager = None
         self._store = None
         self._fence = Fence()  # replicas coordd dropped, told through the lifeline
+        self._relay = Relay(env.lighthouse)  # to the Lighthouse, wherever coordd runs it
         self._pauses = PauseDetector(config.pause_s or env.pause_s)
         # When the step in flight began (its pauses void it): a slow start is no pause.
         self._step_began = time.monotonic()
@@ -209,7 +211,7 @@ class InProcessContext(BoundObjects):
 
     def _make_manager(self):
         manager, self._store = make_manager(
-            host=self.env.host, lighthouse=self.env.lighthouse,
+            host=self.env.host, lighthouse=self._relay.address,
             replica_id=f"{self.env.node_id}_{self.env.replica}",
             min_replicas=self.env.min_replicas, device=self.device,
             timeout_s=self.config.timeout_s, quorum_timeout_s=self.config.quorum_timeout_s,
@@ -218,9 +220,12 @@ class InProcessContext(BoundObjects):
         return manager
 
     def _on_lifeline(self, message: dict[str, Any]) -> None:
-        """coordd re-formed the replicas (lifeline thread): the dropped ones no longer count."""
+        """coordd re-formed the replicas (lifeline thread): the dropped ones no longer count;
+        or its Lighthouse moved (a failover): the relay follows it."""
         if message.get("kind") == "reformed" and message.get("dropped"):
             self._fence.drop(message["dropped"])
+        elif message.get("kind") == "quorum" and isinstance(message.get("address"), str):
+            self._relay.point(message["address"])
 
     def _state_dict(self) -> dict[str, Any]:
         model, optimizer, scheduler = self._require_bound()
