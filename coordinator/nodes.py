@@ -67,7 +67,8 @@ class NodeRegistry:
         self.sessions: dict[str, AgentSession] = {}
         self._suspect_since: dict[str, float] = {}
         self._before_suspect: dict[str, NodeState] = {}
-        self._reconnecting: set[str] = set()  # suspect since coordd restarted
+        # Suspect or joining since coordd restarted: its provider may know that it is gone.
+        self._reconnecting: set[str] = set()
         # JOINING nodes must register by this wall time. The clock starts once the provider
         # has launched the machine: a slow launch (capacity fallbacks) is not boot time.
         self._join_by: dict[str, float] = {}
@@ -91,6 +92,7 @@ class NodeRegistry:
                 self._reconnecting.add(node.id)
             if node.state == NodeState.JOINING:
                 self._join_by[node.id] = time.time() + self.join_timeout(node)
+                self._reconnecting.add(node.id)
 
     def view(self, node: NodeRecord) -> NodeView:
         session = self.sessions.get(node.id)

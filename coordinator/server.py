@@ -65,10 +65,10 @@ class Coordinator:
         store = await Store.open(s.database)
         metrics, bus = Metrics(), Bus()
         coordd_id = await asyncio.to_thread(load_or_create_id, s.state_dir / "coordd-id")
-        holding = leadership = None
+        holding = leadership = standby = None
         if store.engine.dialect.name == "postgresql":
             leadership = Leadership(store.engine, coordd_id, "", s.lease_s)
-            holding = await self._lead(store, leadership, tokens, files, lock, metrics)
+            holding, standby = await self._lead(store, leadership, tokens, files, lock, metrics)
         metrics.load.watch_commits(store.engine)
         jobs = JobManager(store, bus, s, metrics)
         jobs.coordd_id = coordd_id
@@ -98,6 +98,8 @@ class Coordinator:
             await provider.start(nodes.nodes)
         server = self._grpc_server(tokens, files, jobs, store, bus, nodes, metrics)
         await server.start()
+        if standby is not None:  # both held the port (SO_REUSEPORT): it was never closed
+            await standby.stop(grace=0)
         await asyncio.to_thread(lock.announce, self.address)
         log.info("coordd.listening", address=self.address, state_dir=str(s.state_dir))
         if s.metrics_listen and holding is None:
@@ -125,9 +127,10 @@ class Coordinator:
             log.info("coordd.stopped")
 
     async def _lead(self, store: Store, leadership: Leadership, tokens, files,
-                    lock: InstanceLock, metrics: Metrics) -> asyncio.Task:
+                    lock: InstanceLock, metrics: Metrics) -> tuple[asyncio.Task, grpc.aio.Server]:
         """On PostgreSQL: serve as a standby until this coordd leads, then guard the store's
-        writes with its epoch; the task that keeps the lease."""
+        writes with its epoch. Returns the task that keeps the lease, and the standby server:
+        it answers "the leader is here, retry" until the leader's own server listens."""
         s = self.settings
         standby = self._bind(grpc.aio.server(interceptors=[AuthInterceptor(tokens)]), files)
         leadership.address = self.advertised()
@@ -140,10 +143,11 @@ class Coordinator:
         log.info("coordd.standby", address=self.address, member=leadership.me)
         try:
             await leadership.campaign()
-        finally:
+        except BaseException:
             await standby.stop(grace=0)
+            raise
         store.guard, store.epoch = leadership.guard, leadership.epoch
-        return asyncio.create_task(leadership.hold(_step_down))
+        return asyncio.create_task(leadership.hold(_step_down)), standby
 
     def _tls_files(self) -> tls.TlsFiles | None:
         """None only when plaintext was asked for explicitly."""

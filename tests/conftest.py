@@ -47,3 +47,16 @@ def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'coord.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that ran coordd shows the end of each coordd log it left in its tmp dir:
+    what a flake in CI needs to be understood afterwards."""
+    report = yield
+    tmp = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if report.failed and call.when == "call" and tmp is not None:
+        for log in sorted(tmp.rglob("coordd.log"))[:4]:
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            report.sections.append((f"tail of {log.relative_to(tmp)}", "\n".join(tail)))
+    return report

@@ -145,7 +145,7 @@ class AsyncClient:
         if exc.code() != grpc.StatusCode.UNAVAILABLE or (tag and not hint) or \
                 attempt >= FOLLOW_ATTEMPTS or (len(self.addresses) == 1 and not hint):
             return False
-        if not hint:  # nobody named a leader: one may be being chosen
+        if hint in ("", self.address):  # a leader being chosen, or starting where we are
             await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
         await self._channel.close()
         self._connect(next_address(self.addresses, self.address, hint))
