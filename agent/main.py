@@ -28,6 +28,7 @@ log = structlog.get_logger("agent")
 app = typer.Typer(add_completion=False)
 OPTIONAL_SOFTWARE = ("torchft",)
 OWNER_ONLY = 0o077  # the umask of the agent and of everything it starts
+ACK_WAIT_S = 3.0  # for coordd to acknowledge the last exits, when it may be failing over
 
 
 def detect_resources() -> types_pb2.Resources:
@@ -77,7 +78,7 @@ async def run(coordinator: str, token: str, node_id: str, host: str, workdir: Pa
     try:
         await asyncio.wait({connection, asked}, return_when=asyncio.FIRST_COMPLETED)
         if terminate.is_set():
-            await leave(outbox, supervisor, stop_grace_s)
+            await leave(outbox, supervisor, stop_grace_s, connection)
     finally:
         asked.cancel()
         connection.cancel()
@@ -103,13 +104,17 @@ def on_notice(outbox: Outbox, supervisor: Supervisor, kind: str, body: str) -> N
         reason=f"spot interruption notice {body}")))
 
 
-async def leave(outbox: Outbox, supervisor: Supervisor, stop_grace_s: float) -> None:
-    """Say we are leaving before stopping our workers, then let their exits reach coordd."""
+async def leave(outbox: Outbox, supervisor: Supervisor, stop_grace_s: float,
+                connection: asyncio.Task) -> None:
+    """Say we are leaving before stopping our workers, then let their exits reach coordd,
+    unless coordd ended the connection itself (it drained this node: nobody waits for them)."""
     log.info("agent.terminating", grace_s=stop_grace_s)
     outbox.put(agent_pb2.AgentMessage(leaving=agent_pb2.Leaving(reason="agent received SIGTERM")))
     await supervisor.close(stop_grace_s)
     outbox.flush()
-    await outbox.drained(timeout=3.0)
+    acked = asyncio.create_task(outbox.drained(timeout=ACK_WAIT_S))
+    await asyncio.wait({acked, connection}, return_when=asyncio.FIRST_COMPLETED)
+    acked.cancel()
 
 
 @app.command()
