@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 from pathlib import Path
 
 from coordinator import quorum
 from coordinator.localcluster import LocalCoordd
+from coordinator.providers.procs import signal_session
 from tests import netns, pg
 from tests.integration.harness import start_coordd, wait_for
 from tests.net import free_port
@@ -118,6 +120,21 @@ def _is_lighthouse(pid: int, port: int) -> bool:
 
 def stop_set(members: list[LocalCoordd]) -> None:
     """Stop every member. A member's Lighthouses end with it, at the latest when its lease
-    runs out (coordinator/quorum.py)."""
+    runs out (coordinator/quorum.py). The leader stops its local nodes as it stops; a test
+    that failed while no member led leaves them to be ended here."""
     for member in members:
         member.stop()
+    for pid in _agents_of({m.address for m in members}):
+        signal_session(pid, signal.SIGKILL)
+
+
+def _agents_of(addresses: set[str]) -> list[int]:
+    """Agents still running that were told to reach one of `addresses`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            argv = cmdline.read_bytes().split(b"\0")
+            named = {part.decode(errors="replace") for a in argv for part in a.split(b",")}
+            if any(a.endswith(b"coord-agent") for a in argv[:2]) and named & addresses:
+                found.append(int(cmdline.parent.name))
+    return found
