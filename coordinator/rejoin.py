@@ -17,13 +17,14 @@ from __future__ import annotations
 import structlog
 
 from coord.v1 import agent_pb2
+from coordinator.store import NodeRecord
 
 log = structlog.get_logger("coordinator.rejoin")
 # Every generation: what a fenced node runs is older than this.
 ANY_GENERATION = 2**62
 
 
-def admit(node, msg: agent_pb2.Register, session, managed: bool) -> bool:
+def admit(node: NodeRecord, msg: agent_pb2.Register, session, managed: bool) -> bool:
     """True: register `node` again as a fresh incarnation. False: `session` was told what
     to stop and closed. `managed`: a provider coordd runs owns the node's machine."""
     workers = [(w.job_id, w.generation, w.rank) for w in msg.running]
