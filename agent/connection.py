@@ -97,11 +97,12 @@ class Connection:
 
     async def run_forever(self) -> None:
         """Connect, serve, and reconnect with exponential backoff and full jitter."""
-        delay = 0.2
+        delay, attempt = 0.2, 0
         while True:
+            attempt += 1
             try:
                 await self._session()
-                delay = 0.2
+                delay, attempt = 0.2, 0
             except Drained:
                 return
             except CoorddSilent as exc:
@@ -114,7 +115,10 @@ class Connection:
                 await self._follow(exc)
                 if leader_hint(exc.trailing_metadata()):
                     continue  # straight to the leader that was named
-            await asyncio.sleep(random.uniform(0, delay))
+            pause = random.uniform(0, delay)
+            log.info("agent.reconnecting", attempt=attempt + 1, after_s=round(pause, 3),
+                     address=self.address)
+            await asyncio.sleep(pause)
             # in a set, one of the others is the leader soon: try them more often
             delay = min(delay * 2, 5.0 if len(self.addresses) == 1 else 1.0)
 

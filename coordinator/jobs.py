@@ -50,6 +50,7 @@ class JobManager:
     def attach(self, nodes: NodeRegistry) -> None:
         """The node registry, once the server built it with the providers."""
         self.nodes = self.admission.nodes = nodes
+        nodes.on_forget = self.router.on_nodes_forgotten
         launcher = Launcher(nodes, self.quorums.address, self.job_event, self.checkpoint_dir,
                             self.settings.pause_threshold_s)
         self.ports = coordd_ports(self.store, nodes, launcher, self.quorums, self.metrics,

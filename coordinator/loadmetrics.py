@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,6 +27,9 @@ class LoadMetrics:
                                        "Time between two heartbeats of one node",
                                        buckets=(0.5, 0.9, 1, 1.1, 1.25, 1.5, 2, 3, 5, 10),
                                        registry=registry)
+        self.stream_failures = Counter("coord_agent_stream_failures",
+                                       "Agent streams that ended abnormally, by cause",
+                                       ["cause"], registry=registry)
 
     def watch_commits(self, engine: AsyncEngine) -> None:
         """Times every transaction's COMMIT: from the commit call until its connection is

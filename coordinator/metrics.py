@@ -36,6 +36,9 @@ class Metrics:
             self.nodes.labels(str(old)).dec()
         self.nodes.labels(str(new)).inc()
 
+    def node_removed(self, state: NodeState) -> None:
+        self.nodes.labels(str(state)).dec()
+
     def watch_leadership(self, leadership) -> None:
         """Gauges of the coordd set on PostgreSQL, read from `leadership` at each scrape."""
         for name, what, read in (

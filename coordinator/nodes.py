@@ -19,6 +19,7 @@ from contract.errors import InvalidSpec, PartialLaunch
 from contract.spec import JobSpec
 from contract.states import NodeState, check_node_transition
 from coord.v1 import agent_pb2
+from coordinator import rejoin
 from coordinator.metrics import Metrics
 from coordinator.nodewriter import NodeWriter
 from coordinator.providers.base import Provider
@@ -63,6 +64,8 @@ class NodeRegistry:
         self.writer = NodeWriter(store)
         self.metrics = metrics
         self.on_change = on_change
+        # Told which nodes of a job were forgotten (retention): its runner drops them.
+        self.on_forget: Callable[[str, tuple[str, ...]], None] = lambda job_id, ids: None
         self.nodes: dict[str, NodeRecord] = {}
         self.sessions: dict[str, AgentSession] = {}
         self._suspect_since: dict[str, float] = {}
@@ -108,7 +111,7 @@ class NodeRegistry:
         if old == new:
             return
         check_node_transition(old, new)
-        node.state = new
+        node.state, node.state_since = new, time.time()
         self.writer.mark(node)
         self.metrics.node_transition(old, new)
         log.info("node.state", node=node.id, job=node.job_id, old=str(old), new=str(new),
@@ -179,6 +182,11 @@ class NodeRegistry:
     # agent messages ------------------------------------------------------------------
     async def register(self, msg: agent_pb2.Register) -> AgentSession:
         node = self.nodes.get(msg.node_id) if msg.node_id else None
+        session = AgentSession(msg.node_id)
+        if node is not None and node.state in (NodeState.LOST, NodeState.GONE):
+            if not rejoin.admit(node, msg, session, node.provider in self.providers):
+                return session
+            node = self._reincarnate(node)
         if node is None:  # started by hand: a pool node nobody asked for
             node = NodeRecord(id=msg.node_id or f"node-{secrets.token_hex(4)}", provider="static")
             self.nodes[node.id] = node
@@ -191,13 +199,9 @@ class NodeRegistry:
                           "software": sorted(set(msg.resources.software))}
         node.last_heartbeat = time.time()
         self.writer.mark(node)
-        session = AgentSession(node.id)
-        session.free_port = msg.free_port
+        session.node_id, session.free_port = node.id, msg.free_port
         if old := self.sessions.get(node.id):
             old.close()
-        if node.state in (NodeState.LOST, NodeState.GONE):
-            self._fence(session, node, msg)
-            return session
         self.sessions[node.id] = session
         self._reconnecting.discard(node.id)
         self._suspect_since.pop(node.id, None)
@@ -205,15 +209,26 @@ class NodeRegistry:
         await self.set_state(node, back_to or NodeState.READY, "registered")
         return session
 
-    def _fence(self, session: AgentSession, node: NodeRecord, msg: agent_pb2.Register) -> None:
-        """A node we already gave up on came back: stop whatever it still runs, send it away."""
-        log.warning("node.fenced", node=node.id, state=str(node.state),
-                    workers=[(w.job_id, w.generation, w.rank) for w in msg.running])
-        for job_id in {w.job_id for w in msg.running}:
-            session.send(agent_pb2.CoordinatorMessage(stop=agent_pb2.StopWorkers(
-                job_id=job_id, generation=2**62, grace_s=0, reason="node was removed")))
-        session.send(agent_pb2.CoordinatorMessage(drain=agent_pb2.Drain(reason="node was removed")))
-        session.close()
+    def _reincarnate(self, dead: NodeRecord) -> NodeRecord:
+        """A fresh record under the dead node's id: no job, JOINING until it registers."""
+        fresh = NodeRecord(id=dead.id, provider=dead.provider)
+        self.nodes[fresh.id] = fresh
+        self.metrics.node_transition(dead.state, fresh.state)
+        if dead.job_id:
+            self.on_forget(dead.job_id, (dead.id,))
+        return fresh
+
+    def forget(self, job_nodes: dict[str, list[str]]) -> None:
+        """Dead nodes whose records were removed (by job id, "" for none): out of memory too,
+        and each job's runner told, so its view drops them."""
+        for job_id, ids in job_nodes.items():
+            for node_id in ids:
+                node = self.nodes.get(node_id)
+                if node is not None and node.state in (NodeState.LOST, NodeState.GONE):
+                    del self.nodes[node_id]
+                    self.metrics.node_removed(node.state)
+            if job_id:
+                self.on_forget(job_id, tuple(ids))
 
     async def applied(self, node: NodeRecord, seq: int) -> None:
         node.applied_seq = seq

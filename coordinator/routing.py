@@ -14,7 +14,8 @@ from contract.control import WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCES
 from coord.v1 import agent_pb2
 from coordinator.bus import Bus
 from coordinator.logbudget import LogBudget
-from coordinator.reconciler.events import NodeChanged, WorkerExited, WorkerFinished, WorkerInProcess
+from coordinator.reconciler.events import (NodeChanged, NodesForgotten, WorkerExited,
+                                           WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.runner import JobRunner
 from coordinator.reconciler.view import NodeView, WorkerExit
@@ -34,6 +35,11 @@ class Router:
     def on_node_change(self, node: NodeRecord, view: NodeView) -> None:
         if node.job_id and (runner := self.runners.get(node.job_id)):
             runner.post(NodeChanged(view))
+
+    def on_nodes_forgotten(self, job_id: str, node_ids: tuple[str, ...]) -> None:
+        """Dead nodes left the registry: the job's view drops them (members it keeps)."""
+        if runner := self.runners.get(job_id):
+            runner.post(NodesForgotten(node_ids))
 
     def on_worker_exit(self, node_id: str, msg: agent_pb2.WorkerStateChange) -> None:
         if runner := self.runners.get(msg.job_id):

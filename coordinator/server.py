@@ -23,6 +23,7 @@ from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.providers.base import AgentAccess, JobEvents
 from coordinator.providers.local import LocalProvider
+from coordinator.retention import NodeRetention
 from coordinator.service import AgentService, JobService
 from coordinator.settings import CoorddSettings
 from coordinator.standby import StandbyHandler
@@ -107,6 +108,7 @@ class Coordinator:
         dashboard = await start_dashboard(s, tokens, store, bus, jobs, nodes)
         self.dashboard_url = dashboard.url if dashboard else ""
         jobs.supervisor.start("node watchdog", nodes.watch)
+        jobs.supervisor.start("node retention", NodeRetention(nodes, store, s).run)
         jobs.supervisor.start("loop lag", metrics.load.watch_loop)
         await jobs.resume()
         await sweep_local(providers["local"], jobs)

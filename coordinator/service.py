@@ -22,6 +22,7 @@ from coordinator.metrics import Metrics
 from coordinator.nodes import AgentSession, NodeRegistry
 from coordinator.providers.base import Provider
 from coordinator.store import NodeRecord, Store
+from coordinator.streamlog import StreamFailures
 
 log = structlog.get_logger("coordinator.service")
 BUNDLE_CHUNK = 1 << 20
@@ -141,10 +142,19 @@ class JobService(jobs_pb2_grpc.JobServiceServicer):
 
     @rpc
     async def ListNodes(self, request, context):
+        if request.limit < 0 or request.offset < 0:
+            raise InvalidSpec("fields 'limit' and 'offset': 0 or more")
         job_id = (await self.store.get_job(_ref(request.job))).id if request.job else None
-        records = await self.store.list_nodes(job_id, request.include_gone)
-        live = {n.id: n for n in self.nodes.nodes.values()}
-        return jobs_pb2.ListNodesResponse(nodes=[convert.node(live.get(r.id, r)) for r in records])
+        records = await self.store.list_nodes(job_id, request.include_gone, request.limit,
+                                              request.offset)
+        live = self.nodes.nodes  # newer than the rows: node writes are batched
+        response = jobs_pb2.ListNodesResponse(
+            nodes=[convert.node(live.get(r.id, r)) for r in records])
+        if request.summary:
+            for job, state, count in await self.store.count_nodes(job_id, request.include_gone):
+                response.counts.add(job_id=job, state=state.to_proto(), count=count)
+                response.total += count
+        return response
 
 
 def _reachable(nodes: NodeRegistry, node_id: str) -> tuple[NodeRecord, Provider]:
@@ -194,6 +204,15 @@ def _check_register(register: agent_pb2.Register) -> None:
                           "64 characters")
 
 
+def _cause(exc: BaseException) -> str:
+    """What ended an agent's stream, as a short label (a metric's, a summary's key)."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return "cancelled"  # the agent, its connection or gRPC gave the call up
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name.lower()
+    return type(exc).__name__
+
+
 def _matches(line, node_id: str, rank: int | None) -> bool:
     return (not node_id or line.node_id == node_id) and (rank is None or line.rank == rank)
 
@@ -201,25 +220,31 @@ def _matches(line, node_id: str, rank: int | None) -> bool:
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, jobs: JobManager, nodes: NodeRegistry, metrics: Metrics):
         self.jobs, self.nodes, self.metrics = jobs, nodes, metrics
+        self.failures = StreamFailures(metrics.load.stream_failures)
 
     @rpc
     async def Connect(self, request_iterator, context: grpc.aio.ServicerContext):
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("body") != "register":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "the first message on the stream must be `register`")
-        _check_register(first.register)
-        session = await self.nodes.register(first.register)
-        log.info("agent.connected", node=session.node_id, peer=context.peer())
-        if not session.closed:
-            for change in first.register.exited:  # exits coordd may have missed while down
-                self.jobs.router.on_worker_exit(session.node_id, change)
-            self.jobs.tell_quorums(session.node_id, (w.job_id for w in first.register.running))
-        yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
-            node_id=session.node_id,
-            heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s,
-            finished_jobs=await self.jobs.ended(first.register.scratch_jobs),
-            coordd_id=self.jobs.coordd_id))
+        first = session = None
+        try:  # until the agent has `registered`: a failure here is a failed attempt
+            first = await anext(aiter(request_iterator), None)
+            if first is None or first.WhichOneof("body") != "register":
+                self.failures.record("no_register", peer=context.peer())
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "the first message on the stream must be `register`")
+            session = await self._register(first.register, context)
+            yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
+                node_id=session.node_id,
+                heartbeat_interval_s=self.nodes.settings.heartbeat_interval_s,
+                finished_jobs=await self.jobs.ended(first.register.scratch_jobs),
+                coordd_id=self.jobs.coordd_id))
+        except grpc.aio.AbortError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded, then as it was
+            self.failures.record(_cause(exc), phase="register", peer=context.peer(),
+                                 node=first.register.node_id[:128] if first else "")
+            if session is not None:  # registered, but never heard so: suspect from now
+                self.nodes.spawn(self.nodes.disconnected(session))
+            raise
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             while (message := await session.outbox.get()) is not None:
@@ -235,6 +260,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
+    async def _register(self, register: agent_pb2.Register, context) -> AgentSession:
+        _check_register(register)
+        session = await self.nodes.register(register)
+        log.info("agent.connected", node=session.node_id, peer=context.peer())
+        if not session.closed:
+            for change in register.exited:  # exits coordd may have missed while down
+                self.jobs.router.on_worker_exit(session.node_id, change)
+            self.jobs.tell_quorums(session.node_id, (w.job_id for w in register.running))
+        return session
+
     async def _read(self, session: AgentSession, request_iterator) -> CoordError | None:
         """Apply the agent's messages until the stream ends; a message that breaks the
         protocol ends it too, and is returned so the agent hears why."""
@@ -242,10 +277,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             async for message in request_iterator:
                 await self._handle(session, message)
         except CoordError as exc:
-            log.warning("agent.bad_message", node=session.node_id, error=str(exc)[:300])
+            self.failures.record("bad_message", node=session.node_id, error=str(exc)[:300])
             return exc
         except Exception as exc:  # a broken stream is a disconnect, not a daemon crash
-            log.info("agent.stream_error", node=session.node_id, error=repr(exc))
+            self.failures.record(_cause(exc), phase="serve", node=session.node_id,
+                                 error=repr(exc)[:300])
         finally:
             session.close()
         return None

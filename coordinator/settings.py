@@ -160,6 +160,10 @@ class CoorddSettings(BaseSettings):
     restart_grace_s: float = Field(30.0, ge=0, description="after coordd restarts, nodes must "
                                                          "reconnect within this")
     join_timeout_s: float = Field(120.0, gt=0, description="a new node must register within this")
+    node_retention_s: float = Field(3600.0, ge=0, description="a LOST or GONE node is "
+                                    "removed (its row, `coord nodes`) this long after it died, "
+                                    "unless a running job still counts it; its job's events "
+                                    "keep what happened")
     stop_grace_s: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL for stopped workers")
     scale_up_settle_s: float = Field(2.0, ge=0, description="batch joins that arrive within this")
     scale_up_min_runtime_s: float = Field(30.0, ge=0,

@@ -75,6 +75,7 @@ nodes = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("incarnation", sa.String, nullable=False, default=""),
     sa.Column("applied_seq", sa.Integer, nullable=False, default=0),
+    sa.Column("state_since", sa.Float, nullable=False, default=0.0, server_default="0"),
 )
 
 events = sa.Table(
@@ -173,6 +174,7 @@ class NodeRecord:
     created_at: float = dataclasses.field(default_factory=time.time)
     incarnation: str = ""   # the agent process whose messages `applied_seq` counts
     applied_seq: int = 0    # its tracked messages up to here are applied and durable
+    state_since: float = dataclasses.field(default_factory=time.time)  # wall time
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -213,6 +215,17 @@ class LogRecord:
     time: float
     text: str
     id: int = 0
+
+
+_DEAD = [NodeState.LOST.value, NodeState.GONE.value]
+
+
+def _node_filter(query: sa.Select, job_id: str | None, include_gone: bool) -> sa.Select:
+    if job_id:
+        query = query.where(nodes.c.job_id == job_id)
+    if not include_gone:
+        query = query.where(nodes.c.state.not_in([NodeState.GONE.value]))
+    return query
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -374,15 +387,55 @@ class Store:
             if fresh := [row for node_id, row in rows.items() if node_id not in known]:
                 await conn.execute(nodes.insert(), fresh)
 
-    async def list_nodes(self, job_id: str | None = None,
-                         include_gone: bool = False) -> list[NodeRecord]:
-        query = nodes.select().order_by(nodes.c.created_at)
-        if job_id:
-            query = query.where(nodes.c.job_id == job_id)
-        if not include_gone:
-            query = query.where(nodes.c.state.not_in([NodeState.GONE.value]))
+    async def list_nodes(self, job_id: str | None = None, include_gone: bool = False,
+                         limit: int = 0, offset: int = 0) -> list[NodeRecord]:
+        """Oldest first; `limit` 0: every one."""
+        query = _node_filter(nodes.select(), job_id, include_gone).order_by(
+            nodes.c.created_at, nodes.c.id)
+        if limit > 0:
+            query = query.limit(limit).offset(max(0, offset))
+        elif offset > 0:
+            query = query.offset(offset)
         async with self.engine.connect() as conn:
             return [NodeRecord.from_row(r) for r in await conn.execute(query)]
+
+    async def count_nodes(self, job_id: str | None = None,
+                          include_gone: bool = False) -> list[tuple[str, NodeState, int]]:
+        """How many nodes each (job id or "", state) has, in one query."""
+        query = _node_filter(sa.select(nodes.c.job_id, nodes.c.state, sa.func.count()),
+                             job_id, include_gone).group_by(nodes.c.job_id, nodes.c.state)
+        async with self.engine.connect() as conn:
+            return [(row[0] or "", NodeState(row[1]), row[2]) for row in await conn.execute(query)]
+
+    async def dead_nodes(self, before: float, after_id: str = "",
+                         limit: int = 500) -> list[tuple[str, str]]:
+        """LOST and GONE nodes in that state since before `before`, by id after `after_id`:
+        (id, job id or "")."""
+        query = (sa.select(nodes.c.id, nodes.c.job_id)
+                 .where(nodes.c.state.in_(_DEAD), nodes.c.state_since < before,
+                        nodes.c.id > after_id).order_by(nodes.c.id).limit(limit))
+        async with self.engine.connect() as conn:
+            return [(row[0], row[1] or "") for row in await conn.execute(query)]
+
+    async def delete_dead_nodes(self, node_ids: list[str], before: float) -> list[str]:
+        """Delete those of `node_ids` still dead since before `before` (a node that
+        registered again meanwhile stays), in one transaction; the ids deleted."""
+        if not node_ids:
+            return []
+        where = sa.and_(nodes.c.id.in_(node_ids), nodes.c.state.in_(_DEAD),
+                        nodes.c.state_since < before)
+        async with self._write() as conn:
+            gone = list((await conn.execute(sa.select(nodes.c.id).where(where))).scalars())
+            if gone:
+                await conn.execute(nodes.delete().where(nodes.c.id.in_(gone)))
+        return gone
+
+    async def live_members(self) -> set[str]:
+        """The node ids that jobs not yet ended count as members."""
+        query = sa.select(jobs.c.node_ids).where(
+            jobs.c.state.not_in([s.value for s in JobState if s.terminal]))
+        async with self.engine.connect() as conn:
+            return {n for row in await conn.execute(query) for n in json.loads(row[0])}
 
     # events ---------------------------------------------------------------------------
     async def append_event(self, job_id: str, kind: str, generation: int, message: str,

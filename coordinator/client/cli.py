@@ -23,7 +23,7 @@ from contract import events as ev
 from contract.errors import CoordError, exit_code
 from contract.spec import Overrides, parse_env_flags
 from contract.states import JobState
-from coordinator.client import cliout
+from coordinator.client import clinodes, cliout
 from coordinator.client.sdk import AsyncClient
 from coordinator.client.sdktypes import Job, JobEvent, as_dict, reformations
 
@@ -167,6 +167,8 @@ def status(job: Annotated[str | None, typer.Argument(help="job id or name; none:
         async with AsyncClient() as client:
             if job is None:
                 _print_jobs(await _list_jobs(client, True), output, fields)
+                if output is Output.table:  # the nodes as counts: there may be thousands
+                    typer.echo(clinodes.state_counts(await client.node_page(limit=1)))
                 return 0
             record = await client.get(job)
             events = [e async for e in client.watch(record.id, follow=False)]
@@ -190,7 +192,7 @@ def _job_detail(job: Job, events: list[JobEvent]) -> None:
     console.print(f"[bold]{job.id}[/]  {styled(job.state)}  generation {job.generation}"
                   f"  restarts {job.restarts}")
     console.print(f"  name:     {job.name}\n  created:  {when(job.created_at)}"
-                  f"\n  nodes:    {', '.join(job.node_ids) or '-'}")
+                  f"\n  nodes:    {clinodes.members(job.node_ids)}")
     if overrides := _overrides(events):
         console.print(f"  overrides: {escape(' '.join(overrides))}")
     if job.reason:
@@ -316,19 +318,26 @@ def cancel(job: JobArg,
 def nodes(job: Annotated[str, typer.Option(help="only this job's nodes")] = "",
           all_: Annotated[bool, typer.Option("--all/--live", "-a/-l", help="also nodes that "
                                              "are GONE (released), or every other one")] = False,
+          limit: Annotated[int | None, typer.Option(
+              min=0, help=f"at most this many nodes, oldest first (default {clinodes.PAGE}; "
+                          "with --output json every one); 0: every one")] = None,
+          offset: Annotated[int, typer.Option(min=0, help="skip this many first (the next "
+                                                          "page)")] = 0,
           output: OutputOpt = Output.table, fields: FieldsOpt = "") -> None:
-    """List nodes with their state, job and resources.
+    """List nodes with their state, job and resources; with many, their counts per state and
+    per job first, then one page.
 
     Example: coord nodes --job my-job --output json
     """
     async def go() -> int:
         names = cliout.pick_fields(fields, cliout.NODE_FIELDS, cliout.NODE_DEFAULT)
+        shown = limit if limit is not None else 0 if output is Output.json else clinodes.PAGE
         async with AsyncClient() as client:
-            found = await client.nodes(job, include_gone=all_)
+            page = await client.node_page(job, include_gone=all_, limit=shown, offset=offset)
         if output is Output.json:
-            typer.echo(cliout.as_json(found, cliout.NODE_FIELDS, names if fields else None))
+            typer.echo(cliout.as_json(page.nodes, cliout.NODE_FIELDS, names if fields else None))
         else:
-            typer.echo(cliout.table(found, cliout.NODE_FIELDS, names))
+            typer.echo(clinodes.render(page, names, offset))
         return 0
     run(go())
 

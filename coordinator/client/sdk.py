@@ -34,8 +34,8 @@ from contract.transport import ca_bytes, call_metadata, open_channel, truthy
 from coord.leader import leader_hint, next_address, split_addresses
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator.client import transfer
-from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node, Reformation,
-                                         reformations)
+from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node, NodePage,
+                                         Reformation, reformations)
 
 FOLLOW_ATTEMPTS = 8  # with their pauses, longer than a failover takes
 CONFIG_PATH = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "coord" / \
@@ -227,6 +227,13 @@ class AsyncClient:
             job=job, include_gone=include_gone))
         return [Node.from_proto(n) for n in response.nodes]
 
+    async def node_page(self, job: str = "", include_gone: bool = False, limit: int = 50,
+                        offset: int = 0) -> NodePage:
+        """`limit` nodes from `offset` (oldest first), with the counts per job and state of
+        all that match: what a person looks at when there are thousands."""
+        return NodePage.from_proto(await self._call("ListNodes", jobs_pb2.ListNodesRequest(
+            job=job, include_gone=include_gone, limit=limit, offset=offset, summary=True)))
+
     async def interrupt_node(self, node_id: str, action: str = "terminate") -> Node:
         """Rehearse a spot interruption on a local node (see `coord debug interrupt`)."""
         return Node.from_proto(await self._call("InterruptNode", jobs_pb2.InterruptNodeRequest(
@@ -345,6 +352,10 @@ class Client:
 
     def nodes(self, job: str = "", include_gone: bool = False) -> list[Node]:
         return self._run(self._async.nodes(job, include_gone))
+
+    def node_page(self, job: str = "", include_gone: bool = False, limit: int = 50,
+                  offset: int = 0) -> NodePage:
+        return self._run(self._async.node_page(job, include_gone, limit, offset))
 
     def watch(self, job: str, after_seq: int = 0, follow: bool = True) -> Iterator[JobEvent]:
         return self._iterate(self._async.watch(job, after_seq, follow))

@@ -17,7 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from contract import events as ev
 from contract.states import JobState, NodeState
-from coord.v1 import types_pb2
+from coord.v1 import jobs_pb2, types_pb2
 
 
 class LogStream(enum.StrEnum):
@@ -127,6 +127,27 @@ class Node:
                    m.job_id, m.provider, Resources(r.cpus, r.gpus, r.memory_bytes,
                                                    list(r.software)), _time(m.last_heartbeat),
                    m.machine)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePage:
+    """One page of nodes (oldest first), how many match in all, and how many each job has in
+    each state (job "" for nodes of no job)."""
+    nodes: list[Node]
+    total: int
+    counts: dict[tuple[str, NodeState], int]
+
+    @classmethod
+    def from_proto(cls, m: jobs_pb2.ListNodesResponse) -> NodePage:
+        return cls([Node.from_proto(n) for n in m.nodes], m.total,
+                   {(c.job_id, _enum(NodeState, types_pb2.NodeState, "NODE_STATE_", c.state)):
+                    c.count for c in m.counts})
+
+    def by_state(self) -> dict[NodeState, int]:
+        states: dict[NodeState, int] = {}
+        for (_, state), count in self.counts.items():
+            states[state] = states.get(state, 0) + count
+        return states
 
 
 @dataclasses.dataclass(frozen=True)

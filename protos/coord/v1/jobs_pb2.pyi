@@ -134,15 +134,35 @@ class StreamLogsRequest(_message.Message):
     def __init__(self, job: _Optional[str] = ..., follow: _Optional[bool] = ..., node_id: _Optional[str] = ..., rank: _Optional[int] = ..., has_rank: _Optional[bool] = ..., tail: _Optional[int] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
-    __slots__ = ("job", "include_gone")
+    __slots__ = ("job", "include_gone", "limit", "offset", "summary")
     JOB_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_GONE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
     job: str
     include_gone: bool
-    def __init__(self, job: _Optional[str] = ..., include_gone: _Optional[bool] = ...) -> None: ...
+    limit: int
+    offset: int
+    summary: bool
+    def __init__(self, job: _Optional[str] = ..., include_gone: _Optional[bool] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., summary: _Optional[bool] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
-    __slots__ = ("nodes",)
+    __slots__ = ("nodes", "total", "counts")
     NODES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[_types_pb2.Node]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ...) -> None: ...
+    total: int
+    counts: _containers.RepeatedCompositeFieldContainer[NodeCount]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[_types_pb2.Node, _Mapping]]] = ..., total: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[NodeCount, _Mapping]]] = ...) -> None: ...
+
+class NodeCount(_message.Message):
+    __slots__ = ("job_id", "state", "count")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: _types_pb2.NodeState
+    count: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[_types_pb2.NodeState, str]] = ..., count: _Optional[int] = ...) -> None: ...
