@@ -212,8 +212,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         session = await self.nodes.register(first.register)
         log.info("agent.connected", node=session.node_id, peer=context.peer())
         if not session.closed:
-            for change in first.register.exited:  # exits coordd may have missed while down
-                self.jobs.router.on_worker_exit(session.node_id, change)
+            # exits coordd may have missed while down
+            self.jobs.router.on_worker_exits(session.node_id, first.register.exited)
             self.jobs.tell_quorums(session.node_id, (w.job_id for w in first.register.running))
         yield agent_pb2.CoordinatorMessage(registered=agent_pb2.Registered(
             node_id=session.node_id,
@@ -276,7 +276,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 state = message.worker_state
                 if state.phase in (agent_pb2.WORKER_PHASE_EXITED,
                                    agent_pb2.WORKER_PHASE_FAILED_TO_START):
-                    self.jobs.router.on_worker_exit(session.node_id, state)
+                    self.jobs.router.on_worker_exits(session.node_id, (state,))
             case "logs":
                 await self.jobs.router.on_logs(self.nodes.nodes[session.node_id], message.logs,
                                         message.seq)
