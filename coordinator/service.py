@@ -289,6 +289,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         job_id=node.job_id, kind=ev.NODE_LEAVING, message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)
 
+    @rpc
     async def FetchBundle(self, request, context):
         try:
             path = self.jobs.bundle_path(request.digest)
