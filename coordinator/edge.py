@@ -9,7 +9,7 @@ import time
 import grpc
 import structlog
 
-from contract.errors import ERROR_KEY, CoordError, error_tag
+from contract.errors import ERROR_KEY, CoordError, InvalidSpec, error_tag
 
 log = structlog.get_logger("coordinator.edge")
 # Status details travel in trailers, which clients cap (8 KiB by default): a longer message
@@ -19,7 +19,11 @@ MAX_DETAIL = 4000
 
 def rpc(method):
     """Map CoordError to its status code and anything unexpected to INTERNAL (logged, not
-    fatal: one bad request never takes the daemon down). Records latency per method."""
+    fatal: one bad request never takes the daemon down). Records latency per method.
+
+    A streaming method's messages are written through the context (gRPC's reader/writer
+    API) by the one coroutine that maps its errors: no generator stands between it and the
+    wire, so a message costs no more than it would unwrapped."""
     name = method.__name__
 
     async def fail(context, exc: Exception) -> None:
@@ -32,11 +36,16 @@ def rpc(method):
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def stream(self, request, context):
+            writing = False
             try:
                 async for item in method(self, request, context):
-                    yield item
-            except (CoordError, Exception) as exc:  # noqa: BLE001 - the edge maps everything
-                if isinstance(exc, grpc.aio.AbortError):
+                    writing = True
+                    await context.write(item)
+                    writing = False
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the edge maps everything
+                if writing:  # the stream itself failed (its caller left): gRPC's to handle
                     raise
                 await fail(context, exc)
         return stream
@@ -62,7 +71,12 @@ class _Malformed:
         self.error = error
 
 
+def _refusal(error: Exception) -> InvalidSpec:
+    return InvalidSpec(f"request does not parse: {str(error)[:200]}")
+
+
 def _tolerant(deserialize):
+    """A unary request is parsed before its handler runs: a bad one reaches it marked."""
     def parse(data: bytes):
         try:
             return deserialize(data)
@@ -71,45 +85,42 @@ def _tolerant(deserialize):
     return parse
 
 
-async def _refuse_malformed(request, context) -> None:
-    if isinstance(request, _Malformed):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                            f"request does not parse: {str(request.error)[:200]}")
+def _refusing(deserialize):
+    """A streamed request is parsed as the handler reads it: a bad one raises there, as
+    InvalidSpec, which the handler's edge maps like any other (no wrapper per message)."""
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds on bad bytes
+            raise _refusal(exc) from exc
+    return parse
 
 
 class DecodeGuard(grpc.aio.ServerInterceptor):
     """Bytes that are not the method's request message get INVALID_ARGUMENT (gRPC's own answer
-    would be INTERNAL, which means a bug in coordd, not in the caller)."""
+    would be INTERNAL, which means a bug in coordd, not in the caller). Nothing is wrapped per
+    message: a unary request is checked once before its handler runs; a streamed one raises
+    InvalidSpec as the handler reads it, and the handler's `rpc` edge maps it."""
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary
-                    or handler.stream_stream)
+        if handler.response_streaming and inspect.isasyncgenfunction(
+                handler.unary_stream or handler.stream_stream):
+            raise TypeError(f"{details.method}: a streaming handler must be wrapped with "
+                            "coordinator.edge.rpc")
         if handler.request_streaming:
-            async def checked(requests, context):
-                async for request in requests:
-                    await _refuse_malformed(request, context)
-                    yield request
+            return rebuild(handler, handler.stream_unary or handler.stream_stream,
+                           _refusing(handler.request_deserializer))
+        behavior = handler.unary_unary or handler.unary_stream
 
-            async def call(requests, context):
-                return await behavior(checked(requests, context), context)
-
-            async def stream(requests, context):
-                async for item in behavior(checked(requests, context), context):
-                    yield item
-        else:
-            async def call(request, context):
-                await _refuse_malformed(request, context)
-                return await behavior(request, context)
-
-            async def stream(request, context):
-                await _refuse_malformed(request, context)
-                async for item in behavior(request, context):
-                    yield item
-        return rebuild(handler, stream if handler.response_streaming else call,
-                       _tolerant(handler.request_deserializer))
+        async def call(request, context):
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    str(_refusal(request.error)))
+            return await behavior(request, context)
+        return rebuild(handler, call, _tolerant(handler.request_deserializer))
 
 
 _KINDS = {

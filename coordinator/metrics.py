@@ -22,6 +22,8 @@ class Metrics:
                                   registry=self.registry)
         self.rpc_latency = Histogram("coord_rpc_seconds", "RPC latency", ["method"],
                                      registry=self.registry)
+        self.turns = Counter("coord_reconciler_turns_total",
+                             "Decisions of the jobs' reconcilers", registry=self.registry)
         self.load = LoadMetrics(self.registry)
 
     def job_transition(self, old: JobState, new: JobState) -> None:
@@ -58,6 +60,9 @@ class Metrics:
     def reconfigured(self, cause: str, seconds: float) -> None:
         self.reconfigurations.labels(cause or "unknown").inc()
         self.recovery.observe(seconds)
+
+    def reconciler_turn(self) -> None:
+        self.turns.inc()
 
     def reformed(self, cause: str) -> None:
         """An in-place re-formation (no restart: no recovery time to observe)."""

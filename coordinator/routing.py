@@ -3,9 +3,10 @@ reports to the job's reconciler, log lines to the store and their followers."""
 
 from __future__ import annotations
 
+import collections
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import structlog
 
@@ -15,7 +16,7 @@ from coord.v1 import agent_pb2
 from coordinator.bus import Bus
 from coordinator.logbudget import LogBudget
 from coordinator.reconciler.events import (NodeChanged, NodesForgotten, WorkerExited,
-                                           WorkerFinished, WorkerInProcess)
+                                           WorkerExits, WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.runner import JobRunner
 from coordinator.reconciler.view import NodeView, WorkerExit
@@ -41,11 +42,17 @@ class Router:
         if runner := self.runners.get(job_id):
             runner.post(NodesForgotten(node_ids))
 
-    def on_worker_exit(self, node_id: str, msg: agent_pb2.WorkerStateChange) -> None:
-        if runner := self.runners.get(msg.job_id):
+    def on_worker_exits(self, node_id: str,
+                        changes: Iterable[agent_pb2.WorkerStateChange]) -> None:
+        """Exits an agent reports together: one `WorkerExits` per job they concern."""
+        now, by_job = time.time(), collections.defaultdict(list)
+        for msg in changes:
             code = msg.exit_code if msg.phase == agent_pb2.WORKER_PHASE_EXITED else 127
-            runner.post(WorkerExited(msg.generation, WorkerExit(node_id, msg.rank, code,
-                                                                time.time())))
+            by_job[msg.job_id].append(WorkerExited(msg.generation, WorkerExit(
+                node_id, msg.rank, code, now)))
+        for job_id, exits in by_job.items():
+            if runner := self.runners.get(job_id):
+                runner.post(WorkerExits(tuple(exits)))
 
     async def on_logs(self, node: NodeRecord, batch: agent_pb2.LogBatch, seq: int) -> None:
         lines = [LogRecord(job_id=l.job_id, generation=l.generation, node_id=node.id,

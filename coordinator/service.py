@@ -265,8 +265,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         session = await self.nodes.register(register)
         log.info("agent.connected", node=session.node_id, peer=context.peer())
         if not session.closed:
-            for change in register.exited:  # exits coordd may have missed while down
-                self.jobs.router.on_worker_exit(session.node_id, change)
+            # exits coordd may have missed while down
+            self.jobs.router.on_worker_exits(session.node_id, register.exited)
             self.jobs.tell_quorums(session.node_id, (w.job_id for w in register.running))
         return session
 
@@ -312,7 +312,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 state = message.worker_state
                 if state.phase in (agent_pb2.WORKER_PHASE_EXITED,
                                    agent_pb2.WORKER_PHASE_FAILED_TO_START):
-                    self.jobs.router.on_worker_exit(session.node_id, state)
+                    self.jobs.router.on_worker_exits(session.node_id, (state,))
             case "logs":
                 await self.jobs.router.on_logs(self.nodes.nodes[session.node_id], message.logs,
                                         message.seq)
@@ -325,6 +325,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                         job_id=node.job_id, kind=ev.NODE_LEAVING, message=message.leaving.reason))
                 await self.nodes.leaving(session, message.leaving.reason)
 
+    @rpc
     async def FetchBundle(self, request, context):
         try:
             path = self.jobs.bundle_path(request.digest)

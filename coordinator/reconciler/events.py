@@ -68,6 +68,25 @@ class FailJob:
     reason: str
 
 
+def coalesce(events: list[Event]) -> list[Event]:
+    """`events` with each run of worker exits heard one after another merged into one
+    `WorkerExits`: the same view after them, one change of it (and one decision) per run."""
+    merged: list[Event] = []
+    for event in events:
+        exits = _exits(event)
+        if exits and merged and (before := _exits(merged[-1])):
+            merged[-1] = WorkerExits(before + exits)
+        else:
+            merged.append(event)
+    return merged
+
+
+def _exits(event: Event) -> tuple[WorkerExited, ...]:
+    if isinstance(event, WorkerExited):
+        return (event,)
+    return event.exits if isinstance(event, WorkerExits) else ()
+
+
 Event = (NodeChanged | NodesCreated | NodesForgotten | WorkerExited | WorkerExits
          | WorkerInProcess | WorkerFinished | Cancel | FailJob | CheckpointCommitted
          | WorkerRestored)

@@ -77,6 +77,9 @@ class MetricsPort(Protocol):
 
     def reformed(self, cause: str) -> None: ...
 
+    def reconciler_turn(self) -> None:
+        """A job's reconciler decided once (on what it heard, or at its tick)."""
+
 
 class FeedPort(Protocol):
     """Live followers of a job's events and logs (`coord logs -f`, watches)."""

@@ -1,5 +1,6 @@
 """coordd with a few hundred simulated agents (bench/scaleagents.py, the `sim` provider): a
-silent one is lost in time, and a job of 200 simulated nodes re-forms after a loss."""
+silent one is lost in time, and a job of 200 simulated nodes re-forms after a loss, deciding
+once per burst of worker exits, not once per exit."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from coordinator.localcluster import wait_for
 AGENTS = 300
 JOB_NODES = 200
 HEARTBEAT_TIMEOUT_S = 2.0
+NPROC = 8  # bench.scale.spec's default
+TURNS = "coord_reconciler_turns_total"
 
 
 @pytest.fixture
@@ -48,9 +51,13 @@ def test_a_silent_agent_is_lost_in_time_and_a_200_node_job_reforms(rig):
         assert first["last"] - submitted <= 5
         wait_for(lambda: client.get(job.id).state == "RUNNING", 10, what="the job to run")
         victim = client.get(job.id).node_ids[-1]
+        turns = rig.metric(TURNS)
         rig.ctl(victim, "drop")
         lost_at = rig.wait_state(victim, "LOST", 10)
         second = wait_for(lambda: told(rig, job.id, 2)["count"] >= JOB_NODES - 1 and
                           told(rig, job.id, 2), 20, what="the survivors' next StartWorkers")
         assert second["last"] - lost_at <= 3
         assert victim not in client.get(job.id).node_ids
+        # The survivors' workers exits (8 each) reach the reconciler in bursts, each burst
+        # one decision: one decision per exit would be 1,592 alone.
+        assert rig.metric(TURNS) - turns < (JOB_NODES - 1) * NPROC / 4

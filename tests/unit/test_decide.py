@@ -14,7 +14,7 @@ from coordinator.reconciler import plan
 from coordinator.reconciler.decide import decide
 from coordinator.reconciler.events import (Cancel, NodeChanged, NodesCreated, NodesForgotten,
                                            WorkerExited, WorkerExits, WorkerFinished,
-                                           WorkerInProcess)
+                                           WorkerInProcess, coalesce)
 from coordinator.reconciler.policy import timings
 from coordinator.reconciler.simulate import Simulation
 from coordinator.reconciler.view import JobView, NodeView, Policy, WorkerExit
@@ -303,6 +303,21 @@ def test_exits_heard_together_count_as_each_in_turn():
     many.hear(WorkerExits(tuple(reports)), 7)
     assert one.view == many.view
     assert {r: e.code for r, e in many.exits.items()} == {1: 0, 0: 0}  # first wins, stale ignored
+
+
+def test_a_burst_of_events_keeps_its_order_and_merges_only_exits_in_a_row():
+    one, merged = running_job(), running_job()
+    lost = dataclasses.replace(one.nodes["n2"], state=NodeState.LOST)
+    burst = [WorkerExited(1, WorkerExit("n0", 0, 0, 5)),
+             WorkerExits((WorkerExited(1, WorkerExit("n1", 1, 3, 6)),)),
+             NodeChanged(lost), WorkerExited(1, WorkerExit("n2", 2, 1, 7))]
+    heard = coalesce(burst)
+    assert kinds(heard) == [WorkerExits, NodeChanged, WorkerExited]
+    for event in burst:
+        one.hear(event, 8)
+    for event in heard:
+        merged.hear(event, 8)
+    assert one.view == merged.view
 
 
 def test_a_leaving_node_drains_the_generation_and_its_clean_exits_are_not_success():
