@@ -98,3 +98,11 @@ def test_a_long_run_keeps_only_the_jobs_own_nodes_in_the_view(spec):
     assert coord.view.state == JobState.SUCCEEDED and coord.result_.steps_lost == 0
     assert coord.result_.missed_events == 0  # 10 nodes lost, 13 launched in all
     assert len(coord.view.nodes) <= 4
+
+
+def test_the_issues_rate_targets_are_met_with_the_default_model(spec):
+    """`coord simulate --targets`: 1,000 nodes at 0.1 and at 1 failure per node-hour, and
+    Llama 3's rate over the 54 days it was counted on."""
+    from simulator.targets import scenario_targets
+    verdicts = scenario_targets(spec, WorkloadModel())
+    assert len(verdicts) == 3 and all(v.met for v in verdicts), [v.line() for v in verdicts]
