@@ -40,11 +40,13 @@ SEEN = sa.text(f"""
     ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, seen_at = EXCLUDED.seen_at""")
 # Members count while seen within two leases.
 LOOK = sa.text(f"""
-    SELECT epoch, address, {NOW} - renewed_at AS age,
+    SELECT epoch, address, {NOW} - renewed_at AS age, expires_at > {NOW} AS live,
            (SELECT count(*) FROM members WHERE seen_at > {NOW} - 2 * :lease) AS members,
            (SELECT string_agg(address, ',' ORDER BY started_at) FROM members
             WHERE seen_at > {NOW} - 2 * :lease) AS addresses
     FROM leader WHERE id = 1""")
+RELEASE = sa.text(f"""
+    UPDATE leader SET expires_at = {NOW} - 1 WHERE id = 1 AND holder = :me AND epoch = :epoch""")
 # FOR SHARE: a takeover (an update of this row) waits until this write has committed. The
 # idle timeout ends a transaction its coordd stopped in (SIGSTOP, cut off), releasing the row.
 GUARD = sa.text("SELECT epoch, set_config('idle_in_transaction_session_timeout', :ms, true) "
@@ -100,7 +102,9 @@ class Leadership:
             await conn.execute(SEEN, params)
             epoch = (await conn.execute(CLAIM, params)).scalar()
             seen = (await conn.execute(LOOK, {"lease": self.lease_s})).first()
-        self.leader_address = seen.address if seen else ""
+        # A lease run out names nobody: its holder is gone, and a client sent there would
+        # find a closed port instead of the next leader.
+        self.leader_address = seen.address if seen and seen.live else ""
         if seen:
             self.seen = Seen(seen.epoch, seen.age, seen.members, time.monotonic(),
                              seen.addresses or "")
@@ -141,6 +145,20 @@ class Leadership:
                     continue
             if time.monotonic() >= self.valid_until:
                 return on_lost("no renewal within the lease (cut off, frozen or too slow)")
+
+    async def release(self) -> None:
+        """A clean stop: end this coordd's lease now, so that a standby leads at its next
+        claim instead of when the lease would have run out."""
+        if self.epoch is None:
+            return
+        self.valid_until = 0.0
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(RELEASE, {"me": self.me, "epoch": self.epoch})
+        except (OSError, sa.exc.DBAPIError) as exc:  # the lease then runs out by itself
+            log.warning("leadership.release_failed", error=str(exc)[:200])
+        else:
+            log.info("leadership.released", epoch=self.epoch, member=self.me)
 
     def acting(self) -> bool:
         return self.epoch is not None and time.monotonic() < self.valid_until

@@ -125,6 +125,8 @@ class Coordinator:
             await jobs.close()
             await nodes.close()
             await jobs.quorums.stop_all()
+            if leadership is not None:  # last: nothing of this coordd acts after it
+                await leadership.release()
             await store.close()
             log.info("coordd.stopped")
 

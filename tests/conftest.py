@@ -56,7 +56,8 @@ def pytest_runtest_makereport(item, call):
     report = yield
     tmp = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
     if report.failed and call.when == "call" and tmp is not None:
-        for log in sorted(tmp.rglob("coordd.log"))[:4]:
+        logs = [p for p in tmp.rglob("coordd.log") if "nodes" not in p.relative_to(tmp).parts]
+        for log in sorted(logs)[:4]:
             tail = log.read_text(errors="replace").splitlines()[-40:]
             report.sections.append((f"tail of {log.relative_to(tmp)}", "\n".join(tail)))
     return report

@@ -31,7 +31,7 @@ from contract.instance import default_state_dir, live_address
 from contract.spec import JobSpec, Overrides, load_job_file, parse_spec
 from contract.states import JobState, NodeState
 from contract.transport import ca_bytes, call_metadata, open_channel, truthy
-from coord.leader import leader_hint, next_address, split_addresses
+from coord.leader import NOT_LEADER, leader_hint, next_address, split_addresses
 from coord.v1 import jobs_pb2, jobs_pb2_grpc
 from coordinator.client import transfer
 from coordinator.client.sdktypes import (Job, JobEvent, LogLine, LogStream, Node, NodePage,
@@ -142,10 +142,13 @@ class AsyncClient:
         while a failover may be under way. False: report the error."""
         hint = leader_hint(exc.trailing_metadata())
         tag = dict(exc.trailing_metadata() or ()).get(ERROR_KEY, "")
-        if exc.code() != grpc.StatusCode.UNAVAILABLE or (tag and not hint) or \
-                attempt >= FOLLOW_ATTEMPTS or (len(self.addresses) == 1 and not hint):
+        alone = len(self.addresses) == 1 and self.address == self.addresses[0]
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or tag not in ("", NOT_LEADER) or \
+                attempt >= FOLLOW_ATTEMPTS or (alone and not tag):
             return False
-        if hint in ("", self.address):  # a leader being chosen, or starting where we are
+        # A leader being chosen (a standby names none yet), starting where we are, or gone
+        # from where we were sent (back to the addresses we were given).
+        if hint in ("", self.address):
             await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0))
         await self._channel.close()
         self._connect(next_address(self.addresses, self.address, hint))

@@ -47,6 +47,11 @@ def test_the_standby_names_the_leader_and_leads_within_5_s_of_its_kill(tmp_path,
         assert "leader" in status.stdout and "standby" in status.stdout
         killed_at = time.monotonic()
         active.process.kill()
+        # A client that knows only the standby, sent to the dead leader while its lease
+        # runs, comes back and is answered once the standby leads.
+        alone = subprocess.run([str(BIN / "coord"), "jobs"], capture_output=True, text=True,
+                               env={**standby.env, "COORD_ADDR": standby.address}, timeout=60)
+        assert alone.returncode == 0, alone.stderr
         assert wait_for_leader(postgres, pg_url, 2) == standby.address
         assert time.monotonic() - killed_at < 5
         listed = subprocess.run([str(BIN / "coord"), "jobs"], env=set_env(members, active),
