@@ -3,11 +3,12 @@ two-coordd set is SIGKILLed and started again (as systemd would), as a standby. 
 in restart mode, one in-process. Both end SUCCEEDED with the workers they began with, every
 step committed exactly once and no generation launched twice.
 
-The loop lasts COORD_FAILOVER_LOOP_S seconds (60 by default, which CI runs: two kills, one of
-each member). The issue's five-minute loop (ten kills):
+The loop lasts COORD_FAILOVER_LOOP_S seconds, a kill every COORD_FAILOVER_KILL_EVERY_S (30 and
+15 by default, which CI runs: two kills, one of each member). The issue's five-minute loop (ten
+kills, one every 30 s):
 
-    COORD_FAILOVER_LOOP_S=300 .venv/bin/python -m pytest -p no:cacheprovider \\
-        tests/fault/test_failover_loop.py
+    COORD_FAILOVER_LOOP_S=300 COORD_FAILOVER_KILL_EVERY_S=30 .venv/bin/python -m pytest \\
+        -p no:cacheprovider tests/fault/test_failover_loop.py
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from tests.coordd_set import (leader, lighthouses, restart, set_client, start_se
 from tests.integration.harness import ROOT, job_pids, wait_for
 from trainer.elastic import committed_history
 
-LOOP_S = float(os.environ.get("COORD_FAILOVER_LOOP_S", "60"))
-KILL_EVERY_S = float(os.environ.get("COORD_FAILOVER_KILL_EVERY_S", "30"))
+LOOP_S = float(os.environ.get("COORD_FAILOVER_LOOP_S", "30"))
+KILL_EVERY_S = float(os.environ.get("COORD_FAILOVER_KILL_EVERY_S", "15"))
 LEASE_S = 2.0
 STEP_SLEEP_S = 0.1  # a step's time is mostly this sleep: the jobs outlast the loop
 STEPS = int((LOOP_S + 15) / STEP_SLEEP_S)
