@@ -28,12 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +44,7 @@ from coordinator.localcluster import LocalCoordd, start_coordd, wait_for  # noqa
 from tests import netns, pg  # noqa: E402
 from tests.coordd_set import (lighthouses, set_client, start_across, start_set,  # noqa: E402
                               stop_set, wait_for_leader)
-from tests.integration.harness import job_pids  # noqa: E402
+from tests.integration.harness import elastic_job, job_pids  # noqa: E402
 from tests.net import free_port  # noqa: E402
 from trainer.elastic import committed_history  # noqa: E402
 from trainer.elastic.steplog import STEPLOG_FILE, read_records  # noqa: E402
@@ -71,8 +69,7 @@ def log_times(path: Path, event: str, after: float, **match) -> list[float]:
 def submit(member: LocalCoordd, scratch: Path, mode: str) -> tuple[str, Path]:
     work, ckpt = scratch / "job", scratch / "ckpt"
     run = f"python train.py --steps {STEPS[mode]} --ckpt-every 25 --step-sleep {STEP_SLEEP[mode]}"
-    shutil.copytree(ROOT / "examples" / "elastic", work)
-    (work / "job.toml").write_text(textwrap.dedent(f"""
+    job_file = elastic_job(work, f"""
         name = "failover"
         run = "{run}"
         checkpoint_dir = "{ckpt}"
@@ -80,9 +77,9 @@ def submit(member: LocalCoordd, scratch: Path, mode: str) -> tuple[str, Path]:
         count = 2
         [fault_tolerance]
         mode = "{mode}"
-    """))
+    """)
     with member.client() as client:
-        job = client.submit(work / "job.toml")
+        job = client.submit(job_file)
     wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= KILL_AT_STEP,
              120, what=f"step {KILL_AT_STEP}")
     return job.id, ckpt

@@ -20,7 +20,7 @@ from coordinator.server import LOST_LEASE
 from tests import netns
 from tests.coordd_set import (leader, lighthouses, set_client, start_across, start_set,
                               stop_set, wait_for_leader)
-from tests.integration.harness import ROOT, job_pids, wait_for
+from tests.integration.harness import ROOT, elastic_job, job_pids, wait_for
 from trainer.elastic import committed_history
 
 
@@ -189,10 +189,8 @@ INPROCESS_JOB = """
 
 def submit_inprocess(tmp_path, member):
     work = tmp_path / "job"
-    shutil.copytree(ROOT / "examples" / "elastic", work)
-    (work / "job.toml").write_text(textwrap.dedent(INPROCESS_JOB))
     with member.client() as client:
-        job = client.submit(work / "job.toml")
+        job = client.submit(elastic_job(work, INPROCESS_JOB))
     ckpt = member.state_dir / "checkpoints" / job.id
     wait_for(lambda: (h := committed_history(ckpt).lineage) and h[-1].step >= 40, 90,
              what="step 40")

@@ -14,8 +14,6 @@ kills, one every 30 s):
 from __future__ import annotations
 
 import os
-import shutil
-import textwrap
 import time
 
 import pytest
@@ -23,7 +21,7 @@ import pytest
 from contract.states import JobState
 from tests.coordd_set import (leader, lighthouses, restart, set_client, start_set, stop_set,
                               wait_for_leader, wait_formed)
-from tests.integration.harness import ROOT, job_pids, wait_for
+from tests.integration.harness import elastic_job, job_pids, wait_for
 from trainer.elastic import committed_history
 
 LOOP_S = float(os.environ.get("COORD_FAILOVER_LOOP_S", "30"))
@@ -36,8 +34,7 @@ STEPS = int((LOOP_S + 15) / STEP_SLEEP_S)
 def submit(client, tmp_path, mode: str) -> tuple[str, str]:
     """A job of `mode` with its checkpoints on storage every host shares; (id, that dir)."""
     work, ckpt = tmp_path / f"job-{mode}", tmp_path / f"ckpt-{mode}"
-    shutil.copytree(ROOT / "examples" / "elastic", work)
-    (work / "job.toml").write_text(textwrap.dedent(f"""
+    job_file = elastic_job(work, f"""
         name = "{mode}"
         run = "python train.py --steps {STEPS} --ckpt-every 50 --step-sleep {STEP_SLEEP_S}"
         checkpoint_dir = "{ckpt}"
@@ -45,8 +42,8 @@ def submit(client, tmp_path, mode: str) -> tuple[str, str]:
         count = 2
         [fault_tolerance]
         mode = "{mode}"
-    """))
-    return client.submit(work / "job.toml").id, str(ckpt)
+    """)
+    return client.submit(job_file).id, str(ckpt)
 
 
 def kill_the_leader(members, postgres, pg_url) -> float:

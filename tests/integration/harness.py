@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import textwrap
 from pathlib import Path
 
 from agent.warm import WARM_MAIN
@@ -12,7 +14,16 @@ from coordinator.localcluster import LocalCoordd, start_coordd, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 Coordd = LocalCoordd
-__all__ = ["ROOT", "Coordd", "job_pids", "start_coordd", "wait_for"]
+__all__ = ["ROOT", "Coordd", "elastic_job", "job_pids", "start_coordd", "wait_for"]
+
+
+def elastic_job(work: Path, job_toml: str) -> Path:
+    """examples/elastic copied to `work`, with `job_toml` (dedented) as its job file; the
+    job file's path."""
+    shutil.copytree(ROOT / "examples" / "elastic", work)
+    path = work / "job.toml"
+    path.write_text(textwrap.dedent(job_toml))
+    return path
 
 
 def job_pids(job_id: str) -> list[int]:
