@@ -303,3 +303,18 @@ def test_steplog_file_roundtrip_skips_torn_last_line(tmp_path: Path) -> None:
     assert history.steps == [1, 2, 3] and history.ok
     first = json.loads((tmp_path / "steps.jsonl").read_text().splitlines()[0])
     assert set(first) == {"step", "generation", "loss", "samples", "t"}
+
+
+def test_a_leader_that_healed_past_steps_it_did_not_log_fills_them_in(tmp_path: Path) -> None:
+    """The leader discarded steps a peer committed, healed from that peer and logs again:
+    the steps in between belong to the lineage and must not read as a gap."""
+    log = StepLog(tmp_path)
+    for step in (1, 2, 3):
+        log.append(step, 1, 0.5, step * 8)
+    log.backfill(5, 1, None, 40, batch=8)
+    log.append(6, 1, 0.4, 48)
+    log.backfill(5, 1, None, 40, batch=8)  # already there: nothing written twice
+    log.close()
+    history = committed_history(tmp_path)
+    assert history.steps == [1, 2, 3, 4, 5, 6] and history.ok
+    assert [r.samples for r in history.lineage] == [8, 16, 24, 32, 40, 48]

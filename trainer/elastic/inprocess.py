@@ -139,7 +139,7 @@ class InProcessContext(BoundObjects):
         self._durable = SnapshotStore(env.checkpoint_dir, env.generation, config.ckpt_every,
                                       job_id=env.job_id, report=under_coord)
         self._steplog: StepLog | None = None
-        self._was_leader = False
+        self._logged = 0  # the last step this replica wrote to the step log
         self._was_replica = False  # has committed a step (and told coord so)
         # A joiner commits nothing below the newest durable step: it must first heal from a
         # replica that holds the job's state. Otherwise joiners that meet while the last
@@ -380,20 +380,22 @@ class InProcessContext(BoundObjects):
         self.state.samples_seen += step.global_batch
         self.state.last_loss = loss
         self.state.world_size = self._manager.num_participants()
-        leader = self.is_leader
-        if leader:
+        if self.is_leader:
             steplog = self._step_log()
-            if not self._was_leader and step.number > 1:  # the previous leader may have died
+            if self._logged != step.number - 1:
+                # Steps since this replica last logged were committed by others: the leader
+                # then may have died, or this one healed from a peer that was not the leader.
                 steplog.backfill(step.number - 1, self.env.generation, None,
-                                 self.state.samples_seen - step.global_batch)
+                                 self.state.samples_seen - step.global_batch, step.global_batch)
             steplog.append(step.number, self.env.generation, loss, self.state.samples_seen)
+            self._logged = step.number
             if step.number % self.config.ckpt_every == 0:
                 self._durable.offer(step.number, self._state_dict())
         if not self._was_replica and self.env.job_id:
             # Under coord: a node loss may now re-form this job in place, and this replica's
             # start (quorum, heal) is over, so its agent may warm an interpreter beside it.
             control.emit("inprocess", replica=self.env.replica)
-        self._was_leader, self._was_replica = leader, True
+        self._was_replica = True
 
     def _leave(self) -> None:
         """After the last committed step: make it durable if we lead, then leave."""

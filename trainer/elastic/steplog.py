@@ -41,11 +41,16 @@ class StepLog:
                            "samples": samples, "t": time.time()}) + "\n"
         os.write(self._fd, line.encode())
 
-    def backfill(self, step: int, generation: int, loss: float | None, samples: int) -> None:
-        """Record `step` if the log lacks it: after a resume from a peer's snapshot, the rank 0
-        that died may have completed the step without logging it."""
-        if max((r.step for r in read_records(self.path)), default=0) < step:
-            self.append(step, generation, loss, samples)
+    def backfill(self, step: int, generation: int, loss: float | None, samples: int,
+                 batch: int | None = None) -> None:
+        """Record `step` if the log lacks it: after a resume from a peer's state, the replica
+        that completed it may not have been the one that logs. Given the global `batch`, also
+        record the steps between the log's newest and `step` (no loss; samples counted back)."""
+        newest = max((r.step for r in read_records(self.path)), default=0)
+        first = newest + 1 if batch is not None else step
+        for missing in range(max(first, newest + 1), step + 1):
+            self.append(missing, generation, loss if missing == step else None,
+                        samples - (step - missing) * (batch or 0))
 
     def close(self) -> None:
         if self._fd >= 0:
