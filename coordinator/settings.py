@@ -173,9 +173,9 @@ class CoorddSettings(BaseSettings):
                                        description="wait this long for all nodes before "
                                                    "starting with nodes.min")
     provider_retry_s: float = Field(5.0, ge=0)
-    finish_grace_s: float = Field(60.0, ge=0, description="in-process jobs: members that never "
-                                  "took part in a step are stopped this long after a replica "
-                                  "trained to the last step")
+    finish_grace_s: float = Field(60.0, ge=0, description="in-process jobs: members whose "
+                                  "replicas did not reach the last step are stopped this long "
+                                  "after one replica did")
     metrics_listen: str = Field("", description="HOST:PORT for Prometheus /metrics (empty: off)")
     dashboard_listen: str = Field("", description="HOST:PORT for the web dashboard, HTTPS with "
                                                   "coordd's certificate (empty: off; port 0: "

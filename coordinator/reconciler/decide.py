@@ -199,11 +199,11 @@ def _restart_in_place(view: JobView, failures: list[WorkerExit],
 
 
 def _finishing(view: JobView, now: float) -> list[Action]:
-    """A replica trained to the last step, and every replica commits the same steps: nothing
-    restarts in place, joins or is replaced now. The job succeeds once each member's workers
-    exited (or its node is gone). Members that never committed a step are stopped after
-    `finish_grace_s`: one started to join after its last peer finished would wait for a quorum
-    forever. The others are left to finish (the leader may be writing the last checkpoint)."""
+    """A replica trained to the last step: nothing restarts in place, joins or is replaced
+    now. The job succeeds once each member's workers exited (or its node is gone). Replicas in
+    step with it finish the same step; one that has not said so `finish_grace_s` later waits
+    for a quorum its finished peers will never make (it started to join after they finished,
+    or it fell behind them), so its member is stopped."""
     if failures := _unasked_failures(view):
         return _on_failure(view, now, failures[0])
     if all(view.all_exited(m) or view.nodes[m].state in GONE_STATES for m in view.members):
@@ -214,11 +214,12 @@ def _finishing(view: JobView, now: float) -> list[Action]:
         return []
     waiting = tuple(m for m in view.members
                     if m not in view.inproc.stopping_nodes and not view.all_exited(m)
-                    and not set(view.ranks_of(m)) <= view.inproc.joined_ranks)
+                    and not set(view.ranks_of(m)) <= view.inproc.finished_ranks)
     if not waiting:
         return []
     return [StopNodes(waiting, f"training finished {view.policy.finish_grace_s:g} s ago and "
-                               "these never took part in a step")]
+                               "these did not reach the last step: they wait for peers that "
+                               "are gone")]
 
 
 def _stop_surplus(view: JobView) -> list[Action]:

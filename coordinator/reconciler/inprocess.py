@@ -1,6 +1,6 @@
 """What the reconciler tracks only for in-process jobs (torchft replicas that re-form in place),
 kept apart from the core view: the members told to stop alone, the ranks that took part in a
-step as replicas, and when a replica trained to the last step.
+step as replicas, and which replicas trained to the last step (and when the first did).
 
 Every change is a pure method returning a new value; `reduce.evolve` calls them.
 """
@@ -20,8 +20,10 @@ class InProcessView:
     # until its next restart).
     joined_ranks: frozenset[int] = frozenset()
     confirmed: bool = False
-    # When a replica of the running worker generation reported its last step.
+    # When a replica of the running worker generation first reported its last step, and the
+    # ranks that did.
     finished_at: float | None = None
+    finished_ranks: frozenset[int] = frozenset()
 
     def stopping(self, node_ids: Iterable[str]) -> InProcessView:
         return dataclasses.replace(self, stopping_nodes=self.stopping_nodes | set(node_ids))
@@ -36,6 +38,7 @@ class InProcessView:
     def confirm(self) -> InProcessView:
         return dataclasses.replace(self, confirmed=True)
 
-    def finished(self, now: float) -> InProcessView:
-        return self if self.finished_at is not None else dataclasses.replace(
-            self, finished_at=now)
+    def finished(self, rank: int, now: float) -> InProcessView:
+        return dataclasses.replace(
+            self, finished_at=now if self.finished_at is None else self.finished_at,
+            finished_ranks=self.finished_ranks | {rank})

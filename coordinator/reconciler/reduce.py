@@ -99,7 +99,7 @@ def _worker_in_process(view: JobView, event: WorkerInProcess, now: float) -> Job
 def _worker_finished(view: JobView, event: WorkerFinished, now: float) -> JobView:
     if not view.counts(event.generation, event.node_id):
         return view
-    return _copy(view, inproc=view.inproc.finished(now))
+    return _copy(view, inproc=view.inproc.finished(event.rank, now))
 
 
 def _cancel(view: JobView, event: Cancel, now: float) -> JobView:

@@ -120,7 +120,8 @@ class JobRunner:
         if isinstance(event, WorkerInProcess) and event.rank not in self.view.inproc.joined_ranks:
             await self.event(ev.INPROCESS_JOINED, f"{event.node_id}: worker {event.rank} took "
                              "part in a step as an in-process replica", where)
-        elif isinstance(event, WorkerFinished) and self.view.inproc.finished_at is None:
+        elif (isinstance(event, WorkerFinished)
+              and event.rank not in self.view.inproc.finished_ranks):
             await self.event(ev.TRAINING_FINISHED, f"{event.node_id}: worker {event.rank} "
                              "trained to the last step", where)
 

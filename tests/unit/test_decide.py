@@ -37,9 +37,9 @@ class Job(Simulation):
         self.hear(NodeChanged(dataclasses.replace(self.view.nodes[node_id], state=state,
                                                   reconnecting=reconnecting)))
 
-    def finish(self, now: float) -> None:
-        """A replica reported the last step."""
-        member = self.view.members[0]
+    def finish(self, now: float, member: str | None = None) -> None:
+        """A replica (the first member's, by default) reported the last step."""
+        member = member or self.view.members[0]
         self.hear(WorkerFinished(self.view.worker_generation, member,
                                  self.view.ranks_of(member).start), now)
 
@@ -445,11 +445,14 @@ def test_inprocess_a_failure_after_training_finished_is_not_restarted_in_place()
     assert view.state == JobState.RECONFIGURING  # the restart path (it resumes at the end)
 
 
-def test_inprocess_after_training_finished_only_members_that_never_took_part_are_stopped():
+def test_inprocess_after_training_finished_members_that_did_not_reach_the_end_are_stopped():
+    """n2 fell behind its peers (or never joined them): once they finished, no quorum will
+    ever take it to the last step. n1, the leader, reached it and still saves its last."""
     view = running_job(INPROCESS)
-    view.joined_quorum(0, 1)  # n2's replica never committed a step: it waits to join
+    view.joined_quorum(0, 1, 2)
     view.finish(10)
-    view.exit(WorkerExit("n0", 0, 0, 10))  # n1 (the leader, say) still saves its last
+    view.finish(10, "n1")
+    view.exit(WorkerExit("n0", 0, 0, 10))
     assert step_inprocess(view, 10 + INPROCESS.finish_grace_s - 1) == []
     [stop] = step_inprocess(view, 10 + INPROCESS.finish_grace_s)
     assert isinstance(stop, plan.StopNodes) and stop.node_ids == ("n2",)

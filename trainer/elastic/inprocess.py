@@ -400,11 +400,13 @@ class InProcessContext(BoundObjects):
     def _leave(self) -> None:
         """After the last committed step: make it durable if we lead, then leave."""
         self.stopped = self.stop_flag.is_set()
+        # Under coord: the job's training is done (said before the last save, however long it
+        # takes: coordd stops replicas that do not say so soon after their peers).
+        if not self.stopped and self.env.job_id:
+            control.emit("finished", replica=self.env.replica, step=self.state.step)
         if self.is_leader and self.state.step > 0:
             self._durable.wait()
             self._checkpoints.save(self.state.step, self._state_dict())
-        if not self.stopped and self.env.job_id:  # under coord: the job's training is done
-            control.emit("finished", replica=self.env.replica, step=self.state.step)
         self._log.info("left", step=self.state.step, reason=self.stop_flag.reason or "done",
                        discarded=self.discarded)
 
