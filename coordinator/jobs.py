@@ -16,6 +16,7 @@ from coordinator.bus import Bus
 from coordinator.faults import fault_point
 from coordinator.launching import Launcher, fault_mode
 from coordinator.logbudget import LogBudget
+from coordinator.logwriter import LogWriter
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodeRegistry
 from coordinator.quorum import QuorumUnavailable
@@ -42,7 +43,8 @@ class JobManager:
         self.quorums = Quorums(settings, self.job_event)
         self.admission = Admission(store, metrics, settings.state_dir / "bundles",
                                    self._start_runner)
-        self.router = Router(self.runners, store, bus, LogBudget(
+        self.logs = LogWriter(store)
+        self.router = Router(self.runners, self.logs, bus, LogBudget(
             store, settings.max_log_line_bytes, settings.max_log_bytes_per_job))
         self.ports: Ports
         self.coordd_id = ""  # set by the server: the id agents mark this coordd's folders with
@@ -164,3 +166,4 @@ class JobManager:
                 await runner.on_coordd_stop()
             except Exception:  # one job's trouble must not keep the others from being told
                 log.exception("job.stop_failed", job=runner.record.id)
+        await self.logs.close()

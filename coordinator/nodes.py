@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -29,10 +29,15 @@ from coordinator.store import JobRecord, NodeRecord, Store
 
 log = structlog.get_logger("coordinator.nodes")
 WATCH_INTERVAL_S = 0.2
+LOG_WINDOW = 32  # log messages of one stream being stored at once
 
 
 class AgentSession:
-    """One connected agent stream. `outbox` feeds the stream; None closes it."""
+    """One connected agent stream. `outbox` feeds the stream; None closes it.
+
+    A message's log lines are stored while the stream reads on (a heartbeat must not wait for
+    the disk), in the order they came; a message after them that changes state waits for them
+    (`stored`), so the node's applied sequence only moves forward over what is stored."""
 
     def __init__(self, node_id: str):
         self.node_id = node_id
@@ -40,6 +45,33 @@ class AgentSession:
         self.last_heartbeat = time.monotonic()
         self.free_port = 0
         self.closed = False
+        self._writes: list[asyncio.Task] = []  # log messages being stored, oldest first
+
+    async def store_in_order(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Start `write` once the writes before it are done; wait only while the stream
+        has LOG_WINDOW of them in flight (an agent cannot queue without bound)."""
+        before = self._writes[-1] if self._writes else None
+
+        async def after() -> None:
+            if before is not None:
+                await before
+            await write()
+        task = asyncio.get_running_loop().create_task(after())
+        self._writes.append(task)
+        task.add_done_callback(self._written)
+        if len(self._writes) >= LOG_WINDOW:
+            await self.stored()
+
+    def _written(self, task: asyncio.Task) -> None:
+        self._writes.remove(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("agent.logs_not_stored", node=self.node_id, error=repr(error)[:300])
+            self.close()  # the agent sends them again on its next stream
+
+    async def stored(self) -> None:
+        """Once every log message read so far is stored (raises if one could not be)."""
+        if self._writes:
+            await self._writes[-1]
 
     def send(self, message: agent_pb2.CoordinatorMessage) -> None:
         if not self.closed:

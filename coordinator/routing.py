@@ -15,12 +15,13 @@ from contract.control import WORKER_CHECKPOINT, WORKER_FINISHED, WORKER_INPROCES
 from coord.v1 import agent_pb2
 from coordinator.bus import Bus
 from coordinator.logbudget import LogBudget
+from coordinator.logwriter import LogWriter
 from coordinator.reconciler.events import (NodeChanged, NodesForgotten, WorkerExited,
                                            WorkerExits, WorkerFinished, WorkerInProcess)
 from coordinator.reconciler.resume import CheckpointCommitted, WorkerRestored
 from coordinator.reconciler.runner import JobRunner
 from coordinator.reconciler.view import NodeView, WorkerExit
-from coordinator.store import LogRecord, NodeRecord, Store
+from coordinator.store import LogRecord, NodeRecord
 
 # What a worker's control lines tell the job's reconciler (see agent/control.py).
 _WORKER_REPORTS = {WORKER_INPROCESS: WorkerInProcess, WORKER_FINISHED: WorkerFinished}
@@ -29,9 +30,9 @@ log = structlog.get_logger("coordinator.routing")
 
 
 class Router:
-    def __init__(self, runners: Mapping[str, JobRunner], store: Store, bus: Bus,
+    def __init__(self, runners: Mapping[str, JobRunner], logs: LogWriter, bus: Bus,
                  log_budget: LogBudget):
-        self.runners, self.store, self.bus, self.log_budget = runners, store, bus, log_budget
+        self.runners, self.logs, self.bus, self.log_budget = runners, logs, bus, log_budget
 
     def on_node_change(self, node: NodeRecord, view: NodeView) -> None:
         if node.job_id and (runner := self.runners.get(node.job_id)):
@@ -55,15 +56,15 @@ class Router:
                 runner.post(WorkerExits(tuple(exits)))
 
     async def on_logs(self, node: NodeRecord, batch: agent_pb2.LogBatch, seq: int) -> None:
+        """Store the message's lines (the node's applied sequence moves with them), then
+        pass them to their followers."""
         lines = [LogRecord(job_id=l.job_id, generation=l.generation, node_id=node.id,
                            rank=l.rank, stream=l.stream, seq=l.seq,
                            time=l.time.ToSeconds() + l.time.nanos / 1e9 if l.HasField("time")
                            else time.time(), text=l.text)
                  for l in batch.lines if l.job_id == node.job_id and l.job_id in self.runners]
-        for record in await self.store.append_logs(await self.log_budget.admit(lines), node.id,
-                                                   seq):
+        for record in await self.logs.append(node, await self.log_budget.admit(lines), seq):
             self.bus.publish("logs", record.job_id, record)
-        node.applied_seq = seq
 
     async def on_agent_event(self, node_id: str, msg: agent_pb2.AgentEvent) -> None:
         if not (runner := self.runners.get(msg.job_id)):

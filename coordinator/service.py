@@ -295,10 +295,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if message.seq and message.seq <= node.applied_seq:
             session.send(_ack(node.applied_seq))  # a replay of what we already applied
             return
+        if message.WhichOneof("body") == "logs":  # stored with its lines, then acked
+            await session.store_in_order(lambda: self._store_logs(session, node, message))
+            return
+        if message.seq:
+            await session.stored()
         await self._apply(session, message)
         if message.seq:
-            if message.WhichOneof("body") != "logs":  # logs record it with their lines
-                await self.nodes.applied(node, message.seq)
+            await self.nodes.applied(node, message.seq)
+            session.send(_ack(message.seq))
+
+    async def _store_logs(self, session: AgentSession, node: NodeRecord,
+                          message: agent_pb2.AgentMessage) -> None:
+        await self.jobs.router.on_logs(node, message.logs, message.seq)
+        if message.seq:
             session.send(_ack(message.seq))
 
     async def _apply(self, session: AgentSession, message: agent_pb2.AgentMessage) -> None:
@@ -313,9 +323,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if state.phase in (agent_pb2.WORKER_PHASE_EXITED,
                                    agent_pb2.WORKER_PHASE_FAILED_TO_START):
                     self.jobs.router.on_worker_exits(session.node_id, (state,))
-            case "logs":
-                await self.jobs.router.on_logs(self.nodes.nodes[session.node_id], message.logs,
-                                        message.seq)
             case "event":
                 await self.jobs.router.on_agent_event(session.node_id, message.event)
             case "leaving":

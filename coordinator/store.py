@@ -463,17 +463,24 @@ class Store:
             return [EventRecord(**r._mapping) for r in await conn.execute(query)]
 
     # logs -----------------------------------------------------------------------------
-    async def append_logs(self, lines: list[LogRecord], node_id: str,
-                          applied_seq: int) -> list[LogRecord]:
-        """Store the lines and mark the agent message that carried them applied, in one
-        transaction: a replayed message is then either wholly new or wholly known."""
+    async def append_logs(self, batches: list[tuple[list[LogRecord], str, int]],
+                          ) -> list[list[LogRecord]]:
+        """Store the lines of several agent messages (lines, node id, the message's sequence
+        number) and mark each node's newest message applied, in one transaction: a replayed
+        message is then either wholly new or wholly known."""
+        lines = [line for batch, _, _ in batches for line in batch]
         rows = [{k: v for k, v in dataclasses.asdict(line).items() if k != "id"} for line in lines]
+        applied: dict[str, int] = {}
+        for _, node_id, seq in batches:
+            applied[node_id] = max(seq, applied.get(node_id, 0))
         insert = logs.insert().returning(logs.c.id, sort_by_parameter_order=True)
+        update = nodes.update().where(nodes.c.id == sa.bindparam("node_id"))
         async with self._write() as conn:
-            ids = (await conn.execute(insert, rows)).scalars().all() if rows else []
-            await conn.execute(nodes.update().where(nodes.c.id == node_id)
-                               .values(applied_seq=applied_seq))
-        return [dataclasses.replace(line, id=i) for line, i in zip(lines, ids, strict=True)]
+            ids = iter((await conn.execute(insert, rows)).scalars().all() if rows else [])
+            await conn.execute(update, [{"node_id": n, "applied_seq": seq}
+                                        for n, seq in applied.items()])
+        return [[dataclasses.replace(line, id=next(ids)) for line in batch]
+                for batch, _, _ in batches]
 
     async def log_bytes(self, job_id: str) -> int:
         """How much log text (UTF-8 bytes) the job has stored."""

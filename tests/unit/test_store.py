@@ -4,9 +4,11 @@ bytes, not characters."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
+import sqlalchemy as sa
 
 from contract import events as ev
 from contract.errors import Conflict, NotFound
@@ -73,9 +75,33 @@ async def test_logs_keep_order_mark_the_message_applied_and_count_utf8_bytes(sto
     texts = [(0, "loss 1"), (1, r"été C:\new"), (0, "done")]  # a backslash is no escape
     lines = [LogRecord("j-1", 0, "n-1", rank, 1, seq, 0.0, text)
              for seq, (rank, text) in enumerate(texts)]
-    stored = await store.append_logs(lines, "n-1", applied_seq=7)
+    [stored] = await store.append_logs([(lines, "n-1", 7)])
     assert [line.id for line in stored] == sorted(line.id for line in stored)
     assert [line.text for line in await store.read_logs("j-1", rank=0)] == ["loss 1", "done"]
     assert [line.text for line in await store.read_logs("j-1", tail=2)] == [texts[1][1], "done"]
     assert await store.log_bytes("j-1") == sum(len(line.text.encode()) for line in lines)
     assert (await store.list_nodes())[0].applied_seq == 7
+
+
+async def test_log_lines_of_many_agents_at_once_are_stored_together_and_once(store):
+    """A burst of log messages from many nodes: every line stored once, in order per node,
+    each node's newest message marked applied; a replay racing its original adds nothing."""
+    from coordinator.logwriter import LogWriter
+    writer, nodes = LogWriter(store), [NodeRecord(id=f"n-{i}", provider="local")
+                                       for i in range(40)]
+    await store.save_nodes(nodes)
+    commits = []
+    sa.event.listen(store.engine.sync_engine, "commit", lambda conn: commits.append(1))
+
+    def message(node: NodeRecord, seq: int) -> list[LogRecord]:
+        return [LogRecord("j-1", 0, node.id, 0, 1, seq * 10 + k, 0.0, f"{node.id} {seq}.{k}")
+                for k in range(3)]
+    sent = [(node, seq) for seq in (1, 2) for node in nodes] + [(nodes[0], 2)]  # a replay
+    stored = await asyncio.gather(*(writer.append(n, message(n, seq), seq) for n, seq in sent))
+    await writer.close()
+    assert sum(map(len, stored)) == 40 * 2 * 3 and stored[-1] == []
+    assert len(commits) <= 2  # not one per message
+    for node in nodes:
+        texts = [line.text for line in await store.read_logs("j-1", node_id=node.id)]
+        assert texts == [f"{node.id} {seq}.{k}" for seq in (1, 2) for k in range(3)]
+    assert {n.applied_seq for n in await store.list_nodes()} == {2}
