@@ -19,12 +19,7 @@ pytest.importorskip("torchft")
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("point", [
-    pytest.param("reform.node_lost.committed", marks=pytest.mark.xfail(strict=False, reason=(
-        "known bug, not fixed yet: under CPU load a replica restarted into this window can "
-        "fall out of phase with the other two; a replica left waiting for a quorum makes the "
-        "Lighthouse's join window (timed from the first joiner) already spent, so each quorum "
-        "takes it and the first of the others only, one of them behind: no step commits in it "
-        "(participants < min_replicas) and training crawls past this test's limit"))),
+    "reform.node_lost.committed",
     "reform.node_joined.committed",
     "reform.node_joined.launch.sent"])
 def test_a_coordd_killed_mid_reformation_finishes_the_job(tmp_path, point):
@@ -48,9 +43,14 @@ def test_a_coordd_killed_mid_reformation_finishes_the_job(tmp_path, point):
             [joined] = [e for e in events(client, record.id, "generation.reformed") if e["added"]]
             newcomer = joined["added"][0]
             assert newcomer in final.node_ids
-            # It trained (it was started once: a second start of its rank would not heal).
-            done = [l.text for l in client.logs(record.id, node=newcomer) if "DONE" in l.text]
-            assert len(done) == 1 and "healed_from_peer=True" in done[0], done
+            # It trained from a peer's state. It may not reach the last step: a replica out of
+            # phase with its peers when they take it is left waiting for a quorum, and coordd
+            # stops it (the job still succeeds, no step lost: checked below).
+            assert any(e["node"] == newcomer
+                       for e in events(client, record.id, "inprocess.joined"))
+            healed = [l.text for l in client.logs(record.id, node=newcomer)
+                      if "healed" in l.text and "source=peer" in l.text]
+            assert healed, "the newcomer never took a peer's state"
         assert_no_committed_step_lost(coordd, record.id)
     finally:
         coordd.stop()

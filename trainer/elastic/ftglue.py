@@ -116,6 +116,7 @@ class ReplicaClient:
         # Some replicas of the last quorum were behind and sit its first step out to heal:
         # they take part only from the next quorum, which should therefore come at once.
         self.healing = False
+        self.members = 0  # replicas in the last quorum, the ones healing in it too
 
     def _quorum(self, *args: Any, **kwargs: Any) -> Any:
         self._watchdog.arm()
@@ -124,6 +125,7 @@ class ReplicaClient:
         finally:
             self._watchdog.disarm()
         self.healing = result.replica_world_size > result.max_world_size
+        self.members = result.replica_world_size
         self.fence.quorum(result.replica_ids)
         key = (result.quorum_id, tuple(sorted(result.replica_ids)))
         behind = result.max_step > kwargs.get("step", result.max_step)
@@ -196,8 +198,10 @@ def make_manager(*, host: str, lighthouse: str, replica_id: str, min_replicas: i
     store = TCPStore(host, 0, is_master=True, wait_for_workers=False)
     pg = ProcessGroupNCCL(timeout=timeout) if device.type == "cuda" else \
         ProcessGroupGloo(timeout=timeout)
+    # torchft commits a step only with `min_replica_size` replicas at the newest step; the
+    # trainer counts every member of the quorum instead (see `quorum_members`), so 1 here.
     manager = Manager(pg=pg, load_state_dict=load_state, state_dict=state,
-                      min_replica_size=min_replicas, use_async_quorum=True, timeout=timeout,
+                      min_replica_size=1, use_async_quorum=True, timeout=timeout,
                       quorum_timeout=timedelta(seconds=quorum_timeout_s),
                       connect_timeout=timedelta(seconds=10), rank=0, world_size=1,
                       store_addr=host, store_port=store.port, lighthouse_addr=lighthouse,
@@ -239,6 +243,16 @@ def apply_pending_heal(manager: Any) -> None:
     if manager._healing:
         manager._apply_pending_state_dict()
         manager._healing = False
+
+
+def quorum_members(manager: Any) -> int:
+    """Replicas in this replica's last quorum, counting those that heal in it. A step is as
+    safe to commit with a member that heals as with one that trains: the replicas that train
+    plan the whole global batch among themselves, and the healed one applies their update
+    from the state it just took. Counting only those at the newest step would refuse every
+    quorum of a replica and one a step behind it, which, with a replica out of phase, can be
+    every quorum the Lighthouse forms."""
+    return manager._client.members
 
 
 def healed_in_this_quorum(manager: Any) -> bool:

@@ -50,7 +50,7 @@ from .checkpoint import CheckpointStore
 from .env import replica_env
 from . import lifeline
 from .ftglue import (Fence, abort_group, apply_pending_heal, healed_in_this_quorum, make_manager,
-                     shutdown_group)
+                     quorum_members, shutdown_group)
 from .logs import get_logger
 from .peerloss import PEER_LOST, discard_reason, reform_cause
 from .loop import Step
@@ -333,6 +333,10 @@ class InProcessContext(BoundObjects):
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                           for p in params] + [tail])
         self._fence.wait(self._manager.allreduce(flat))
+        if (members := quorum_members(self._manager)) < self.env.min_replicas:
+            self._manager.report_error(RuntimeError(
+                f"the quorum has {members} replica(s), fewer than the job's minimum "
+                f"{self.env.min_replicas}"))
         if self.state.step < self._floor:
             self._manager.report_error(RuntimeError(
                 f"joined at step {self.state.step}, below the durable step {self._floor}: "
